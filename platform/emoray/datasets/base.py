@@ -69,9 +69,22 @@ class DatasetAdapter(ABC):
 
     name: ClassVar[str]
 
+    #: Read settings that ingest sets on the adapter before ``load_trial``: video is
+    #: decoded only at this frame rate and scaled so its longer side is at most
+    #: ``video_max_size`` (reading 20 s of 30 fps HD video whole would need gigabytes).
+    video_sample_fps: float | None = None
+    video_max_size: int | None = None
+
     def __init__(self, root: str, **options: Any):
         self.root = str(root)
         self.options = options
+
+    def read_video(self, path: str, *, fps_hint: float = 30.0):
+        """Read a video file or frame folder with the ingest read settings applied."""
+        from emoray.io.video import read_video
+
+        return read_video(path, fps=self.video_sample_fps, max_size=self.video_max_size,
+                          frames_fps=fps_hint)
 
     @abstractmethod
     def info(self) -> DatasetInfo:
