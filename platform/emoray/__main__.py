@@ -1,0 +1,3 @@
+from emoray.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""The ``emoray`` command: one front door for every stage.
+
+Every subcommand takes ``--config FILE.yaml`` and repeatable ``--set key=value``
+overrides on the typed config (see :mod:`emoray.config`); its own flags are shorthands
+for config fields. User errors print one clear message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from emoray import __version__
+from emoray.errors import EmorayError
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML config overlay (sections: "
+                   "ray, synth, ingest, preprocess)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted name, e.g. synth.subjects=6 "
+                   "(repeatable)")
+    p.add_argument("--address", dest="ray_address", help="Ray cluster address (default: start "
+                   "an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
+
+
+def _resolve(args: argparse.Namespace, flags: dict[str, Any]):
+    from emoray.config import resolve
+
+    flags = dict(flags, **{"ray.address": args.ray_address, "ray.num_cpus": args.num_cpus})
+    return resolve(args.config, flags, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emoray", description="emoray: multimodal emotion recognition (EEG, speech, "
+        "video) on Ray.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"emoray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="synth -> ingest -> preprocess on an embedded "
+                       "local Ray, then print the shard summary")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default %(default)s)")
+    _common(p)
+
+    p = sub.add_parser("synth", help="write a synthetic multimodal corpus with known ground "
+                       "truth in real file formats")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--layout", choices=["native", "eav", "deap", "iemocap"])
+    p.add_argument("--mode", choices=["parallel", "nonparallel"])
+    p.add_argument("--subjects", type=int)
+    p.add_argument("--trials-per-class", type=int)
+    p.add_argument("--seconds", type=float, help="trial length in seconds")
+    p.add_argument("--seed", type=int)
+    _common(p)
+
+    p = sub.add_parser("ingest", help="read a dataset tree into Parquet record shards "
+                       "(Ray Data)")
+    p.add_argument("source", nargs="?", help="dataset root (or manifest CSV)")
+    p.add_argument("--out", help="output folder (shards go to OUT/shards)")
+    p.add_argument("--layout", help="manifest, eav, deap, seed, dreamer or iemocap")
+    p.add_argument("--segment-seconds", type=float)
+    p.add_argument("--force", action="store_true", default=None, help="redo even if up to date")
+    _common(p)
+
+    p = sub.add_parser("preprocess", help="record shards -> feature shards per the "
+                       "preprocessing contract (Ray Data)")
+    p.add_argument("input", nargs="?", help="an ingest output folder")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--force", action="store_true", default=None, help="redo even if up to date")
+    _common(p)
+
+    p = sub.add_parser("inspect", help="print counts, rates and shapes of shards; write a "
+                       "PNG overview")
+    p.add_argument("shards", help="an ingest or preprocess output folder")
+    p.add_argument("--png", help="overview image path (default SHARDS/overview.png)")
+    p.add_argument("--no-png", action="store_true", help="skip the image")
+
+    p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
+    p.add_argument("name", choices=["ingest"], help="which benchmark")
+    p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
+    p.add_argument("--out", default="benchmarks/results", help="JSON folder")
+    _common(p)
+    return parser
+
+
+def _command(name: str):
+    def wrap(fn):
+        _COMMANDS[name] = fn
+        return fn
+    return wrap
+
+
+@_command("synth")
+def _synth(args: argparse.Namespace) -> int:
+    from emoray.config import dump
+    from emoray.synth.corpus import write_corpus
+
+    cfg = _resolve(args, {"synth.layout": args.layout, "synth.mode": args.mode,
+                          "synth.subjects": args.subjects,
+                          "synth.trials_per_class": args.trials_per_class,
+                          "synth.seconds": args.seconds, "synth.seed": args.seed})
+    summary = write_corpus(cfg.synth, args.out)
+    dump(cfg, Path(args.out) / "config.yaml", ["synth"])
+    print(_format_synth(summary, args.out))
+    return 0
+
+
+def _format_synth(summary: dict, out: str) -> str:
+    parts = [f"synth: wrote {out}"]
+    for key in ("layout", "mode", "subjects", "trials", "files"):
+        if key in summary:
+            parts.append(f"{key}={summary[key]}")
+    return " ".join(str(p) for p in parts)
+
+
+@_command("ingest")
+def _ingest(args: argparse.Namespace) -> int:
+    from emoray.config import dump
+    from emoray.data.ingest import format_report, run_ingest
+    from emoray.runtime import init_ray
+
+    cfg = _resolve(args, {"ingest.source": args.source, "ingest.output": args.out,
+                          "ingest.layout": args.layout,
+                          "ingest.segment_seconds": args.segment_seconds,
+                          "ingest.force": args.force})
+    if not cfg.ingest.source or not cfg.ingest.output:
+        raise EmorayError("ingest needs a SOURCE and --out (or ingest.source/ingest.output "
+                          "in --config)")
+    init_ray(cfg.ray)
+    report = run_ingest(cfg.ingest)
+    dump(cfg, Path(cfg.ingest.output) / "config.yaml", ["ray", "ingest"])
+    print(format_report(report))
+    return 0
+
+
+@_command("preprocess")
+def _preprocess(args: argparse.Namespace) -> int:
+    from emoray.config import dump
+    from emoray.data.preprocess import format_report, run_preprocess
+    from emoray.runtime import init_ray
+
+    cfg = _resolve(args, {"preprocess.input": args.input, "preprocess.output": args.out,
+                          "preprocess.force": args.force})
+    if not cfg.preprocess.input or not cfg.preprocess.output:
+        raise EmorayError("preprocess needs an INPUT folder and --out")
+    init_ray(cfg.ray)
+    report = run_preprocess(cfg.preprocess)
+    dump(cfg, Path(cfg.preprocess.output) / "config.yaml", ["ray", "preprocess"])
+    print(format_report(report))
+    return 0
+
+
+@_command("inspect")
+def _inspect(args: argparse.Namespace) -> int:
+    from emoray.data.inspect import format_summary, overview_png, summarize
+
+    summary = summarize(args.shards)
+    print(format_summary(summary))
+    if not args.no_png:
+        png = overview_png(args.shards, args.png)
+        print(f"overview: {png}")
+    return 0
+
+
+@_command("quickstart")
+def _quickstart(args: argparse.Namespace) -> int:
+    from emoray.quickstart import quickstart_config, run_quickstart
+
+    cfg = quickstart_config(args.config, args.overrides,
+                            {"ray.address": args.ray_address, "ray.num_cpus": args.num_cpus})
+    run_quickstart(cfg, args.out)
+    return 0
+
+
+@_command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from emoray.bench.ingest import run_benchmark
+
+    cfg = _resolve(args, {})
+    run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return _COMMANDS[args.command](args)
+    except EmorayError as exc:
+        print(f"emoray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emoray {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Typed configs: pydantic models, YAML as an overlay, ``--set key=value`` overrides.
+
+One YAML file may configure several commands; each command reads its own sections::
+
+    ray:        {num_cpus: 2}
+    synth:      {subjects: 4, seconds: 10}
+    ingest:     {layout: manifest, source: corpus/, output: shards/}
+    preprocess: {input: shards/, output: features/}
+
+Resolution order: model defaults -> ``--config`` YAML -> command-line flags -> ``--set``.
+The resolved config is written as ``config.yaml`` into every run's output folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from emoray.data.contract import PreprocessContract
+from emoray.errors import ConfigError
+from emoray.synth.config import SynthConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(_Strict):
+    """How emoray reaches Ray: an existing cluster, or an embedded local one."""
+
+    address: str | None = Field(None, description="Ray cluster address ('auto', 'ray://...'); "
+                                "None starts an embedded local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray "
+                                 "(None: all cores).")
+    include_dashboard: bool | None = Field(None, description="Start the dashboard (127.0.0.1) "
+                                           "for the embedded Ray; None lets Ray decide.")
+    object_store_mb: int | None = Field(None, ge=64, description="Object store size (MB) of "
+                                        "the embedded Ray.")
+
+
+class IngestConfig(_Strict):
+    """Ingest: a dataset tree -> Parquet shards of segmented records."""
+
+    layout: str = Field("manifest", description="Dataset adapter: manifest, eav, deap, seed, "
+                        "dreamer, iemocap.")
+    source: str | None = Field(None, description="Dataset root (or manifest CSV).")
+    output: str | None = Field(None, description="Output folder; shards go to OUTPUT/shards.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Adapter options, e.g. "
+                                    "{task: speaking} for EAV.")
+    segment_seconds: float = Field(5.0, gt=0, description="Segment length (EAV: 5 s).")
+    short_trials: Literal["pad", "reject"] = Field(
+        "pad", description="Trials shorter than one segment (IEMOCAP utterances): zero-pad "
+        "to one segment (the valid length is kept in `valid_seconds`) or reject.")
+    min_trial_seconds: float = Field(1.0, ge=0, description="Shorter trials are rejected "
+                                     "as truncated.")
+    video_fps: float = Field(5.0, gt=0, description="Frame rate kept from video (EAV 30 fps "
+                             "-> every 6th frame).")
+    video_max_size: int = Field(256, ge=16, description="Longer side of stored frames (px).")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="Stored frames are JPEG.")
+    trials_per_shard: int = Field(8, ge=1, description="Trials per Parquet shard (and per "
+                                  "Ray task).")
+    resample_mismatched: bool = Field(False, description="Resample a file whose sample rate "
+                                      "differs from the dataset's instead of rejecting it.")
+    force: bool = Field(False, description="Re-ingest even when the output is up to date.")
+
+
+class PreprocessConfig(_Strict):
+    """Preprocess: record shards -> feature shards, per the preprocessing contract."""
+
+    input: str | None = Field(None, description="An ingest output folder.")
+    output: str | None = Field(None, description="Output folder for feature shards.")
+    contract: PreprocessContract = Field(default_factory=PreprocessContract)
+    batch_size: int = Field(16, ge=1, description="Records per preprocessing batch.")
+    video_storage: Literal["uint8", "float32"] = Field(
+        "uint8", description="Stored frames: uint8 after resize (normalised by the contract "
+        "at load time; 4x smaller) or normalised float32.")
+    force: bool = Field(False, description="Recompute even when the output is up to date.")
+
+
+class EmorayConfig(_Strict):
+    """Every section a command may read."""
+
+    ray: RayConfig = Field(default_factory=RayConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"synth.subjects=6"`` -> (["synth", "subjects"], 6); values are YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. synth.subjects=6")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: {key!r} is not a dotted field name")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def _check_path(model: type[BaseModel], parts: list[str], full: str) -> None:
+    """Raise a ConfigError with a suggestion if ``parts`` names no field of ``model``."""
+    cls: Any = model
+    for i, part in enumerate(parts):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return  # inside a free-form dict (e.g. ingest.options): anything goes
+        fields = cls.model_fields
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            near = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"; did you mean {'.'.join(parts[:i] + near)!r}?" if near else ""
+            raise ConfigError(f"unknown config field {full!r}: {prefix or 'the config'} has "
+                              f"no field {part!r} (fields: {sorted(fields)}){hint}")
+        cls = fields[part].annotation
+
+
+def _set_in(tree: dict, parts: list[str], value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections at the top "
+                          f"level, found {type(data).__name__}")
+    return data
+
+
+def resolve(config_file: str | Path | None = None, flags: dict[str, Any] | None = None,
+            overrides: list[str] | None = None, base: dict | None = None) -> EmorayConfig:
+    """Build the typed config: defaults, then ``base`` (a command's own defaults, e.g. the
+    quickstart's), then YAML, then flags (dotted keys), then ``--set``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown field (with a suggestion) or a value of the wrong type, naming the
+        dotted field and what was expected.
+    """
+    tree: dict = _merge({}, base or {})
+    source = "defaults"
+    if config_file:
+        loaded = load_yaml(config_file)
+        source = str(config_file)
+        for section, body in loaded.items():
+            _check_path(EmorayConfig, [section], section)
+            if isinstance(body, dict):
+                for key in body:
+                    _check_path(EmorayConfig, [section, key], f"{section}.{key}")
+        tree = _merge(tree, loaded)
+    for dotted, value in (flags or {}).items():
+        if value is None:
+            continue
+        parts = dotted.split(".")
+        _check_path(EmorayConfig, parts, dotted)
+        _set_in(tree, parts, value)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        _check_path(EmorayConfig, parts, ".".join(parts))
+        _set_in(tree, parts, value)
+    try:
+        return EmorayConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config (from {source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        got = err.get("input")
+        got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+        lines.append(f"  {where}: {err['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def dump(cfg: BaseModel, path: str | Path, sections: list[str] | None = None) -> Path:
+    """Write the resolved config (optionally only some sections) as YAML."""
+    data = cfg.model_dump(mode="json")
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def merge_trees(base: dict, over: dict) -> dict:
+    """Deep-merge two plain config trees (``over`` wins)."""
+    return _merge(base, over)

@@ -1,0 +1,490 @@
+"""EAV (EEG, audio, video; Lee et al., Scientific Data 2024): adapter and fake-data twin.
+
+On-disk layout, one folder per subject::
+
+    subjectNN/EEG/subjectNN_eeg.mat        # `seg` or `seg1`: (T, C, n) = (10000, 30, 200)
+    subjectNN/EEG/subjectNN_eeg_label.mat  # `label`: one-hot (10, n), row 2*e + t
+    subjectNN/Audio/*.wav                  # speaking trials only
+    subjectNN/Video/*.mp4                  # every trial
+
+Media file names are ``_``-separated: the first field is the trial number (1-based index
+into the EEG/label arrays), the fifth the emotion (``name.split('_')[4]``, as the dataset's
+own loaders read it), and the words ``Speaking``/``Listening`` give the task, e.g.
+``007_Trial_04_Speaking_Anger_aud.wav``.
+
+Traps handled here: the EEG variable is ``seg`` in some files and ``seg1`` in others; the
+label matrix interleaves task within emotion (row ``2*e + t``) and which parity ``t`` means
+listening is ambiguous in the source, so it is an option (``listening_parity``), inferred by
+default from the task words in the media file names and reported in ``info().notes``; the
+emotion in the label matrix must agree with the file names (else the trial is rejected).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
+from emoray.errors import ConfigError, DataError
+from emoray.labels import EAV_CLASSES, EAV_VA
+from emoray.types import EEG, Audio, Trial, TrialSpec, Video
+
+# The EAV paper describes a 30-channel 10-20 cap, but neither its loaders nor its README
+# name the channels. This is the standard 30-electrode 10-20 subset of the 32-channel
+# actiCAP/BrainCap layout (without the mastoid sites TP9/TP10); not checked against the paper.
+EAV_CHANNELS: tuple[str, ...] = (
+    "Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "FC5", "FC1", "FC2", "FC6", "T7", "C3",
+    "Cz", "C4", "T8", "CP5", "CP1", "CP2", "CP6", "P7", "P3", "Pz", "P4", "P8", "PO9",
+    "O1", "Oz", "O2", "PO10",
+)
+EAV_SFREQ = 500.0
+EAV_TRIAL_SECONDS = 20.0
+EAV_VIDEO_FPS = 30.0
+#: Variables that hold the EEG; the dataset's loader takes `seg1` when it is 3-D.
+EEG_VARIABLES: tuple[str, ...] = ("seg1", "seg")
+
+_SUBJECT_DIR = re.compile(r"^subject(\d+)$")
+_MEDIA = (("video", "Video", ".mp4"), ("audio", "Audio", ".wav"))
+_TASK_WORDS = {"speaking": "speaking", "listening": "listening"}
+
+
+@register_adapter
+class EAVAdapter(DatasetAdapter):
+    """Read an EAV tree: 200 trials of 20 s per subject, EEG for all, audio when speaking.
+
+    Parameters
+    ----------
+    root : str
+        The folder holding ``subjectNN/`` folders (or one ``subjectNN`` folder itself).
+    task : str
+        ``"speaking"`` (EEG, audio, video), ``"listening"`` (EEG, video) or ``"both"``.
+    listening_parity : str | int
+        Which label-row parity is listening (0 or 1); ``"auto"`` infers it from the
+        ``Speaking``/``Listening`` words in the media file names (1 when they say nothing:
+        the dataset's loaders keep rows 1, 3, 5, 7, 9 as listening).
+    eeg_scale : float
+        Factor from file units to volts (the files hold microvolts).
+    """
+
+    name = "eav"
+
+    def __init__(self, root: str, *, task: str = "speaking",
+                 listening_parity: str | int = "auto", eeg_scale: float = 1e-6):
+        super().__init__(root, task=task, listening_parity=listening_parity,
+                         eeg_scale=eeg_scale)
+        if task not in ("speaking", "listening", "both"):
+            raise ConfigError(f"eav option task={task!r}; expected 'speaking', 'listening' "
+                              "or 'both'")
+        if str(listening_parity) not in ("auto", "0", "1"):
+            raise ConfigError(f"eav option listening_parity={listening_parity!r}; expected "
+                              "'auto', 0 or 1")
+        self.task = task
+        self.listening_parity = str(listening_parity)
+        self.eeg_scale = float(eeg_scale)
+        self._scans: list[_SubjectScan] | None = None
+        self._parity: tuple[int, str] | None = None
+
+    # ------------------------------------------------------------------ listing
+    def _subject_dirs(self) -> list[tuple[int, Path]]:
+        root = Path(self.root)
+        expected = ("expected the EAV layout subjectNN/EEG/subjectNN_eeg.mat, "
+                    "subjectNN/EEG/subjectNN_eeg_label.mat, subjectNN/Audio/*.wav, "
+                    "subjectNN/Video/*.mp4")
+        if not root.is_dir():
+            raise DataError(self.root, f"not a folder; {expected}", kind="layout")
+        single = _SUBJECT_DIR.match(root.name)
+        if single and (root / "EEG").is_dir():
+            return [(int(single.group(1)), root)]
+        found = sorted((int(m.group(1)), p) for p in root.iterdir()
+                       if p.is_dir() and (m := _SUBJECT_DIR.match(p.name)))
+        if not found:
+            raise DataError(self.root, f"no subjectNN folders here; {expected}",
+                            kind="layout")
+        return found
+
+    def _scanned(self) -> list[_SubjectScan]:
+        if self._scans is None:
+            self._scans = [_scan_subject(num, folder) for num, folder in self._subject_dirs()]
+        return self._scans
+
+    def parity(self) -> tuple[int, str]:
+        """The listening parity in use and a sentence saying how it was chosen."""
+        if self._parity is None:
+            self._parity = _choose_parity(self._scanned(), self.listening_parity)
+        return self._parity
+
+    def info(self) -> DatasetInfo:
+        parity, how = self.parity()
+        modalities = ["eeg", "video"] if self.task == "listening" else ["eeg", "audio", "video"]
+        return DatasetInfo(
+            name=self.name, label_names=list(EAV_CLASSES), modalities=modalities,
+            eeg_channels=list(EAV_CHANNELS), eeg_sfreq=EAV_SFREQ, audio_rate=None,
+            video_fps=EAV_VIDEO_FPS, trial_seconds=EAV_TRIAL_SECONDS,
+            notes=[f"task={self.task}", how,
+                   f"label rows {parity}, {parity + 2}, ..., {parity + 8} read as listening, "
+                   f"rows {1 - parity}, {3 - parity}, ..., {9 - parity} as speaking"])
+
+    def list_trials(self) -> tuple[list[TrialSpec], list[Rejection]]:
+        parity, _ = self.parity()
+        specs: list[TrialSpec] = []
+        rejections: list[Rejection] = []
+        for scan in self._scanned():
+            rejections.extend(scan.rejections)
+            for trial in scan.trials:
+                task = trial.task(parity)
+                if self.task != "both" and task is not None and task != self.task:
+                    continue
+                try:
+                    specs.append(self._spec(scan, trial, parity, task))
+                except DataError as err:
+                    rejections.append(Rejection.from_error(
+                        _trial_id(scan.subject, trial.index), trial.files(scan), err))
+        return specs, rejections
+
+    def _spec(self, scan: _SubjectScan, trial: _TrialScan, parity: int,
+              task: str | None) -> TrialSpec:
+        trial.check(parity)                        # raises DataError on any disagreement
+        emotion = EAV_CLASSES[trial.row // 2]      # type: ignore[operator]
+        valence, arousal = EAV_VA[emotion]
+        refs: dict = {"eeg": {"path": str(scan.eeg_path), "index": trial.index,
+                              "var": scan.eeg_var}}
+        for modality, path in sorted(trial.media.items()):
+            refs[modality] = {"path": str(path)}
+        return TrialSpec(dataset=self.name, subject=scan.subject, session="1",
+                         trial=f"{trial.index + 1:03d}", label=trial.row // 2,  # type: ignore
+                         valence=valence, arousal=arousal, refs=refs,
+                         extra={"task": task, "label_row": trial.row,
+                                "listening_parity": parity})
+
+    # ------------------------------------------------------------------ loading
+    def load_trial(self, spec: TrialSpec) -> Trial:
+        from emoray.io.audio import read_audio
+
+        ref = spec.refs["eeg"]
+        path = str(ref["path"])
+        var = ref.get("var") or _eeg_header(path)[0]
+        data = _eeg_trial(path, var, int(ref["index"]))   # (C, T) microvolts
+        if data.shape[0] != len(EAV_CHANNELS):
+            raise DataError(path, f"variable {var!r} has {data.shape[0]} channels, expected "
+                            f"{len(EAV_CHANNELS)} (T, C, trials)", kind="missing_channel",
+                            field="eeg")
+        eeg = EEG(data * self.eeg_scale, EAV_SFREQ, list(EAV_CHANNELS), source=path)
+        audio: Audio | None = None
+        video: Video | None = None
+        if "audio" in spec.refs:
+            audio = read_audio(spec.refs["audio"]["path"])
+        if "video" in spec.refs:
+            video = self.read_video(spec.refs["video"]["path"], fps_hint=EAV_VIDEO_FPS)
+        return Trial(spec=spec, eeg=eeg, audio=audio, video=video)
+
+
+# ---------------------------------------------------------------------- scanning
+@dataclass
+class _TrialScan:
+    """What listing learned about one trial (label row, media files, problems)."""
+
+    index: int                        # 0-based index into the EEG/label arrays
+    row: int | None                   # argmax row of the label column; None if not one-hot
+    label_path: Path
+    media: dict[str, Path] = field(default_factory=dict)          # modality -> file
+    name_task: dict[str, str] = field(default_factory=dict)       # modality -> task word
+    name_emotion: dict[str, str] = field(default_factory=dict)    # modality -> field 5
+    problems: list[DataError] = field(default_factory=list)
+
+    def task(self, parity: int) -> str | None:
+        if self.row is not None:
+            return "listening" if self.row % 2 == parity else "speaking"
+        words = set(self.name_task.values())
+        return words.pop() if len(words) == 1 else None
+
+    def files(self, scan: _SubjectScan) -> list[str]:
+        return [str(self.label_path), str(scan.eeg_path)] + [str(p) for p in
+                                                             self.media.values()]
+
+    def check(self, parity: int) -> None:
+        """Raise the first problem: a bad label column, a clash with the file names."""
+        if self.problems:
+            raise self.problems[0]
+        assert self.row is not None
+        emotion = EAV_CLASSES[self.row // 2]
+        task = self.task(parity)
+        for modality, path in sorted(self.media.items()):
+            word = self.name_emotion[modality]
+            if word.lower() != emotion:
+                raise DataError(str(path), f"emotion {word!r} (file-name field 5) disagrees "
+                                f"with the label matrix: column {self.index + 1} has its 1 in "
+                                f"row {self.row} = {emotion!r}", kind="label", field="label")
+            said = self.name_task.get(modality)
+            if said is not None and said != task:
+                raise DataError(str(path), f"file name says {said!r} but label row "
+                                f"{self.row} means {task!r} with listening_parity={parity}",
+                                kind="label", field="label")
+
+
+@dataclass
+class _SubjectScan:
+    subject: str                      # "NN"
+    eeg_path: Path
+    eeg_var: str | None
+    trials: list[_TrialScan]
+    rejections: list[Rejection]
+
+
+def _trial_id(subject: str, index: int) -> str:
+    return f"eav/{subject}/1/{index + 1:03d}"
+
+
+def _scan_subject(num: int, folder: Path) -> _SubjectScan:
+    subject = f"{num:02d}"
+    eeg_path = folder / "EEG" / f"{folder.name}_eeg.mat"
+    label_path = folder / "EEG" / f"{folder.name}_eeg_label.mat"
+    try:
+        labels = _read_labels(label_path)                 # (10, n)
+    except DataError as err:
+        return _SubjectScan(subject, eeg_path, None, [], [Rejection.from_error(
+            f"eav/{subject}", [str(label_path)], err)])
+    n_labels = labels.shape[1]
+    try:
+        var, shape = _eeg_header(str(eeg_path))
+        if shape[1] != len(EAV_CHANNELS):
+            raise DataError(str(eeg_path), f"variable {var!r} has shape {shape}: "
+                            f"{shape[1]} channels, expected {len(EAV_CHANNELS)} (T, C, trials)",
+                            kind="missing_channel", field="eeg")
+    except DataError as err:
+        rejected = [Rejection.from_error(_trial_id(subject, i), [str(eeg_path)], err)
+                    for i in range(n_labels)]
+        return _SubjectScan(subject, eeg_path, None, [], rejected)
+    n_eeg = shape[2]
+    trials = [_trial_from_column(i, labels, label_path) for i in range(min(n_labels, n_eeg))]
+    rejections = _attach_media(folder, subject, trials)
+    for i in range(min(n_labels, n_eeg), max(n_labels, n_eeg)):
+        if i >= n_eeg:
+            err = DataError(str(eeg_path), f"variable {var!r} holds {n_eeg} trials but the "
+                            f"label file has {n_labels} columns", kind="truncated", field="eeg")
+        else:
+            err = DataError(str(label_path), f"no label column {i + 1}: the label file has "
+                            f"{n_labels} columns for {n_eeg} EEG trials", kind="label",
+                            field="label")
+        rejections.append(Rejection.from_error(_trial_id(subject, i), [err.path or ""], err))
+    return _SubjectScan(subject, eeg_path, var, trials, rejections)
+
+
+def _trial_from_column(i: int, labels: np.ndarray, label_path: Path) -> _TrialScan:
+    column = labels[:, i]
+    hot = np.flatnonzero(column != 0)
+    if len(hot) == 1 and column[hot[0]] == 1:
+        return _TrialScan(i, int(hot[0]), label_path)
+    trial = _TrialScan(i, None, label_path)
+    trial.problems.append(DataError(str(label_path), f"label column {i + 1} is not one-hot "
+                                    f"({len(hot)} non-zero entries); expected exactly one 1 "
+                                    "among the 10 rows", kind="label", field="label"))
+    return trial
+
+
+def _attach_media(folder: Path, subject: str, trials: list[_TrialScan]) -> list[Rejection]:
+    """Find each trial's video/audio by the trial number that starts the file name."""
+    rejections: list[Rejection] = []
+    for modality, sub, ext in _MEDIA:
+        media_dir = folder / sub
+        if not media_dir.is_dir():
+            continue
+        for path in sorted(media_dir.iterdir()):
+            if path.name.startswith(".") or path.suffix.lower() != ext:
+                continue
+            try:
+                index, task, emotion = _parse_media_name(path)
+                if index >= len(trials):
+                    raise DataError(str(path), f"trial number {index + 1} in the file name, "
+                                    f"but the EEG/label files hold {len(trials)} trials",
+                                    kind="invalid_value", field=modality)
+            except DataError as err:
+                rejections.append(Rejection.from_error(
+                    f"eav/{subject}/1/{path.name}", [str(path)], err))
+                continue
+            trial = trials[index]
+            if modality in trial.media:
+                trial.problems.append(DataError(str(path), f"two {modality} files for trial "
+                                                f"{index + 1}: {trial.media[modality].name} "
+                                                "and this one", kind="invalid_value",
+                                                field=modality))
+                continue
+            trial.media[modality] = path
+            trial.name_emotion[modality] = emotion
+            if task is not None:
+                trial.name_task[modality] = task
+    return rejections
+
+
+def _parse_media_name(path: Path) -> tuple[int, str | None, str]:
+    fields = path.stem.split("_")
+    if len(fields) < 5 or not fields[0].isdigit() or int(fields[0]) < 1:
+        raise DataError(str(path), "file name does not parse; expected '_'-separated fields "
+                        "starting with the trial number and the emotion as the fifth, e.g. "
+                        "007_Trial_04_Speaking_Anger_aud.wav", kind="invalid_value",
+                        field="label")
+    words = {w.lower() for w in fields}
+    tasks = [task for word, task in _TASK_WORDS.items() if word in words]
+    return int(fields[0]) - 1, (tasks[0] if len(tasks) == 1 else None), fields[4]
+
+
+def _choose_parity(scans: list[_SubjectScan], option: str) -> tuple[int, str]:
+    votes = [0, 0]          # media files agreeing with listening parity 0 / 1
+    for scan in scans:
+        for trial in scan.trials:
+            if trial.row is None:
+                continue
+            for said in trial.name_task.values():
+                votes[trial.row % 2 if said == "listening" else 1 - trial.row % 2] += 1
+    total = sum(votes)
+    if option in ("0", "1"):
+        parity = int(option)
+        return parity, (f"listening_parity={parity} set by option; the Speaking/Listening "
+                        f"words of {votes[parity]} of {total} media file names agree")
+    if votes[0] == votes[1]:
+        why = "no media file names with Speaking/Listening" if total == 0 else \
+            f"file names split evenly ({votes[0]} vs {votes[1]})"
+        return 1, (f"listening_parity=1 by default ({why}; the EAV loaders keep rows "
+                   "1, 3, 5, 7, 9 as listening)")
+    parity = int(votes[1] > votes[0])
+    return parity, (f"listening_parity={parity} inferred from the Speaking/Listening words "
+                    f"of media file names: {votes[parity]} of {total} agree")
+
+
+# ---------------------------------------------------------------------- .mat access
+def _read_labels(path: Path) -> np.ndarray:
+    """The one-hot label matrix as ``(10, n_trials)``."""
+    if not path.is_file():
+        raise DataError(str(path), "label file missing; expected variable 'label' one-hot "
+                        "(10, n_trials)", kind="unreadable", field="label")
+    mat = _loadmat(str(path), ["label"])
+    if "label" not in mat:
+        raise DataError(str(path), "no variable 'label'; expected one-hot (10, n_trials)",
+                        kind="unreadable", field="label")
+    label = np.asarray(mat["label"])
+    if label.ndim == 2 and label.shape[0] != 10 and label.shape[1] == 10:
+        label = label.T                                   # stored (n_trials, 10)
+    if label.ndim != 2 or label.shape[0] != 10:
+        raise DataError(str(path), f"'label' has shape {label.shape}; expected one-hot "
+                        "(10, n_trials) = 5 emotions x 2 tasks", kind="label", field="label")
+    return label
+
+
+def _eeg_header(path: str) -> tuple[str, tuple[int, ...]]:
+    """The EEG variable name (`seg1` or `seg`) and its shape, without reading the data."""
+    import scipy.io
+
+    if not os.path.isfile(path):
+        raise DataError(path, "EEG file missing; expected variable 'seg' or 'seg1' of shape "
+                        "(T, C, trials)", kind="unreadable", field="eeg")
+    try:
+        found = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
+    except Exception as exc:   # scipy raises many types for corrupt files
+        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable",
+                        field="eeg") from exc
+    for var in EEG_VARIABLES:
+        if var in found and len(found[var]) == 3:
+            return var, tuple(found[var])
+    present = {v: found[v] for v in EEG_VARIABLES if v in found}
+    if present:
+        raise DataError(path, f"EEG variable(s) {present} are not 3-D; expected (T, C, "
+                        "trials)", kind="invalid_value", field="eeg")
+    raise DataError(path, f"no EEG variable 'seg' or 'seg1' (found {sorted(found)})",
+                    kind="unreadable", field="eeg")
+
+
+def _loadmat(path: str, names: list[str] | None = None) -> dict:
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(path, variable_names=names)
+    except NotImplementedError as exc:       # MATLAB v7.3 = HDF5
+        raise DataError(path, "MATLAB v7.3 (HDF5) file; expected a v5 .mat (save -v7)",
+                        kind="unknown_format") from exc
+    except Exception as exc:
+        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable") from exc
+
+
+@functools.lru_cache(maxsize=2)
+def _eeg_array(path: str, mtime_ns: int, size: int, var: str) -> np.ndarray:
+    """The whole ``(T, C, n)`` array of one subject, cached (200 trials per file)."""
+    mat = _loadmat(path, [var])
+    if var not in mat:
+        raise DataError(path, f"no variable {var!r}", kind="unreadable", field="eeg")
+    return mat[var]
+
+
+def _eeg_trial(path: str, var: str, index: int) -> np.ndarray:
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise DataError(path, f"cannot open EEG file: {exc.strerror}", kind="unreadable",
+                        field="eeg") from exc
+    array = _eeg_array(path, stat.st_mtime_ns, stat.st_size, var)    # (T, C, n)
+    if array.ndim != 3 or not 0 <= index < array.shape[2]:
+        raise DataError(path, f"trial {index + 1} not in variable {var!r} of shape "
+                        f"{array.shape}; expected (T, C, trials)", kind="truncated",
+                        field="eeg")
+    return np.asarray(array[:, :, index].T, dtype=np.float64)        # (C, T)
+
+
+# ---------------------------------------------------------------------- fake-data twin
+def write_subject(root: str | os.PathLike, subject: int, eeg_uv: np.ndarray,
+                  classes: list[int], tasks: list[str], audio: dict[int, Audio],
+                  video: dict[int, Video], *, var_name: str = "seg",
+                  listening_parity: int = 1) -> None:
+    """Write one subject in the exact EAV layout.
+
+    Parameters
+    ----------
+    root : path
+        Dataset root; ``subjectNN/`` is created under it.
+    subject : int
+        Subject number (``subject01`` for 1).
+    eeg_uv : np.ndarray
+        ``(n_trials, C, T)`` EEG in microvolts; stored as ``(T, C, n_trials)``.
+    classes : list[int]
+        Per trial, the emotion index into :data:`emoray.labels.EAV_CLASSES`.
+    tasks : list[str]
+        Per trial, ``"speaking"`` or ``"listening"``.
+    audio, video : dict
+        Trial index -> signal, for the trials that have that modality (audio: speaking).
+        Files are named ``{i+1:03d}_Trial_{k:02d}_{Task}_{Emotion}_{aud|vid}.{wav|mp4}``
+        with ``k`` the listen/speak pair number.
+    var_name : str
+        The EEG variable name (``seg`` or ``seg1`` in the real files).
+    listening_parity : int
+        Label-row parity that means listening (row ``2*e + t``).
+    """
+    import scipy.io
+
+    from emoray.io.audio import write_audio
+    from emoray.io.video import write_mp4
+
+    n_trials = eeg_uv.shape[0]
+    if len(classes) != n_trials or len(tasks) != n_trials:
+        raise ValueError(f"{n_trials} EEG trials but {len(classes)} classes, {len(tasks)} tasks")
+    folder = Path(root) / f"subject{subject:02d}"
+    for sub in ("EEG", "Audio", "Video"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    label = np.zeros((10, n_trials))                      # (10, n) one-hot
+    for i, (emotion, task) in enumerate(zip(classes, tasks)):
+        listening = task.lower() == "listening"
+        label[2 * int(emotion) + (listening_parity if listening else 1 - listening_parity),
+              i] = 1.0
+    seg = np.ascontiguousarray(np.transpose(eeg_uv, (2, 1, 0)))   # (T, C, n)
+    scipy.io.savemat(folder / "EEG" / f"{folder.name}_eeg.mat", {var_name: seg})
+    scipy.io.savemat(folder / "EEG" / f"{folder.name}_eeg_label.mat", {"label": label})
+
+    def stem(i: int) -> str:
+        return (f"{i + 1:03d}_Trial_{i // 2 + 1:02d}_{tasks[i].capitalize()}_"
+                f"{EAV_CLASSES[classes[i]].capitalize()}")
+
+    for i, clip in sorted(audio.items()):
+        write_audio(folder / "Audio" / f"{stem(i)}_aud.wav", clip)
+    for i, clip in sorted(video.items()):
+        write_mp4(folder / "Video" / f"{stem(i)}_vid.mp4", clip.frames, clip.fps)
