@@ -69,14 +69,19 @@ class EAVAdapter(DatasetAdapter):
         the dataset's loaders keep rows 1, 3, 5, 7, 9 as listening).
     eeg_scale : float
         Factor from file units to volts (the files hold microvolts).
+    trial_seconds : float | str
+        Expected trial length, against which ingest reports truncated trials. ``"auto"``:
+        the longest EEG array in the files (20 s in the real dataset, whose trials all share
+        one length; a synthetic corpus may be shorter); a number declares it.
     """
 
     name = "eav"
 
     def __init__(self, root: str, *, task: str = "speaking",
-                 listening_parity: str | int = "auto", eeg_scale: float = 1e-6):
+                 listening_parity: str | int = "auto", eeg_scale: float = 1e-6,
+                 trial_seconds: float | str = "auto"):
         super().__init__(root, task=task, listening_parity=listening_parity,
-                         eeg_scale=eeg_scale)
+                         eeg_scale=eeg_scale, trial_seconds=trial_seconds)
         if task not in ("speaking", "listening", "both"):
             raise ConfigError(f"eav option task={task!r}; expected 'speaking', 'listening' "
                               "or 'both'")
@@ -86,12 +91,13 @@ class EAVAdapter(DatasetAdapter):
         self.task = task
         self.listening_parity = str(listening_parity)
         self.eeg_scale = float(eeg_scale)
+        self.trial_seconds = _seconds_option(trial_seconds)
         self._scans: list[_SubjectScan] | None = None
-        self._parity: tuple[int, str] | None = None
+        self._parity: tuple[dict[str, int], str] | None = None
 
     # ------------------------------------------------------------------ listing
     def _subject_dirs(self) -> list[tuple[int, Path]]:
-        root = Path(self.root)
+        root = Path(self.root).absolute()    # specs travel to Ray tasks: absolute paths
         expected = ("expected the EAV layout subjectNN/EEG/subjectNN_eeg.mat, "
                     "subjectNN/EEG/subjectNN_eeg_label.mat, subjectNN/Audio/*.wav, "
                     "subjectNN/Video/*.mp4")
@@ -112,29 +118,38 @@ class EAVAdapter(DatasetAdapter):
             self._scans = [_scan_subject(num, folder) for num, folder in self._subject_dirs()]
         return self._scans
 
-    def parity(self) -> tuple[int, str]:
-        """The listening parity in use and a sentence saying how it was chosen."""
+    def parity(self) -> tuple[dict[str, int], str]:
+        """The listening parity per subject (``"NN"`` -> 0/1) and how it was chosen."""
         if self._parity is None:
             self._parity = _choose_parity(self._scanned(), self.listening_parity)
         return self._parity
 
     def info(self) -> DatasetInfo:
-        parity, how = self.parity()
+        parities, how = self.parity()
+        notes = [f"task={self.task}", how]
+        if len(set(parities.values())) == 1:
+            p = next(iter(parities.values()))
+            notes.append(f"label rows {p}, {p + 2}, ..., {p + 8} read as listening, rows "
+                         f"{1 - p}, {3 - p}, ..., {9 - p} as speaking")
+        seconds = self.trial_seconds
+        if seconds is None:
+            lengths = [s.n_samples for s in self._scanned() if s.n_samples]
+            seconds = max(lengths) / EAV_SFREQ if lengths else EAV_TRIAL_SECONDS
+            notes.append(f"trial_seconds={seconds:g} from the EEG files' length (the real EAV "
+                         f"trials are {EAV_TRIAL_SECONDS:g} s)")
         modalities = ["eeg", "video"] if self.task == "listening" else ["eeg", "audio", "video"]
         return DatasetInfo(
             name=self.name, label_names=list(EAV_CLASSES), modalities=modalities,
             eeg_channels=list(EAV_CHANNELS), eeg_sfreq=EAV_SFREQ, audio_rate=None,
-            video_fps=EAV_VIDEO_FPS, trial_seconds=EAV_TRIAL_SECONDS,
-            notes=[f"task={self.task}", how,
-                   f"label rows {parity}, {parity + 2}, ..., {parity + 8} read as listening, "
-                   f"rows {1 - parity}, {3 - parity}, ..., {9 - parity} as speaking"])
+            video_fps=EAV_VIDEO_FPS, trial_seconds=seconds, notes=notes)
 
     def list_trials(self) -> tuple[list[TrialSpec], list[Rejection]]:
-        parity, _ = self.parity()
+        parities, _ = self.parity()
         specs: list[TrialSpec] = []
         rejections: list[Rejection] = []
         for scan in self._scanned():
             rejections.extend(scan.rejections)
+            parity = parities[scan.subject]
             for trial in scan.trials:
                 task = trial.task(parity)
                 if self.task != "both" and task is not None and task != self.task:
@@ -181,6 +196,19 @@ class EAVAdapter(DatasetAdapter):
         if "video" in spec.refs:
             video = self.read_video(spec.refs["video"]["path"], fps_hint=EAV_VIDEO_FPS)
         return Trial(spec=spec, eeg=eeg, audio=audio, video=video)
+
+
+def _seconds_option(value: float | str) -> float | None:
+    """``"auto"`` -> None, else a positive number of seconds (ConfigError otherwise)."""
+    if value == "auto":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"option trial_seconds={value!r}; expected 'auto' or seconds > 0")
+    return seconds
 
 
 # ---------------------------------------------------------------------- scanning
@@ -233,6 +261,7 @@ class _SubjectScan:
     eeg_var: str | None
     trials: list[_TrialScan]
     rejections: list[Rejection]
+    n_samples: int | None = None      # T of the EEG array (all trials share it)
 
 
 def _trial_id(subject: str, index: int) -> str:
@@ -271,7 +300,7 @@ def _scan_subject(num: int, folder: Path) -> _SubjectScan:
                             f"{n_labels} columns for {n_eeg} EEG trials", kind="label",
                             field="label")
         rejections.append(Rejection.from_error(_trial_id(subject, i), [err.path or ""], err))
-    return _SubjectScan(subject, eeg_path, var, trials, rejections)
+    return _SubjectScan(subject, eeg_path, var, trials, rejections, n_samples=shape[0])
 
 
 def _trial_from_column(i: int, labels: np.ndarray, label_path: Path) -> _TrialScan:
@@ -332,27 +361,41 @@ def _parse_media_name(path: Path) -> tuple[int, str | None, str]:
     return int(fields[0]) - 1, (tasks[0] if len(tasks) == 1 else None), fields[4]
 
 
-def _choose_parity(scans: list[_SubjectScan], option: str) -> tuple[int, str]:
-    votes = [0, 0]          # media files agreeing with listening parity 0 / 1
+def _choose_parity(scans: list[_SubjectScan], option: str) -> tuple[dict[str, int], str]:
+    """Listening parity per subject and a sentence saying how it was chosen.
+
+    ``auto``: each subject takes the parity most of its media file names agree with; a
+    subject whose names say nothing takes the pooled majority (1 when that is a tie too).
+    """
+    votes: dict[str, list[int]] = {}     # subject -> media files agreeing with parity 0 / 1
     for scan in scans:
+        votes[scan.subject] = count = [0, 0]
         for trial in scan.trials:
             if trial.row is None:
                 continue
             for said in trial.name_task.values():
-                votes[trial.row % 2 if said == "listening" else 1 - trial.row % 2] += 1
-    total = sum(votes)
+                count[trial.row % 2 if said == "listening" else 1 - trial.row % 2] += 1
+    pooled = [sum(v[0] for v in votes.values()), sum(v[1] for v in votes.values())]
+    total = sum(pooled)
     if option in ("0", "1"):
         parity = int(option)
-        return parity, (f"listening_parity={parity} set by option; the Speaking/Listening "
-                        f"words of {votes[parity]} of {total} media file names agree")
-    if votes[0] == votes[1]:
-        why = "no media file names with Speaking/Listening" if total == 0 else \
-            f"file names split evenly ({votes[0]} vs {votes[1]})"
-        return 1, (f"listening_parity=1 by default ({why}; the EAV loaders keep rows "
-                   "1, 3, 5, 7, 9 as listening)")
-    parity = int(votes[1] > votes[0])
-    return parity, (f"listening_parity={parity} inferred from the Speaking/Listening words "
-                    f"of media file names: {votes[parity]} of {total} agree")
+        return ({s: parity for s in votes}, f"listening_parity={parity} set by option; the "
+                f"Speaking/Listening words of {pooled[parity]} of {total} media file names "
+                "agree")
+    default = 1 if pooled[0] == pooled[1] else int(pooled[1] > pooled[0])
+    chosen = {s: default if v[0] == v[1] else int(v[1] > v[0]) for s, v in votes.items()}
+    if total == 0:
+        return chosen, ("listening_parity=1 by default: no media file names with "
+                        "Speaking/Listening to infer it from (the EAV loaders keep rows "
+                        "1, 3, 5, 7, 9 as listening)")
+    agree = sum(v[chosen[s]] for s, v in votes.items())
+    values = set(chosen.values())
+    if len(values) == 1:
+        return chosen, (f"listening_parity={values.pop()} inferred from the Speaking/"
+                        f"Listening words of media file names: {agree} of {total} agree")
+    groups = {p: [s for s in sorted(chosen) if chosen[s] == p] for p in (0, 1)}
+    return chosen, (f"listening_parity inferred per subject from media file names ({agree} "
+                    f"of {total} agree): 0 for subjects {groups[0]}, 1 for {groups[1]}")
 
 
 # ---------------------------------------------------------------------- .mat access

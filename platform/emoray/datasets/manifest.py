@@ -1,0 +1,368 @@
+"""The generic manifest CSV adapter: users' own data, one row per trial.
+
+A manifest is a CSV file (or a folder holding ``manifest.csv``) with the columns
+
+=========== ==========================================================================
+``subject`` required
+``label``   class name (case-insensitive) or class index        } at least one
+``valence`` rating on ``va_scale``                               } of these three
+``arousal`` rating on ``va_scale``                               }
+``session`` optional, default ``"1"``
+``trial``   optional, default the row number (1-based, data rows only)
+``eeg``     path to an EEG file (any :data:`~emoray.io.eeg.SUPPORTED_EEG_EXTENSIONS`)
+``audio``   path to an audio file (WAV/FLAC/OGG)
+``video``   path to a video file or a folder of frames
+=========== ==========================================================================
+
+Paths are relative to the CSV's folder (absolute paths are kept); an empty cell means the
+trial has no such modality. Any other column is copied into ``TrialSpec.extra``. Rows that
+cannot be used (label outside the label space, rating off the scale, file missing, no
+modality) are returned as :class:`~emoray.datasets.base.Rejection` naming the CSV line.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
+from emoray.errors import ConfigError, DataError
+from emoray.io.audio import SUPPORTED_AUDIO_EXTENSIONS, audio_header, read_audio
+from emoray.io.eeg import (SUPPORTED_EEG_EXTENSIONS, eeg_header, normalize_channel_name,
+                           pick_channels, read_eeg)
+from emoray.io.video import SUPPORTED_VIDEO_EXTENSIONS, video_header
+from emoray.labels import EAV_CLASSES, LabelSpace, to_common_scale
+from emoray.types import MODALITIES, Trial, TrialSpec
+
+MANIFEST_NAME = "manifest.csv"
+ID_COLUMNS: tuple[str, ...] = ("subject", "session", "trial")
+LABEL_COLUMNS: tuple[str, ...] = ("label", "valence", "arousal")
+COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *LABEL_COLUMNS, *MODALITIES)
+
+
+class _RowError(Exception):
+    """A row-level problem that becomes a Rejection."""
+
+    def __init__(self, kind: str, reason: str, field: str | None = None,
+                 files: list[str] | None = None):
+        super().__init__(reason)
+        self.kind, self.reason, self.field, self.files = kind, reason, field, files or []
+
+
+def _check_options(label_names, va_scale, eeg_channels, dataset, video_fps):
+    """Validate the constructor options; return them normalised."""
+    if label_names is not None:
+        if isinstance(label_names, str) or not isinstance(label_names, Sequence) or \
+                not label_names or not all(isinstance(n, str) and n.strip() for n in label_names):
+            raise ConfigError(f"manifest option label_names={label_names!r}: expected a "
+                              "non-empty list of class names")
+        if len({n.strip().lower() for n in label_names}) != len(label_names):
+            raise ConfigError(f"manifest option label_names={list(label_names)}: names "
+                              "must be unique (case-insensitive)")
+    try:
+        low, high = (float(v) for v in va_scale)
+    except (TypeError, ValueError):
+        raise ConfigError(f"manifest option va_scale={va_scale!r}: expected two numbers "
+                          "[low, high]") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ConfigError(f"manifest option va_scale={va_scale!r}: expected finite "
+                          "low < high")
+    if eeg_channels is not None:
+        if isinstance(eeg_channels, str) or not isinstance(eeg_channels, Sequence) or \
+                not eeg_channels or not all(isinstance(c, str) for c in eeg_channels):
+            raise ConfigError(f"manifest option eeg_channels={eeg_channels!r}: expected a "
+                              "non-empty list of channel names")
+        eeg_channels = [normalize_channel_name(c) for c in eeg_channels]
+        if len(set(eeg_channels)) != len(eeg_channels):
+            raise ConfigError(f"manifest option eeg_channels={eeg_channels}: duplicate "
+                              "channel names")
+    if not isinstance(dataset, str) or not dataset.strip() or "/" in dataset:
+        raise ConfigError(f"manifest option dataset={dataset!r}: expected a non-empty "
+                          "name without '/'")
+    if isinstance(video_fps, bool) or not isinstance(video_fps, (int, float)) or \
+            not video_fps > 0:
+        raise ConfigError(f"manifest option video_fps={video_fps!r}: expected a positive "
+                          "number")
+    names = tuple(n.strip() for n in label_names) if label_names is not None else EAV_CLASSES
+    return names, (low, high), eeg_channels, dataset.strip(), float(video_fps)
+
+
+@register_adapter
+class ManifestAdapter(DatasetAdapter):
+    """Trials listed in a manifest CSV (see the module docstring for the columns).
+
+    Parameters
+    ----------
+    root : str
+        The CSV file, or a folder holding ``manifest.csv``.
+    label_names : list[str] | None
+        Class names of the ``label`` column (None: the five EAV classes).
+    va_scale : tuple[float, float]
+        The ``(low, high)`` scale of the valence/arousal columns, mapped onto [-1, 1].
+    eeg_channels : list[str] | None
+        Channels every trial's EEG is picked to (None: the first EEG file's channels).
+    dataset : str
+        Dataset name written into the records.
+    video_fps : float
+        Frame rate of frame folders that have no ``fps.txt``.
+    """
+
+    name = "manifest"
+
+    def __init__(self, root: str, *, label_names: list[str] | None = None,
+                 va_scale: tuple[float, float] = (-1.0, 1.0),
+                 eeg_channels: list[str] | None = None, dataset: str = "manifest",
+                 video_fps: float = 30.0):
+        super().__init__(root, label_names=label_names, va_scale=va_scale,
+                         eeg_channels=eeg_channels, dataset=dataset, video_fps=video_fps)
+        (self.label_names, self.va_scale, self.eeg_channels, self.dataset,
+         self.video_fps) = _check_options(label_names, va_scale, eeg_channels, dataset,
+                                          video_fps)
+        self.label_space = LabelSpace(self.dataset, self.label_names)
+        root_path = Path(root)
+        self.csv_path = root_path / MANIFEST_NAME if root_path.is_dir() else root_path
+        self._listing: tuple[list[TrialSpec], list[Rejection]] | None = None
+        self._info: DatasetInfo | None = None
+
+    # ------------------------------------------------------------------ reading the CSV
+    @cached_property
+    def _rows(self) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+        """(header, [(line number, row)]) with lower-cased, stripped column names."""
+        where = str(self.csv_path)
+        if not self.csv_path.is_file():
+            raise DataError(where, f"manifest not found; expected a CSV file or a folder "
+                            f"holding {MANIFEST_NAME}", kind="layout")
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                header = [h.strip().lower() for h in next(reader, [])]
+                rows = []
+                for values in reader:
+                    if not any(v.strip() for v in values):
+                        continue   # blank line
+                    if len(values) > len(header):
+                        raise DataError(where, f"line {reader.line_num} has {len(values)} "
+                                        f"cells but the header has {len(header)}",
+                                        kind="layout")
+                    cells = {h: v.strip() for h, v in zip(header, values)}
+                    rows.append((reader.line_num, cells))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(where, f"cannot read manifest CSV: {exc}", kind="layout") from None
+        missing = [c for c in ("subject",) if c not in header]
+        if not any(c in header for c in LABEL_COLUMNS):
+            missing.append("label|valence|arousal")
+        if missing:
+            raise DataError(where, f"missing column(s) {missing}; expected 'subject' and at "
+                            f"least one of {list(LABEL_COLUMNS)} (columns found: {header})",
+                            kind="layout")
+        dupes = sorted({h for h in header if header.count(h) > 1 and h})
+        if dupes:
+            raise DataError(where, f"duplicate column(s) {dupes}", kind="layout")
+        return header, rows
+
+    def _rating(self, cells: dict[str, str], column: str) -> tuple[float | None, float | None]:
+        """(common-scale value, raw value) of a valence/arousal cell; (None, None) if empty."""
+        text = cells.get(column, "")
+        if not text:
+            return None, None
+        try:
+            raw = float(text)
+        except ValueError:
+            raw = math.nan
+        low, high = self.va_scale
+        if not math.isfinite(raw):
+            raise _RowError("invalid_value", f"{column} {text!r} is not a number; expected "
+                            f"a value in [{low:g}, {high:g}]", column)
+        if not low <= raw <= high:
+            raise _RowError("invalid_value", f"{column} {raw:g} is outside the scale "
+                            f"[{low:g}, {high:g}] (option va_scale)", column)
+        return to_common_scale(raw, low, high), raw
+
+    def _label(self, cells: dict[str, str]) -> int | None:
+        text = cells.get("label", "")
+        if not text:
+            return None
+        try:
+            as_float = float(text)
+            if as_float.is_integer():
+                text = str(int(as_float))   # "2.0" as written by pandas -> "2"
+        except ValueError:
+            pass
+        try:
+            return self.label_space.index(text)
+        except DataError as err:
+            raise _RowError("label", err.reason, "label") from None
+
+    def _path(self, modality: str, text: str) -> str:
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else self.csv_path.parent / path
+        path = Path(os.path.normpath(path))
+        if modality == "video" and path.is_dir():
+            return str(path)
+        ext = str(path).lower()
+        supported = {"eeg": SUPPORTED_EEG_EXTENSIONS, "audio": SUPPORTED_AUDIO_EXTENSIONS,
+                     "video": SUPPORTED_VIDEO_EXTENSIONS}[modality]
+        if path.exists() and not any(ext.endswith(e) for e in supported):
+            raise _RowError("unknown_format", f"{modality} file {text!r} has an unsupported "
+                            f"extension; expected one of {list(supported)}", modality,
+                            [str(path)])
+        if not path.exists():
+            raise _RowError("unreadable", f"{modality} file {text!r} not found "
+                            f"(looked for {path})", modality, [str(path)])
+        return str(path)
+
+    def _spec(self, index: int, cells: dict[str, str]) -> TrialSpec:
+        subject = cells.get("subject", "")
+        if not subject:
+            raise _RowError("invalid_value", "subject is empty; expected a subject id",
+                            "subject")
+        label = self._label(cells)
+        valence, valence_raw = self._rating(cells, "valence")
+        arousal, arousal_raw = self._rating(cells, "arousal")
+        if label is None and valence is None and arousal is None:
+            raise _RowError("label", "row has no label, valence or arousal", "label")
+        refs = {m: {"path": self._path(m, cells[m])} for m in MODALITIES if cells.get(m)}
+        if not refs:
+            raise _RowError("invalid_value", f"row names no {'/'.join(MODALITIES)} file; "
+                            "expected at least one modality")
+        extra: dict[str, Any] = {k: v for k, v in cells.items() if k not in COLUMNS and k and v}
+        if valence_raw is not None:
+            extra["valence_raw"] = valence_raw
+        if arousal_raw is not None:
+            extra["arousal_raw"] = arousal_raw
+        return TrialSpec(dataset=self.dataset, subject=subject,
+                         session=cells.get("session") or "1",
+                         trial=cells.get("trial") or str(index), label=label,
+                         valence=valence, arousal=arousal, refs=refs, extra=extra)
+
+    # ------------------------------------------------------------------ adapter interface
+    def list_trials(self) -> tuple[list[TrialSpec], list[Rejection]]:
+        """One TrialSpec per good row; bad rows become Rejections naming the CSV line."""
+        if self._listing is not None:
+            return self._listing
+        _, rows = self._rows
+        specs: list[TrialSpec] = []
+        rejections: list[Rejection] = []
+        seen: dict[str, int] = {}
+        for index, (line, cells) in enumerate(rows, start=1):
+            trial_id = (f"{self.dataset}/{cells.get('subject', '')}/"
+                        f"{cells.get('session') or '1'}/{cells.get('trial') or index}")
+            try:
+                spec = self._spec(index, cells)
+                if spec.trial_id in seen:
+                    raise _RowError("invalid_value", f"duplicate trial id {spec.trial_id!r} "
+                                    f"(first at line {seen[spec.trial_id]})", "trial")
+            except _RowError as err:
+                files = err.files or [str(self.csv_path)]
+                rejections.append(Rejection(trial_id, files, err.kind,
+                                            f"{self.csv_path}:{line}: {err.reason}",
+                                            err.field))
+                continue
+            seen[spec.trial_id] = line
+            spec.extra["manifest_line"] = line
+            specs.append(spec)
+        self._listing = (specs, rejections)
+        return self._listing
+
+    def _first_header(self, modality: str, read):
+        """The header of the first listed file of ``modality`` that can be read."""
+        for spec in self.list_trials()[0]:
+            if modality in spec.refs:
+                try:
+                    return read(spec.refs[modality]["path"])
+                except DataError:
+                    continue   # a corrupt file is rejected when its trial is loaded
+        return None
+
+    @cached_property
+    def _eeg_header(self) -> tuple[list[str], float, int] | None:
+        return self._first_header("eeg", eeg_header)
+
+    def info(self) -> DatasetInfo:
+        """Modalities present, and rates/channels from the first readable file headers."""
+        if self._info is not None:
+            return self._info
+        _, rows = self._rows
+        modalities = [m for m in MODALITIES if any(cells.get(m) for _, cells in rows)]
+        eeg = self._eeg_header if "eeg" in modalities else None
+        audio = self._first_header("audio", audio_header) if "audio" in modalities else None
+        video = (self._first_header("video", lambda p: video_header(
+            p, frames_fps=self.video_fps)) if "video" in modalities else None)
+        video_fps = video[0] if video else None
+        if self.video_sample_fps is not None:
+            video_fps = (min(float(self.video_sample_fps), video_fps) if video_fps
+                         else float(self.video_sample_fps))
+        channels = self.eeg_channels or (list(eeg[0]) if eeg else None)
+        self._info = DatasetInfo(
+            name=self.dataset, label_names=list(self.label_names), modalities=modalities,
+            eeg_channels=channels, eeg_sfreq=eeg[1] if eeg else None,
+            audio_rate=audio[0] if audio else None, video_fps=video_fps,
+            notes=[f"manifest {self.csv_path}"])
+        return self._info
+
+    def load_trial(self, spec: TrialSpec) -> Trial:
+        """Read every modality the spec names; EEG is picked to the dataset's channels."""
+        trial = Trial(spec=spec)
+        if "eeg" in spec.refs:
+            eeg = read_eeg(spec.refs["eeg"]["path"])
+            channels = self.eeg_channels or (self._eeg_header[0] if self._eeg_header else None)
+            trial.eeg = pick_channels(eeg, channels) if channels else eeg
+        if "audio" in spec.refs:
+            trial.audio = read_audio(spec.refs["audio"]["path"])
+        if "video" in spec.refs:
+            trial.video = self.read_video(spec.refs["video"]["path"], fps_hint=self.video_fps)
+        return trial
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base``: absolute and existing cwd-relative paths are
+    converted; other relative paths are taken to be relative to ``base`` already."""
+    if path.is_absolute() or (path.exists() and not (base / path).exists()):
+        return Path(os.path.relpath(path.resolve(), base)).as_posix()
+    return path.as_posix()
+
+
+def write_manifest(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Write a manifest CSV readable by :class:`ManifestAdapter`.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        The CSV file to write (parent folders are created).
+    rows : list[dict]
+        One dict per trial with ``subject`` and any of the columns in :data:`COLUMNS`;
+        other keys become extra columns. Modality paths are written relative to the CSV's
+        folder: absolute paths and relative paths that exist from the current directory
+        are converted, other relative paths are kept (taken as relative to the CSV's
+        folder already). ``None`` and NaN are written as empty cells.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = out.parent.resolve()
+    keys = {k for row in rows for k in row}
+    columns = ["subject", *[c for c in COLUMNS if c in keys and c != "subject"]]
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            cells = []
+            for column in columns:
+                value = row.get(column)
+                if column in MODALITIES and value not in (None, ""):
+                    value = _relative(Path(value), base)
+                cells.append(_cell(value))
+            writer.writerow(cells)

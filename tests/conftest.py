@@ -1,0 +1,54 @@
+"""Shared fixtures: one real local Ray per test session, small synthetic corpora."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray with 2 CPUs, shared by every integration test (RAY.md: share one)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _synth(out: Path, **fields) -> Path:
+    from emoray.synth.config import SynthConfig
+    from emoray.synth.corpus import write_corpus
+
+    base = dict(subjects=2, trials_per_class=1, seconds=4.0, seed=3, video_fps=10.0,
+                video_size=48)
+    base.update(fields)
+    write_corpus(SynthConfig(**base), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_factory(tmp_path_factory):
+    """Build (once per session, per parameter set) a small synthetic corpus."""
+    cache: dict[tuple, Path] = {}
+
+    def make(**fields) -> Path:
+        key = tuple(sorted(fields.items()))
+        if key not in cache:
+            cache[key] = _synth(tmp_path_factory.mktemp("corpus"), **fields)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def native_corpus(corpus_factory) -> Path:
+    """Parallel native corpus: 2 subjects x 5 trials x 4 s, EEG FIF + WAV + MP4."""
+    return corpus_factory()

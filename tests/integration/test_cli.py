@@ -1,0 +1,65 @@
+"""The emoray command: help, config errors, and a real synth -> ingest -> inspect run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emoray.cli import build_parser, main
+
+SUBCOMMANDS = ["quickstart", "synth", "ingest", "preprocess", "inspect", "bench"]
+
+
+def _run(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "emoray", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def test_help_lists_every_subcommand():
+    res = _run("--help")
+    assert res.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in res.stdout
+    for name in SUBCOMMANDS:
+        sub = _run(name, "--help")
+        assert sub.returncode == 0 and "usage: emoray " + name in sub.stdout
+
+
+def test_parser_knows_the_same_subcommands():
+    actions = [a for a in build_parser()._subparsers._group_actions]
+    assert sorted(actions[0].choices) == sorted(SUBCOMMANDS)
+
+
+def test_config_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "c"), "--set", "synth.subjcts=2"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'synth.subjects'" in err and "Traceback" not in err
+    assert main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--layout", "nosuch"]) == 2
+    assert "unknown dataset layout 'nosuch'" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "holds no shards" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_synth_ingest_inspect_from_the_command_line(tmp_path):
+    corpus, rec = tmp_path / "corpus", tmp_path / "rec"
+    res = _run("synth", str(corpus), "--layout", "eav", "--subjects", "1",
+               "--trials-per-class", "1", "--seconds", "4", "--set", "synth.video_size=32")
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load((corpus / "config.yaml").read_text())["synth"]["layout"] == "eav"
+    res = _run("ingest", str(corpus), "--layout", "eav", "--out", str(rec), "--num-cpus", "2",
+               "--segment-seconds", "2", "--set", "ingest.options.task=both")
+    assert res.returncode == 0, res.stderr
+    assert "5 found = 5 ingested + 0 rejected (reconciled)" in res.stdout
+    saved = yaml.safe_load((rec / "config.yaml").read_text())
+    assert saved["ingest"]["options"] == {"task": "both"} and saved["ingest"]["layout"] == "eav"
+    res = _run("inspect", str(rec), "--png", str(tmp_path / "o.png"))
+    assert res.returncode == 0, res.stderr
+    assert "10 records from 5 trials" in res.stdout and Path(tmp_path / "o.png").exists()
