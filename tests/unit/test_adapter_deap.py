@@ -53,7 +53,9 @@ def test_list_and_load(corpus):
     adapter = get_adapter("deap", str(root))
     info = adapter.info()
     assert info.eeg_channels == list(DEAP_EEG_CHANNELS) and len(info.eeg_channels) == 32
-    assert info.eeg_sfreq == 128.0 and info.trial_seconds == 60.0 and info.label_names is None
+    assert info.eeg_sfreq == 128.0 and info.label_names is None
+    assert info.trial_seconds == 1.0                      # auto: 4 s files - 3 s baseline
+    assert any("trial_seconds=1 from the files" in n for n in info.notes)
     specs, rejections = adapter.list_trials()
     assert rejections == [] and len(specs) == 2 * N_TRIALS
     assert [s.trial_id for s in specs[:3]] == ["deap/s01/1/01", "deap/s01/1/02",
@@ -73,7 +75,9 @@ def test_options_baseline_and_scale(corpus):
     root, eeg = corpus
     adapter = get_adapter("deap", str(root / "data_preprocessed_python"),
                           {"baseline_seconds": 0.0, "eeg_scale": 1.0})
-    assert adapter.info().trial_seconds == 63.0
+    assert adapter.info().trial_seconds == 4.0
+    declared = get_adapter("deap", str(root), {"trial_seconds": 60})
+    assert declared.info().trial_seconds == 60.0          # the real DEAP length, declared
     specs, _ = adapter.list_trials()
     data = adapter.load_trial(specs[0]).eeg.data
     np.testing.assert_allclose(data, eeg[1][0])                            # whole trial, uV

@@ -58,7 +58,11 @@ def test_list_and_load_speaking(corpus):
     adapter = get_adapter("eav", str(root))
     info = adapter.info()
     assert info.eeg_channels == list(EAV_CHANNELS) and len(info.eeg_channels) == 30
-    assert info.eeg_sfreq == EAV_SFREQ and info.trial_seconds == 20.0
+    assert info.eeg_sfreq == EAV_SFREQ
+    assert info.trial_seconds == N_SAMPLES / EAV_SFREQ    # auto: the files' EEG length
+    assert any("trial_seconds=0.5 from the EEG files" in n for n in info.notes)
+    declared = get_adapter("eav", str(root), {"trial_seconds": 20})
+    assert declared.info().trial_seconds == 20.0          # the real EAV length, declared
     assert info.label_names == list(EAV_CLASSES)
     assert any("listening_parity=1 inferred" in note for note in info.notes)
     specs, rejections = adapter.list_trials()
@@ -92,6 +96,8 @@ def test_listening_and_both(corpus):
     assert listening.info().modalities == ["eeg", "video"]
     trial = listening.load_trial(specs[0])
     assert trial.audio is None and trial.video is not None
+    specs[0].refs["audio"] = None              # how a spec comes back through Arrow/Ray Data
+    assert listening.load_trial(specs[0]).audio is None
     both, rejected = get_adapter("eav", str(root), {"task": "both"}).list_trials()
     assert len(both) == 12 and rejected == []
 
@@ -192,3 +198,7 @@ def test_bad_options(tmp_path):
         get_adapter("eav", str(tmp_path), {"task": "singing"})
     with pytest.raises(ConfigError, match="listening_parity"):
         get_adapter("eav", str(tmp_path), {"listening_parity": 2})
+    with pytest.raises(ConfigError, match="trial_seconds"):
+        get_adapter("eav", str(tmp_path), {"trial_seconds": "long"})
+    with pytest.raises(ConfigError, match="does not take"):
+        get_adapter("eav", str(tmp_path), {"seg_var": "seg"})

@@ -53,18 +53,20 @@ def _settings(cfg: IngestConfig) -> SegmentSettings:
                            jpeg_quality=cfg.jpeg_quality)
 
 
-def process_group(task: dict[str, Any]) -> dict[str, Any]:
+def process_group(item: dict[str, Any]) -> dict[str, Any]:
     """One shard's work: read, conform and segment its trials, write the shard file.
 
-    ``task`` holds plain values only (it is shipped to a Ray task): ``shard`` (index),
-    ``path`` (output file), ``cfg`` (IngestConfig as dict), ``info`` (DatasetInfo dict),
-    ``meta`` (schema metadata) and ``specs`` (TrialSpec dicts). Returns a summary dict.
+    ``item["task"]`` is a JSON string (so Arrow does not merge the trials' differently
+    keyed dicts on the way to the Ray task) holding ``shard`` (index), ``path`` (output
+    file), ``cfg`` (IngestConfig), ``info`` (DatasetInfo), ``meta`` (schema metadata) and
+    ``specs`` (TrialSpec dicts). Returns a summary dict of plain values.
     """
     import torch
 
     torch.set_num_threads(1)
     from emoray.datasets.base import DatasetInfo
 
+    task = json.loads(item["task"])
     cfg = IngestConfig.model_validate(task["cfg"])
     info = DatasetInfo(**task["info"])
     settings = _settings(cfg)
@@ -124,9 +126,10 @@ def make_tasks(cfg: IngestConfig, info: Any, specs: list[TrialSpec], staging: Pa
     tasks = []
     for i in range(0, len(specs), per):
         shard = i // per
-        tasks.append({"shard": shard, "path": str(staging / f"part-{shard:05d}.parquet"),
-                      "cfg": cfg.model_dump(mode="json"), "info": info.to_dict(), "meta": meta,
-                      "specs": [dataclasses.asdict(s) for s in specs[i:i + per]]})
+        task = {"shard": shard, "path": str(staging / f"part-{shard:05d}.parquet"),
+                "cfg": cfg.model_dump(mode="json"), "info": info.to_dict(), "meta": meta,
+                "specs": [dataclasses.asdict(s) for s in specs[i:i + per]]}
+        tasks.append({"shard": shard, "task": json.dumps(task, default=str)})
     return tasks
 
 

@@ -50,7 +50,7 @@ EEG_VARIABLES: tuple[str, ...] = ("seg1", "seg")
 
 _SUBJECT_DIR = re.compile(r"^subject(\d+)$")
 _MEDIA = (("video", "Video", ".mp4"), ("audio", "Audio", ".wav"))
-_TASK_WORDS = {"speaking": "speaking", "listening": "listening"}
+_TASKS = ("speaking", "listening")
 
 
 @register_adapter
@@ -191,9 +191,10 @@ class EAVAdapter(DatasetAdapter):
         eeg = EEG(data * self.eeg_scale, EAV_SFREQ, list(EAV_CHANNELS), source=path)
         audio: Audio | None = None
         video: Video | None = None
-        if "audio" in spec.refs:
+        # A spec that went through Arrow (Ray Data) has absent modalities as None refs.
+        if spec.refs.get("audio"):
             audio = read_audio(spec.refs["audio"]["path"])
-        if "video" in spec.refs:
+        if spec.refs.get("video"):
             video = self.read_video(spec.refs["video"]["path"], fps_hint=EAV_VIDEO_FPS)
         return Trial(spec=spec, eeg=eeg, audio=audio, video=video)
 
@@ -357,7 +358,7 @@ def _parse_media_name(path: Path) -> tuple[int, str | None, str]:
                         "007_Trial_04_Speaking_Anger_aud.wav", kind="invalid_value",
                         field="label")
     words = {w.lower() for w in fields}
-    tasks = [task for word, task in _TASK_WORDS.items() if word in words]
+    tasks = [task for task in _TASKS if task in words]
     return int(fields[0]) - 1, (tasks[0] if len(tasks) == 1 else None), fields[4]
 
 

@@ -303,7 +303,10 @@ def _draw_trials(cfg: SynthConfig, corpus: str, sid: int,
         intensity = float(g.uniform(0.6, 1.0))
         jit = g.normal(0.0, _VA_JITTER, size=4)
         u_label, c_label, u_act, c_act, u_code = g.random(5)
-        felt = order[i] if i < len(order) else ("anger" if i % 2 == 0 else
+        # Excluded utterances alternate 'fru' (a mild anger display) and 'xxx' (annotators
+        # disagree: any class), starting differently for the two speakers of a session.
+        frustrated = (i - len(order) + sid) % 2 == 0
+        felt = order[i] if i < len(order) else ("anger" if frustrated else
                                                  classes[int(c_act * len(classes)) % 4])
         flipped = bool(u_label < cfg.label_noise)
         label = _other(c_label, classes, felt) if flipped else felt
@@ -318,8 +321,7 @@ def _draw_trials(cfg: SynthConfig, corpus: str, sid: int,
                 if label == "happiness" and u_code < 0.5:
                     code = "exc"
             else:
-                # 'fru' (frustration: a mild anger display) and 'xxx' (annotators disagree).
-                code, excluded, label, flipped = ("fru" if i % 2 == 0 else "xxx"), True, "", False
+                code, excluded, label, flipped = ("fru" if frustrated else "xxx"), True, "", False
                 intensity *= 0.6
         lab_v, lab_a = ((valence, arousal) if not label or label == felt else
                         (_jittered(EAV_VA[label][0], jit[2]),

@@ -143,6 +143,17 @@ def _base_topography(geo: Geometry) -> np.ndarray:
     return base
 
 
+def _state_noise(geo: Geometry, rng: np.random.Generator, snr_db: float) -> np.ndarray:
+    """Random per-trial log-power fluctuations ``(C, 4)``: brain-state changes are
+    spatially smooth and band-wide, so most of the noise is shared between neighbouring
+    channels (a classifier cannot average it away over channels)."""
+    sd = EFFECT_REF * 10.0 ** (-snr_db / 20.0)
+    n_ch = len(geo.lateral)
+    smooth = geo.mix @ rng.standard_normal((n_ch, 4))                        # (C, 4)
+    return sd * (0.7 * smooth + 0.6 * rng.standard_normal((1, 4))
+                 + 0.4 * rng.standard_normal((n_ch, 4)))
+
+
 def _slow_noise(rng: np.random.Generator, n: int, sfreq: float, cutoff: float,
                 rows: int = 1) -> np.ndarray:
     """Unit-variance Gaussian noise low-passed at ``cutoff`` Hz, ``(rows, n)``."""
@@ -214,12 +225,10 @@ def simulate_eeg(subject, *, emotion: str | None, valence: float, arousal: float
     if subject.eeg_offsets.shape != (n_ch, 4):
         raise ValueError(f"subject offsets {subject.eeg_offsets.shape} do not match "
                          f"{n_ch} channels")
-    noise_sd = EFFECT_REF * 10.0 ** (-snr_db / 20.0)
     log_power = (_base_topography(geo) + subject.eeg_offsets
                  + emotion_log_power(geo, class_signatures(seed, names), emotion, valence,
                                      arousal, intensity)
-                 + noise_sd * rng.standard_normal((n_ch, 4))
-                 + noise_sd * rng.standard_normal((1, 4)))                    # (C, 4)
+                 + _state_noise(geo, rng, snr_db))                            # (C, 4)
     amp = subject.eeg_gain * BAND_RMS_UV[None, :] * np.exp(0.5 * log_power) * UV
 
     freqs = np.fft.rfftfreq(n, 1.0 / sfreq)                                  # (F,)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoray.labels import EAV_CLASSES, to_common_scale
+from emoray.labels import EAV_CLASSES, EAV_VA, to_common_scale
 from emoray.synth.config import SynthConfig
 from emoray.synth.corpus import simulate_trial
 from emoray.synth.design import DOMINANCE, GroundTruth, TrialTruth, stream
@@ -121,6 +121,8 @@ def write_eav(cfg: SynthConfig, gt: GroundTruth, root: Path, bar) -> dict[str, s
                 if (modality, i) in media:
                     trial.files[modality] = _rel(media[(modality, i)], root)
             _set_ids(trial, "eav", f"{sid:02d}", "1", f"{i + 1:03d}")
+            # EAV records only the class: its valence/arousal is the class position.
+            trial.label_valence, trial.label_arousal = EAV_VA[trial.label]
     return {"root": "."}
 
 
