@@ -7,7 +7,10 @@ written next to a corpus (``synth_config.yaml``) states exactly what was generat
 
 The difficulty defaults are chosen so that EEG is the most reliable modality (it always
 follows the *felt* emotion), speech and video are fooled on the ``acted_fraction`` of trials,
-and the ``label_noise`` caps every modality below 100 %.
+and the ``label_noise`` caps every modality below 100 %. Measured with simple features and a
+ridge classifier, leave-one-subject-out over 6 subjects x 60 trials of 5 s (per-subject
+feature z-scoring): EEG log band powers 0.84, video (mean frame) 0.62, speech prosody
+features 0.49 (chance 0.20), a weighted late fusion of the three 0.86.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class SynthConfig(BaseModel):
     layout: Layout = Field(
         "native", description="On-disk layout: 'native' (per-trial files + manifest.csv), "
         "'eav' (parallel only), 'deap' (EEG-only, nonparallel), 'iemocap' (speech-only, "
-        "nonparallel).")
+        "nonparallel); an unset mode follows the layout.")
     subjects: int = Field(4, ge=1, le=999, description="Subjects per corpus (in nonparallel "
                           "mode: EEG subjects and, separately, as many speakers).")
     trials_per_class: int = Field(4, ge=1, le=1000, description="Trials per emotion class and "
@@ -98,7 +101,7 @@ class SynthConfig(BaseModel):
     acted_fraction: float = Field(0.2, ge=0.0, le=1.0, description="Fraction of trials whose "
                                   "speech AND face display a different emotion than felt; EEG "
                                   "always follows the felt emotion.")
-    eeg_snr_db: float = Field(3.0, ge=-20.0, le=40.0, description="EEG emotion signal vs "
+    eeg_snr_db: float = Field(-3.0, ge=-20.0, le=40.0, description="EEG emotion signal vs "
                               "trial-to-trial variation: ratio (dB) of the emotion-driven band "
                               "log-power effects to the random per-trial log-power "
                               "fluctuations.")
@@ -120,6 +123,8 @@ class SynthConfig(BaseModel):
     def _resolve_and_check(self) -> "SynthConfig":
         given = self.model_fields_set
         layout = self.layout
+        if "mode" not in given and layout in ("deap", "iemocap"):
+            self.mode = "nonparallel"          # the only mode these layouts have
         if layout == "eav" and self.mode != "parallel":
             raise ValueError("layout 'eav' is a parallel EEG+audio+video corpus: set "
                              "mode='parallel'")

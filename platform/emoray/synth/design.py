@@ -218,7 +218,7 @@ def draw_subject(cfg: SynthConfig, corpus: str, sid: int) -> Subject:
     smooth = geo.mix @ g.standard_normal((len(cfg.eeg_channels), len(BANDS)))  # (C, 4)
     smooth /= smooth.std() + 1e-12
     per_band = g.standard_normal(len(BANDS))[None, :]                            # (1, 4)
-    offsets = sv * (0.35 * smooth + 0.25 * per_band)                             # (C, 4)
+    offsets = sv * (0.5 * smooth + 0.35 * per_band)                              # (C, 4)
     eeg_gain = float(np.exp(0.2 * sv * g.standard_normal()))
     exponent = float(np.clip(1.8 + 0.15 * sv * g.standard_normal(), 1.2, 2.4))
     alpha_peak = float(np.clip(10.0 + 0.8 * sv * g.standard_normal(), 8.0, 12.5))

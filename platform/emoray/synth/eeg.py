@@ -43,7 +43,7 @@ WHITE_NOISE_UV = 0.5
 AROUSAL_EFFECT = np.array([0.0, -0.9, 0.7, 0.8])
 VALENCE_THETA = 0.5            # frontal theta per unit valence
 ASYMMETRY = 0.7                # frontal alpha asymmetry per unit valence
-SIGNATURE = 0.6                # rms of each class's topographic signature (log power)
+SIGNATURE = 0.25               # rms of each class's topographic signature (log power)
 #: Log-power size that ``snr_db`` compares the trial noise against.
 EFFECT_REF = 0.6
 _BURST_SD = 0.45
@@ -161,7 +161,8 @@ def _slow_noise(rng: np.random.Generator, n: int, sfreq: float, cutoff: float,
     spec = rng.standard_normal((rows, freqs.size)) + 1j * rng.standard_normal((rows, freqs.size))
     spec *= np.exp(-0.5 * (freqs / cutoff) ** 2)
     x = np.fft.irfft(spec, n=n)                                              # (rows, n)
-    return x / (x.std(axis=1, keepdims=True) + 1e-12)
+    # rms, not std: a cutoff below the frequency resolution leaves only a (random) offset
+    return x / (np.sqrt((x ** 2).mean(axis=1, keepdims=True)) + 1e-12)
 
 
 def _blink_signal(times: np.ndarray, n: int, sfreq: float,
@@ -250,10 +251,6 @@ def simulate_eeg(subject, *, emotion: str | None, valence: float, arousal: float
     x += np.einsum("cb,bct->ct", amp, comps[1:] * bursts[:, None, :])
     x += WHITE_NOISE_UV * UV * rng.standard_normal((n_ch, n))
 
-    times = (draw_blinks(rng, seconds, blinks_per_min) if blink_times is None
-             else np.asarray(blink_times, dtype=float))
-    if times.size:
-        x += geo.blink[:, None] * _blink_signal(times, n, sfreq, rng)[None, :]
     if hum:
         t = np.arange(n) / sfreq
         f_mains = 50.0 + 0.02 * rng.standard_normal()
@@ -262,6 +259,11 @@ def simulate_eeg(subject, *, emotion: str | None, valence: float, arousal: float
         x += amps * np.sin(2 * np.pi * f_mains * t[None, :] + phase)
         if 3 * f_mains < sfreq / 2:
             x += 0.15 * amps * np.sin(2 * np.pi * 3 * f_mains * t[None, :] + 3 * phase)
+    # Blinks last: the same stream with and without blinks differs by the blinks only.
+    times = (draw_blinks(rng, seconds, blinks_per_min) if blink_times is None
+             else np.asarray(blink_times, dtype=float))
+    if times.size:
+        x += geo.blink[:, None] * _blink_signal(times, n, sfreq, rng)[None, :]
     return x
 
 
