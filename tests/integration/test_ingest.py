@@ -128,7 +128,7 @@ def test_iemocap_layout_round_trip(ray_cluster, corpus_factory, tmp_path):
     assert (df["valid_seconds"] <= 5.0).all()            # short utterances padded to 5 s
 
 
-def _break_corpus(src: Path, dst: Path) -> dict[str, str]:
+def _break_corpus(src: Path, dst: Path) -> dict[tuple[str, str], str]:
     """Copy a native corpus and break five trials, one per kind of bad input."""
     shutil.copytree(src, dst)
     manifest = pd.read_csv(dst / "manifest.csv", keep_default_na=False)
@@ -136,24 +136,24 @@ def _break_corpus(src: Path, dst: Path) -> dict[str, str]:
     broken = {}
     # 1. a corrupt EEG file
     (dst / rows[0]["eeg"]).write_bytes(b"this is not a FIF file" * 50)
-    broken[rows[0]["trial"]] = "unreadable"
+    broken[(str(rows[0]["subject"]), str(rows[0]["trial"]))] = "unreadable"
     # 2. a WAV at the wrong sample rate
     import soundfile as sf
     data, rate = sf.read(dst / rows[1]["audio"])
     sf.write(dst / rows[1]["audio"], data[::2], rate // 2)
-    broken[rows[1]["trial"]] = "sample_rate"
+    broken[(str(rows[1]["subject"]), str(rows[1]["trial"]))] = "sample_rate"
     # 3. an EEG file missing a channel
     from emoray.io.eeg import read_eeg, write_eeg
     eeg = read_eeg(dst / rows[2]["eeg"])
     eeg.data, eeg.ch_names = eeg.data[1:], eeg.ch_names[1:]
     write_eeg(dst / rows[2]["eeg"], eeg)
-    broken[rows[2]["trial"]] = "missing_channel"
+    broken[(str(rows[2]["subject"]), str(rows[2]["trial"]))] = "missing_channel"
     # 4. a label outside the label space
     rows[3]["label"] = "euphoria"
-    broken[rows[3]["trial"]] = "label"
+    broken[(str(rows[3]["subject"]), str(rows[3]["trial"]))] = "label"
     # 5. a truncated recording
     sf.write(dst / rows[4]["audio"], data[: len(data) // 3], rate)
-    broken[rows[4]["trial"]] = "truncated"
+    broken[(str(rows[4]["subject"]), str(rows[4]["trial"]))] = "truncated"
     pd.DataFrame(rows).to_csv(dst / "manifest.csv", index=False)
     return broken
 
@@ -170,4 +170,5 @@ def test_bad_input_is_reported_and_the_rest_goes_through(ray_cluster, native_cor
         assert r["reason"] in text
     df = _records(tmp_path / "rec")
     assert len(df) == 5 * 2
-    assert not set(df["trial"].astype(str)) & {str(t) for t in broken}
+    assert not set(zip(df["subject"], df["trial"])) & set(broken)
+    assert {tuple(r["trial_id"].split("/")[1:4:2]) for r in report["rejections"]} == set(broken)
