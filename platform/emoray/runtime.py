@@ -37,3 +37,41 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _call_per_row(batch: dict, fn):
+    """``map_batches`` body: call ``fn`` on each row of a batch of plain-valued task rows."""
+    import numpy as np
+
+    keys = list(batch)
+    rows = [{k: (v.item() if isinstance(v, np.generic) else v)
+             for k, v in ((k, batch[k][i]) for k in keys)} for i in range(len(batch[keys[0]]))]
+    results = [fn(row) for row in rows]
+    return {k: [r[k] for r in results] for k in results[0]}
+
+
+def map_tasks(tasks: list[dict], fn) -> list[dict]:
+    """Run ``fn`` on each task row as a Ray Data ``map_batches`` pipeline, one task per row.
+
+    Task rows hold plain values only (ints, strings: nested structures travel as JSON, or
+    Arrow would merge differently keyed dicts). The result rows come back to the driver,
+    so they must be small (counts, paths, reasons), never signals.
+
+    Ray Data's per-operator resource reservation keeps half the CPUs back from a
+    single-operator pipeline until its first output arrives (on 2 CPUs: one task runs
+    alone for a whole task length). These pipelines have one operator whose tasks are
+    the whole job, so the reservation is switched off while they run.
+    """
+    import ray.data
+
+    if not tasks:
+        return []
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        return ds.map_batches(_call_per_row, fn_kwargs={"fn": fn}, batch_size=1,
+                              batch_format="numpy").take_all()
+    finally:
+        ctx.op_resource_reservation_enabled = saved

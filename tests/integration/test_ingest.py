@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from emoray.config import IngestConfig
 from emoray.data.ingest import format_report, run_ingest
@@ -48,6 +49,8 @@ def test_native_parallel_corpus(ray_cluster, native_corpus, tmp_path):
     assert df["record_id"].is_unique
     for col in ("eeg", "audio", "video"):
         assert df[col].notna().all()
+    saved = yaml.safe_load((tmp_path / "rec" / "config.yaml").read_text())
+    assert saved["ingest"]["segment_seconds"] == 2.0          # the resolved config travels
     meta = read_metadata(tmp_path / "rec")
     assert meta["dataset"]["eeg_sfreq"] == 500.0 and meta["dataset"]["audio_rate"] == 44100
     assert meta["label_names"] == list(EAV_CLASSES)
@@ -172,3 +175,37 @@ def test_bad_input_is_reported_and_the_rest_goes_through(ray_cluster, native_cor
     assert len(df) == 5 * 2
     assert not set(zip(df["subject"], df["trial"])) & set(broken)
     assert {tuple(r["trial_id"].split("/")[1:4:2]) for r in report["rejections"]} == set(broken)
+
+
+def test_nonparallel_native_corpora(ray_cluster, corpus_factory, tmp_path):
+    corpus = corpus_factory(mode="nonparallel", layout="native")
+    truth = pd.read_csv(corpus / "ground_truth.csv")
+    eeg = _ingest(corpus / "eeg", tmp_path / "eeg", segment_seconds=2.0)
+    speech = _ingest(corpus / "speech", tmp_path / "speech", segment_seconds=2.0)
+    assert eeg["found"] + speech["found"] == len(truth)
+    assert eeg["rejected"] == speech["rejected"] == 0
+    eeg_df, speech_df = _records(tmp_path / "eeg"), _records(tmp_path / "speech")
+    assert eeg_df["audio"].isna().all() and eeg_df["eeg"].notna().all()
+    assert speech_df["eeg"].isna().all() and speech_df["audio"].notna().all()
+    assert not set(eeg_df["subject"]) & set(speech_df["subject"])   # different people
+    for df in (eeg_df, speech_df):                                    # shared label space
+        assert set(df["valence_high"].dropna()) == {0, 1}
+
+
+@pytest.mark.parametrize("layout", ["seed", "dreamer"])
+def test_seed_and_dreamer_fakes_through_ingest(ray_cluster, tmp_path, layout):
+    rng = np.random.default_rng(0)
+    if layout == "seed":
+        from emoray.datasets.seed import write_fake
+        write_fake(tmp_path / "src", n_subjects=2, n_sessions=1, n_clips=3, seconds=4.0, rng=rng)
+        n_trials, n_ch = 2 * 3, 62
+    else:
+        from emoray.datasets.dreamer import write_fake
+        write_fake(tmp_path / "src", n_subjects=2, n_clips=3, seconds=4.0, rng=rng)
+        n_trials, n_ch = 2 * 3, 14
+    report = _ingest(tmp_path / "src", tmp_path / "rec", layout=layout, segment_seconds=2.0)
+    assert report["found"] == report["ingested"] == n_trials and report["reconciled"]
+    df = _records(tmp_path / "rec")
+    assert len(df) == n_trials * 2
+    assert {s[0] for s in df["eeg_shape"]} == {n_ch}
+    assert df["valence"].notna().all()

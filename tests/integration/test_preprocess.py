@@ -38,6 +38,7 @@ def test_features_follow_the_contract(records, tmp_path):
     report = _prep(records, tmp_path / "feat")
     assert report["records_in"] == report["records_out"] == 20 and report["reconciled"]
     meta = read_metadata(tmp_path / "feat")
+    assert (tmp_path / "feat" / "config.yaml").read_text().startswith("preprocess:")
     contract = PreprocessContract.load(tmp_path / "feat" / "contract.json")
     assert meta["contract"] == json.loads(contract.to_json())
     assert contract.eeg.channels == meta["dataset"]["eeg_channels"]

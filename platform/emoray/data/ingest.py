@@ -24,6 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from emoray import __version__
 from emoray.config import IngestConfig
 from emoray.data.segment import SegmentSettings, conform, segment_trial
@@ -134,13 +136,10 @@ def make_tasks(cfg: IngestConfig, info: Any, specs: list[TrialSpec], staging: Pa
 
 
 def run_tasks_ray(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run the shard tasks as a Ray Data pipeline (one block, one task per shard)."""
-    import ray.data
+    """Run the shard tasks as a Ray Data pipeline (one task per shard)."""
+    from emoray.runtime import map_tasks
 
-    if not tasks:
-        return []
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    return ds.map(process_group).take_all()
+    return map_tasks(tasks, process_group)
 
 
 def run_tasks_local(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,6 +179,8 @@ def run_ingest(cfg: IngestConfig, *, runner=run_tasks_ray, echo=print) -> dict[s
                      time.perf_counter() - t0)
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (out / "config.yaml").write_text(yaml.safe_dump({"ingest": cfg.model_dump(mode="json")},
+                                                    sort_keys=False))
     return report
 
 

@@ -112,8 +112,9 @@ def overview_png(folder: str | Path, png: str | Path | None = None) -> Path:
     example = _first_examples(files, summary["stage"], meta)
     fig, axes = plt.subplots(2, 2, figsize=(13, 8))
     ax = axes[0, 0]
-    counts = summary["classes"] or {f"{k}={v}": c for k, d in summary["binaries"].items()
-                                    for v, c in d.items()}
+    order = summary["label_names"] or sorted(summary["classes"])
+    counts = ({c: summary["classes"].get(c, 0) for c in order} if summary["classes"] else
+              {f"{k}={v}": c for k, d in summary["binaries"].items() for v, c in d.items()})
     ax.bar(list(counts), list(counts.values()), color="tab:blue")
     ax.set_title(f"records per class ({summary['records']} records)")
     ax.tick_params(axis="x", rotation=30)

@@ -23,6 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import numpy as np
 
 from emoray import __version__
@@ -96,25 +98,11 @@ def process_shard(task: dict[str, Any]) -> dict[str, Any]:
             "rejected": json.dumps(rejected)}
 
 
-def _process_batch(batch: dict[str, np.ndarray]) -> dict[str, list]:
-    """``map_batches`` adapter: a batch of shard tasks (columns of plain values)."""
-    keys = list(batch)
-    results = [process_shard({k: _plain(batch[k][i]) for k in keys})
-               for i in range(len(batch[keys[0]]))]
-    return {k: [r[k] for r in results] for k in results[0]}
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def run_tasks_ray(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import ray.data
+    """Run the shard tasks as a Ray Data ``map_batches`` pipeline (one task per shard)."""
+    from emoray.runtime import map_tasks
 
-    if not tasks:
-        return []
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    return ds.map_batches(_process_batch, batch_size=1, batch_format="numpy").take_all()
+    return map_tasks(tasks, process_shard)
 
 
 def run_tasks_local(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,6 +163,8 @@ def run_preprocess(cfg: PreprocessConfig, *, runner=run_tasks_ray, echo=print) -
     contract.save(out / "contract.json")
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (out / "config.yaml").write_text(yaml.safe_dump(
+        {"preprocess": cfg.model_dump(mode="json")}, sort_keys=False))
     return report
 
 
