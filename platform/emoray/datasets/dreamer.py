@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
+from emoray.datasets._matio import loadmat
 from emoray.errors import DataError
 from emoray.labels import to_common_scale
 from emoray.types import EEG, Trial, TrialSpec
@@ -134,15 +135,7 @@ class DREAMERAdapter(DatasetAdapter):
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     """The ``DREAMER`` struct as a (1, 1) record array (squeeze_me off: no shape guessing)."""
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(path, variable_names=["DREAMER"])
-    except NotImplementedError as exc:
-        raise DataError(path, "MATLAB v7.3 (HDF5) file; expected a v5 .mat (save -v7)",
-                        kind="unknown_format") from exc
-    except Exception as exc:     # scipy raises many types for corrupt files
-        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable") from exc
+    mat = loadmat(path, ["DREAMER"])
     if "DREAMER" not in mat:
         raise DataError(path, "no variable 'DREAMER'; expected the DREAMER struct",
                         kind="unreadable")

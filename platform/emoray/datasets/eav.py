@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
+from emoray.datasets._matio import loadmat, variables
 from emoray.errors import ConfigError, DataError
 from emoray.labels import EAV_CLASSES, EAV_VA
 from emoray.types import EEG, Audio, Trial, TrialSpec, Video
@@ -405,7 +406,7 @@ def _read_labels(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(str(path), "label file missing; expected variable 'label' one-hot "
                         "(10, n_trials)", kind="unreadable", field="label")
-    mat = _loadmat(str(path), ["label"])
+    mat = loadmat(str(path), ["label"])
     if "label" not in mat:
         raise DataError(str(path), "no variable 'label'; expected one-hot (10, n_trials)",
                         kind="unreadable", field="label")
@@ -420,16 +421,10 @@ def _read_labels(path: Path) -> np.ndarray:
 
 def _eeg_header(path: str) -> tuple[str, tuple[int, ...]]:
     """The EEG variable name (`seg1` or `seg`) and its shape, without reading the data."""
-    import scipy.io
-
     if not os.path.isfile(path):
         raise DataError(path, "EEG file missing; expected variable 'seg' or 'seg1' of shape "
                         "(T, C, trials)", kind="unreadable", field="eeg")
-    try:
-        found = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
-    except Exception as exc:   # scipy raises many types for corrupt files
-        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable",
-                        field="eeg") from exc
+    found = variables(path, field="eeg")
     for var in EEG_VARIABLES:
         if var in found and len(found[var]) == 3:
             return var, tuple(found[var])
@@ -441,22 +436,10 @@ def _eeg_header(path: str) -> tuple[str, tuple[int, ...]]:
                     kind="unreadable", field="eeg")
 
 
-def _loadmat(path: str, names: list[str] | None = None) -> dict:
-    import scipy.io
-
-    try:
-        return scipy.io.loadmat(path, variable_names=names)
-    except NotImplementedError as exc:       # MATLAB v7.3 = HDF5
-        raise DataError(path, "MATLAB v7.3 (HDF5) file; expected a v5 .mat (save -v7)",
-                        kind="unknown_format") from exc
-    except Exception as exc:
-        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable") from exc
-
-
 @functools.lru_cache(maxsize=2)
 def _eeg_array(path: str, mtime_ns: int, size: int, var: str) -> np.ndarray:
     """The whole ``(T, C, n)`` array of one subject, cached (200 trials per file)."""
-    mat = _loadmat(path, [var])
+    mat = loadmat(path, [var])
     if var not in mat:
         raise DataError(path, f"no variable {var!r}", kind="unreadable", field="eeg")
     return mat[var]

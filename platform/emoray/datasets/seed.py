@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
+from emoray.datasets._matio import loadmat, variables
 from emoray.errors import DataError
 from emoray.io.eeg import normalize_channel_name
 from emoray.types import EEG, Trial, TrialSpec
@@ -82,7 +83,7 @@ class SEEDAdapter(DatasetAdapter):
 
     def _labels(self, folder: Path) -> np.ndarray:
         path = folder / "label.mat"
-        mat = _loadmat(str(path), ["label"])
+        mat = loadmat(str(path), ["label"])
         if "label" not in mat:
             raise DataError(str(path), "no variable 'label'; expected (1, 15) in {-1, 0, 1}",
                             kind="layout", field="label")
@@ -151,7 +152,7 @@ class SEEDAdapter(DatasetAdapter):
     def load_trial(self, spec: TrialSpec) -> Trial:
         ref = spec.refs["eeg"]
         path, var = str(ref["path"]), str(ref["var"])
-        mat = _loadmat(path, [var])
+        mat = loadmat(path, [var])
         if var not in mat:
             raise DataError(path, f"no variable {var!r}", kind="unreadable", field="eeg")
         data = np.asarray(mat[var], dtype=np.float64)           # (62, T) microvolts
@@ -164,29 +165,10 @@ class SEEDAdapter(DatasetAdapter):
 
 
 # ---------------------------------------------------------------------- .mat access
-def _loadmat(path: str, names: list[str] | None = None) -> dict:
-    import scipy.io
-
-    try:
-        return scipy.io.loadmat(path, variable_names=names)
-    except NotImplementedError as exc:       # MATLAB v7.3 = HDF5
-        raise DataError(path, "MATLAB v7.3 (HDF5) file; expected a v5 .mat (save -v7)",
-                        kind="unknown_format") from exc
-    except Exception as exc:                 # scipy raises many types for corrupt files
-        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable") from exc
-
-
 def _clip_headers(path: str) -> dict[int, tuple[str, tuple[int, ...]]]:
     """Clip number -> (variable, shape) from the file's variable headers."""
-    import scipy.io
-
-    try:
-        whos = scipy.io.whosmat(path)
-    except Exception as exc:
-        raise DataError(path, f"cannot read MATLAB file: {exc!r}", kind="unreadable",
-                        field="eeg") from exc
     clips: dict[int, tuple[str, tuple[int, ...]]] = {}
-    for name, shape, _ in sorted(whos):
+    for name, shape in sorted(variables(path, field="eeg").items()):
         m = _CLIP_VAR.match(name)
         if m and int(m.group(2)) not in clips:
             clips[int(m.group(2))] = (name, tuple(shape))
