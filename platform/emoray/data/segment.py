@@ -37,28 +37,31 @@ def conform(trial: Trial, info: DatasetInfo, settings: SegmentSettings) -> Trial
         eeg = trial.eeg
         if info.eeg_channels:
             eeg = pick_channels(eeg, info.eeg_channels)
-        if info.eeg_sfreq and not math.isclose(eeg.sfreq, info.eeg_sfreq, rel_tol=1e-6):
-            if not settings.resample_mismatched:
-                raise DataError(eeg.source, f"EEG sample rate {eeg.sfreq:g} Hz, expected "
-                                f"{info.eeg_sfreq:g} Hz (the dataset's rate); set "
-                                "ingest.resample_mismatched=true to resample",
-                                kind="sample_rate", field="eeg")
+        if _must_resample(eeg.sfreq, info.eeg_sfreq, eeg.source, "eeg", settings):
             eeg.data = resample_eeg(eeg.data, eeg.sfreq, info.eeg_sfreq)
             eeg.sfreq = float(info.eeg_sfreq)
         _check_finite(eeg.data, eeg.source, "eeg")
         trial.eeg = eeg
     if trial.audio is not None:
         audio = trial.audio
-        if info.audio_rate and audio.sample_rate != info.audio_rate:
-            if not settings.resample_mismatched:
-                raise DataError(audio.source, f"audio sample rate {audio.sample_rate} Hz, "
-                                f"expected {info.audio_rate} Hz (the dataset's rate); set "
-                                "ingest.resample_mismatched=true to resample",
-                                kind="sample_rate", field="audio")
+        if _must_resample(audio.sample_rate, info.audio_rate, audio.source, "audio", settings):
             audio.samples = resample_audio(audio.samples, audio.sample_rate, info.audio_rate)
             audio.sample_rate = int(info.audio_rate)
         _check_finite(audio.samples, audio.source, "audio")
     return trial
+
+
+def _must_resample(rate: float, expected: float | None, source: str | None, field: str,
+                   settings: SegmentSettings) -> bool:
+    """True when a signal must be resampled to the dataset's rate; raise if not allowed."""
+    if not expected or math.isclose(rate, expected, rel_tol=1e-6):
+        return False
+    if not settings.resample_mismatched:
+        name = "EEG" if field == "eeg" else field
+        raise DataError(source, f"{name} sample rate {rate:g} Hz, expected {expected:g} Hz "
+                        "(the dataset's rate); set ingest.resample_mismatched=true to "
+                        "resample", kind="sample_rate", field=field)
+    return True
 
 
 def _check_finite(x: np.ndarray, source: str | None, field: str) -> None:
