@@ -1,0 +1,135 @@
+"""What every encoder shares: its output, its input contract, weight files, the registry.
+
+An encoder maps one modality's preprocessed tensor to tokens ``(B, T, D)`` and a pooled
+``(B, D)`` embedding. Its constructor takes the modality's *contract* fields (derived from
+the :class:`~emoray.data.contract.PreprocessContract` the features were made with) plus
+the size fields of a preset; unknown keyword arguments are rejected with a clear error
+(braindecode's ``EEGModuleMixin`` idea). No pretrained weights exist here: weights load
+only from local files the project itself wrote (:meth:`BaseEncoder.load_weights`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from emoray.errors import ConfigError
+
+
+@dataclass
+class EncoderOutput:
+    tokens: torch.Tensor      # (B, T, D)
+    pooled: torch.Tensor      # (B, D)
+
+
+class BaseEncoder(nn.Module):
+    """Base class of the registered encoders.
+
+    Subclasses set ``name``, ``modality`` (``eeg``/``speech``/``video``/``features``),
+    ``contract_fields`` (the input-contract keyword names) and ``presets`` (``tiny``,
+    ``small``, ``base`` -> size keyword values), and implement ``forward(x) ->
+    EncoderOutput``. ``self.dim`` is the width D of tokens and pooled output.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    contract_fields: ClassVar[tuple[str, ...]]
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    dim: int
+
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this encoder (saved with its weights)."""
+        return dict(self._config)
+
+    def save_weights(self, path: str | Path) -> Path:
+        """Write ``{"encoder": name, "config": ..., "state_dict": ...}`` to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"encoder": self.name, "config": self.config(),
+                    "state_dict": self.state_dict()}, path)
+        return path
+
+    def load_weights(self, path: str | Path, *, strict: bool = True) -> "BaseEncoder":
+        """Load weights written by :meth:`save_weights` (or a bare state dict).
+
+        Raises :class:`ConfigError` naming the file for a missing/unreadable file, a file
+        for another encoder, or mismatched tensor names/shapes.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"weights file {path} not found")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:   # torch raises several types for non-checkpoint files
+            raise ConfigError(f"weights file {path} is not a torch checkpoint "
+                              f"({type(exc).__name__}: {exc})") from None
+        state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+        if not isinstance(state, dict):
+            raise ConfigError(f"weights file {path}: expected a state dict")
+        if isinstance(blob, dict) and blob.get("encoder") not in (None, self.name):
+            raise ConfigError(f"weights file {path} holds encoder {blob['encoder']!r}, "
+                              f"not {self.name!r}")
+        own = self.state_dict()
+        bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+               for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if bad:
+            raise ConfigError(f"weights file {path} does not fit {self.name} "
+                              f"({self._config}): " + "; ".join(bad[:5]))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if strict and (missing or unexpected):
+            raise ConfigError(f"weights file {path} does not fit {self.name}: missing "
+                              f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+        return self
+
+
+_ENCODERS: dict[str, type[BaseEncoder]] = {}
+
+
+def register_encoder(cls: type[BaseEncoder]) -> type[BaseEncoder]:
+    """Class decorator: make an encoder available by ``cls.name``."""
+    _ENCODERS[cls.name] = cls
+    return cls
+
+
+def encoder_names() -> list[str]:
+    _load_builtin()
+    return sorted(_ENCODERS)
+
+
+def encoder_class(name: str) -> type[BaseEncoder]:
+    _load_builtin()
+    if name not in _ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; expected one of {sorted(_ENCODERS)}")
+    return _ENCODERS[name]
+
+
+def create_encoder(name: str, preset: str = "tiny", weights: str | Path | None = None,
+                   **kwargs: Any) -> BaseEncoder:
+    """Build encoder ``name`` at ``preset`` size; ``kwargs`` are contract fields and size
+    overrides. Unknown names, presets or keyword arguments raise :class:`ConfigError`."""
+    cls = encoder_class(name)
+    if preset not in cls.presets:
+        raise ConfigError(f"encoder {name!r} has no preset {preset!r}; expected one of "
+                          f"{sorted(cls.presets)}")
+    config = {**cls.presets[preset], **kwargs}
+    allowed = set(cls.contract_fields) | set(cls.presets[preset])
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ConfigError(f"encoder {name!r} does not take {unknown}; its inputs are "
+                          f"{list(cls.contract_fields)} and sizes {sorted(cls.presets[preset])}")
+    missing = [f for f in cls.contract_fields if f not in config]
+    if missing:
+        raise ConfigError(f"encoder {name!r} needs its input contract {missing}")
+    model = cls(**config)
+    model._config = dict(config)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _load_builtin() -> None:
+    from emoray.models import ast, eegformer, mlp, vit  # noqa: F401
