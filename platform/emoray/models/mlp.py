@@ -1,0 +1,91 @@
+"""MLP encoder over feature vectors: the lightweight encoders of JMML's intra stage.
+
+Inputs are per-segment feature vectors: EEG differential entropy or band power
+``(C, n_bands)`` flattened to ``C * n_bands``, or speech statistics ``(265,)``. Each
+hidden layer is ``Linear -> LayerNorm -> GELU -> Dropout`` (no BatchNorm, so a batch of
+one, uneven DDP shards and eval mode behave alike; the LayerNorm after every Linear keeps
+activations on a fixed scale whatever the feature units), and a final Linear gives the
+embedding of width ``dim`` (32/64/128 in the presets).
+
+Features should be standardised by the caller (e.g. with training-set mean and std);
+band power in V^2 is ~1e-12 and would otherwise reach the first layer as zeros.
+
+Examples
+--------
+>>> from emoray.models import create_encoder
+>>> enc = create_encoder("mlp", "tiny", in_features=150)
+>>> out = enc(torch.randn(4, 30, 5))        # (B, C, n_bands) is flattened
+>>> out.tokens.shape, out.pooled.shape
+(torch.Size([4, 1, 32]), torch.Size([4, 32]))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from emoray.models.base import BaseEncoder, EncoderOutput, register_encoder
+from emoray.models.layers import check_dropout, check_input, check_positive, init_weights
+
+
+@register_encoder
+class MLPEncoder(BaseEncoder):
+    """``depth`` hidden layers (Linear-LayerNorm-GELU-Dropout) and a linear embedding.
+
+    Parameters
+    ----------
+    in_features : int
+        Length F of the feature vector (contract).
+    dim : int
+        Embedding width D.
+    hidden : int
+        Width of the hidden layers.
+    depth : int
+        Number of hidden layers (>= 1).
+    dropout : float
+        Dropout after every hidden layer.
+
+    Notes
+    -----
+    ``tokens`` is the embedding as a single token ``(B, 1, D)`` so that the MLP fits
+    wherever a token encoder does; ``pooled`` is the same vector ``(B, D)``.
+    """
+
+    name: ClassVar[str] = "mlp"
+    modality: ClassVar[str] = "features"
+    contract_fields: ClassVar[tuple[str, ...]] = ("in_features",)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(dim=32, hidden=64, depth=1, dropout=0.1),
+        "small": dict(dim=64, hidden=256, depth=2, dropout=0.2),
+        "base": dict(dim=128, hidden=1024, depth=3, dropout=0.2),
+    }
+
+    def __init__(self, in_features: int, dim: int, hidden: int, depth: int,
+                 dropout: float = 0.1):
+        super().__init__()
+        check_positive(self.name, in_features=in_features, dim=dim, hidden=hidden,
+                       depth=depth)
+        check_dropout(self.name, dropout)
+        self.in_features = in_features
+        self.dim = dim
+        self.stem = self._layer(in_features, hidden, dropout)      # F -> hidden
+        self.hidden = nn.Sequential(*(self._layer(hidden, hidden, dropout)
+                                      for _ in range(depth - 1)))
+        self.out = nn.Linear(hidden, dim)
+        self.apply(init_weights)
+
+    @staticmethod
+    def _layer(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.GELU(),
+                             nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        """Encode features ``(B, in_features)``; ``(B, ...)`` is flattened first."""
+        if x.ndim > 2 and math.prod(x.shape[1:]) == self.in_features:
+            x = x.flatten(1)                                 # (B, C, n_bands) -> (B, F)
+        check_input(self.name, x, {"in_features": self.in_features})
+        pooled = self.out(self.hidden(self.stem(x)))         # (B, D)
+        return EncoderOutput(tokens=pooled.unsqueeze(1), pooled=pooled)

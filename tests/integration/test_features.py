@@ -1,0 +1,80 @@
+"""Feature shards read back as tensors through Ray Data, presence masks for absent modalities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emoray.config import IngestConfig, PreprocessConfig
+from emoray.data.features import batch_to_tensors, feature_metadata, read_features
+from emoray.data.ingest import run_ingest
+from emoray.data.preprocess import run_preprocess
+from emoray.errors import DataError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def eav_features(ray_cluster, corpus_factory, tmp_path_factory):
+    corpus = corpus_factory(layout="eav", seconds=4.0)
+    out = tmp_path_factory.mktemp("eavfeat")
+    run_ingest(IngestConfig(source=str(corpus), output=str(out / "rec"), layout="eav",
+                            segment_seconds=2.0, options={"task": "both"}), echo=lambda *_: None)
+    cfg = PreprocessConfig(input=str(out / "rec"), output=str(out / "feat"))
+    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
+    run_preprocess(cfg, echo=lambda *_: None)
+    return out
+
+
+def test_batches_become_tensors_with_presence_masks(eav_features):
+    meta = feature_metadata(eav_features / "feat")
+    ds = read_features(eav_features / "feat")
+    rows, speech_present = 0, []
+    for batch in ds.iter_batches(batch_size=8, batch_format="numpy"):
+        t = batch_to_tensors(batch, meta)
+        b = len(t["label"])
+        rows += b
+        n_ch = len(meta["contract"]["eeg"]["channels"])
+        assert t["eeg"].shape == (b, n_ch, 200) and t["eeg"].dtype == torch.float32
+        assert t["logmel"].shape == (b, 128, 201)
+        assert t["video"].shape == (b, 4, 3, 32, 32)
+        assert t["eeg_present"].all() and t["video_present"].all()
+        assert torch.isfinite(t["video"]).all() and t["video"].abs().max() < 3.0
+        # listening trials have no speech: zeros with a False mask, never a fake signal
+        absent = ~t["speech_present"]
+        assert (t["logmel"][absent] == 0).all() and (t["audio_stats"][absent] == 0).all()
+        speech_present.extend(t["speech_present"].tolist())
+        assert ((t["label"] >= 0) & (t["label"] < 5)).all()
+    assert rows == 20
+    assert 0 < sum(speech_present) < rows            # both tasks are there
+
+
+def test_record_shards_are_refused(eav_features):
+    with pytest.raises(DataError, match="expected feature shards"):
+        feature_metadata(eav_features / "rec")
+
+
+def test_wrong_size_row_is_named():
+    meta = {"feature_shapes": {"eeg_de": [2, 5]}}
+    batch = {"eeg_de": np.array([np.zeros(10), np.zeros(9)], dtype=object)}
+    with pytest.raises(DataError, match="row 1 has 9 values; expected 10"):
+        batch_to_tensors(batch, meta)
+
+
+def test_float32_video_storage_and_uint8_normalisation_agree():
+    contract = {"video": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    frames = np.random.default_rng(0).integers(0, 256, (2, 1, 3, 2, 2), dtype=np.uint8)
+    normalised = (frames.astype(np.float32) / 255 - 0.5) / 0.25
+    shapes = {"video": [1, 3, 2, 2]}
+    as_uint8 = batch_to_tensors(
+        {"video": np.array([f.ravel() for f in frames] + [None], dtype=object),
+         "video_f32": np.array([None, None, None], dtype=object)},
+        {"feature_shapes": shapes, "contract": contract, "video_storage": "uint8"})
+    as_f32 = batch_to_tensors(
+        {"video": np.array([None, None, None], dtype=object),
+         "video_f32": np.array([f.ravel() for f in normalised] + [None], dtype=object)},
+        {"feature_shapes": shapes, "contract": contract, "video_storage": "float32"})
+    assert as_uint8["video_present"].tolist() == as_f32["video_present"].tolist() == [True, True, False]
+    torch.testing.assert_close(as_uint8["video"], as_f32["video"])
+    assert (as_uint8["video"][2] == 0).all()
