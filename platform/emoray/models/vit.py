@@ -13,10 +13,10 @@ preprocessing contract does at load time); a ``uint8`` batch raises :class:`Valu
 Examples
 --------
 >>> from emoray.models import create_encoder
->>> enc = create_encoder("vit", "tiny", n_frames=4, size=32)
->>> out = enc(torch.randn(2, 4, 3, 32, 32))
+>>> enc = create_encoder("vit", "tiny", n_frames=4, size=64)
+>>> out = enc(torch.randn(2, 4, 3, 64, 64))
 >>> out.tokens.shape, out.pooled.shape
-(torch.Size([2, 4, 48]), torch.Size([2, 48]))
+(torch.Size([2, 4, 32]), torch.Size([2, 32]))
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class VideoViT(BaseEncoder):
     modality: ClassVar[str] = "video"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_frames", "size")
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(dim=48, depth=1, heads=2, patch=16, temporal_depth=1, mlp_ratio=2.0,
+        "tiny": dict(dim=32, depth=2, heads=2, patch=32, temporal_depth=1, mlp_ratio=2.0,
                      dropout=0.1),
         "small": dict(dim=192, depth=4, heads=4, patch=16, temporal_depth=1, mlp_ratio=4.0,
                       dropout=0.1),
