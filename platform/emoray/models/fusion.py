@@ -125,7 +125,8 @@ class AttentionFusion(nn.Module):
         Dropout in attention and the MLPs, in ``[0, 1)``.
     modality_dropout : float
         In training, the probability of dropping each present modality per sample; the last
-        present modality of a sample is never dropped. In ``[0, 1)``.
+        present modality of a sample is never dropped. In ``[0, 1)``. Dropout hides a
+        modality from the fusion attention only; its aux head still sees it.
     aux_heads : bool
         Add a unimodal classifier (LayerNorm + Linear) per modality on its mean-pooled
         projected tokens.
@@ -183,7 +184,8 @@ class AttentionFusion(nn.Module):
         masks : dict[str, Tensor] | None
             ``(B, T_m)`` bool per modality, **True = padding** (as a key-padding mask).
         present : dict[str, Tensor] | None
-            ``(B,)`` bool per modality; False masks all of that sample's tokens.
+            ``(B,)`` bool per modality; False masks all of that sample's tokens. Entries of
+            ``masks``/``present`` for modalities not in ``tokens`` are ignored.
         generator : torch.Generator | None
             Makes modality dropout reproducible (drawn on the generator's device).
 
