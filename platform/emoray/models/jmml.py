@@ -153,7 +153,10 @@ class EDCCCAE(nn.Module):
         -----
         Reconstruction errors are mean squared errors over elements (so their scale does
         not grow with the embedding width); the class term averages the cross-entropy of
-        the speech and EEG heads.
+        the speech and EEG heads. They scale with the embeddings' variance while the
+        correlation is at most k: standardise the embeddings (or lower alpha, beta) so the
+        reconstructions do not swamp the correlation; with a small k a heavy self term
+        pulls z towards the high-variance, modality-private directions.
         """
         for name, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             if w < 0:
@@ -251,7 +254,8 @@ def pair_by_label(labels_s: np.ndarray, labels_e: np.ndarray,
         where_s = np.flatnonzero(labels_s == label)
         where_e = np.flatnonzero(labels_e == label)
         if len(where_e) == 0:
-            raise ConfigError(f"pair_by_label: speech label {label!r} has no EEG sample with "
-                              f"that label (EEG labels: {sorted(np.unique(labels_e).tolist())})")
+            raise ConfigError(f"pair_by_label: speech label {label.tolist()!r} has no EEG "
+                              f"sample with that label (EEG labels: "
+                              f"{sorted(np.unique(labels_e).tolist())})")
         idx[where_s] = where_e[rng.integers(0, len(where_e), size=len(where_s))]
     return idx
