@@ -20,7 +20,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML config overlay (sections: "
-                   "ray, synth, ingest, preprocess)")
+                   "ray, synth, ingest, preprocess, train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. synth.subjects=6 "
                    "(repeatable)")
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="an ingest or preprocess output folder")
     p.add_argument("--png", help="overview image path (default SHARDS/overview.png)")
     p.add_argument("--no-png", action="store_true", help="skip the image")
+
+    p = sub.add_parser("train", help="run a training plan's stages (Ray Train); a re-run "
+                       "with the same name skips finished stages and resumes the rest")
+    p.add_argument("features", nargs="?", help="a preprocess output folder (train.features)")
+    p.add_argument("--name", help="run name; the run folder is train.output/NAME")
+    p.add_argument("--out", help="storage root of runs (train.output)")
+    _common(p)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
     p.add_argument("name", choices=["ingest"], help="which benchmark")
@@ -175,6 +182,20 @@ def _quickstart(args: argparse.Namespace) -> int:
     cfg = quickstart_config(args.config, args.overrides,
                             {"ray.address": args.ray_address, "ray.num_cpus": args.num_cpus})
     run_quickstart(cfg, args.out)
+    return 0
+
+
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    cfg = _resolve(args, {"train.features": args.features, "train.name": args.name,
+                          "train.output": args.out})
+    if not cfg.train.features:
+        raise EmorayError("train needs a FEATURES folder (or train.features in --config)")
+    from emoray.runtime import init_ray
+    from emoray.train.plan import format_summary, run_plan
+
+    init_ray(cfg.ray)
+    print(format_summary(run_plan(cfg)))
     return 0
 
 

@@ -6,6 +6,7 @@ One YAML file may configure several commands; each command reads its own section
     synth:      {subjects: 4, seconds: 10}
     ingest:     {layout: manifest, source: corpus/, output: shards/}
     preprocess: {input: shards/, output: features/}
+    train:      {name: fusion, features: features/, stages: {fusion: {epochs: 10}}}
 
 Resolution order: model defaults -> ``--config`` YAML -> command-line flags -> ``--set``.
 The resolved config is written as ``config.yaml`` into every run's output folder.
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from emoray.data.contract import PreprocessContract
 from emoray.errors import ConfigError
@@ -81,6 +83,60 @@ class PreprocessConfig(_Strict):
     force: bool = Field(False, description="Recompute even when the output is up to date.")
 
 
+#: Training stages a plan may name, in the order they run.
+STAGE_NAMES = ("fusion",)
+
+
+class TrainConfig(_Strict):
+    """Train: a plan of stages over one preprocess output; the run folder is OUTPUT/NAME.
+
+    ``stages`` maps a stage name (see :data:`STAGE_NAMES`) to its settings; each stage's
+    settings are validated by that stage's own config class (fusion:
+    :class:`emoray.train.fusion.FusionStageConfig`, imported only when a stage is given,
+    so commands that do not train never import torch). An empty ``stages`` runs the fusion
+    stage with its defaults.
+    """
+
+    name: str = Field("fusion", min_length=1, description="Run name; the run folder is "
+                      "OUTPUT/NAME and re-running the same name skips or resumes stages.")
+    features: str | None = Field(None, description="A preprocess output folder.")
+    output: str = Field("runs/train", description="Storage root of training runs.")
+    stages: dict[str, Any] = Field(default_factory=dict, description="Stage name -> stage "
+                                   f"settings; valid stages: {list(STAGE_NAMES)}.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in (".", ".."):
+            raise PydanticCustomError("run_name", "expected a plain folder name (no '/')")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in v if k not in STAGE_NAMES]
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_stage", "unknown stage {bad}; valid stages: {valid}",
+                {"bad": ", ".join(repr(k) for k in unknown), "valid": list(STAGE_NAMES)})
+        from emoray.train.fusion import FusionStageConfig   # torch: only when training
+
+        out = {}
+        for stage, body in v.items():
+            if isinstance(body, FusionStageConfig):
+                out[stage] = body
+                continue
+            try:
+                out[stage] = FusionStageConfig.model_validate(body or {})
+            except ValidationError as exc:
+                bad = "; ".join(
+                    f"{'.'.join([stage, *map(str, e['loc'])])}: {e['msg']}"
+                    + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict)
+                       else "") for e in exc.errors())
+                raise PydanticCustomError("stage_config", "{bad}", {"bad": bad}) from None
+        return out
+
+
 class EmorayConfig(_Strict):
     """Every section a command may read."""
 
@@ -88,6 +144,7 @@ class EmorayConfig(_Strict):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -202,6 +259,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         got = err.get("input")
         got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
         lines.append(f"  {where}: {err['msg']}{got_text}")
+    if len(lines) == 2:                 # a single problem: one line
+        return lines[0] + lines[1][1:]
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from emoray.cli import build_parser, main
 
-SUBCOMMANDS = ["quickstart", "synth", "ingest", "preprocess", "inspect", "bench"]
+SUBCOMMANDS = ["quickstart", "synth", "ingest", "preprocess", "inspect", "bench", "train"]
 
 
 def _run(*args, cwd=None, timeout=300):

@@ -1,0 +1,155 @@
+"""Training plans: the stages of ``train.stages`` run in order inside one run folder.
+
+The run folder is ``train.output / train.name``. It holds the resolved ``config.yaml``,
+``plan_state.json`` (per stage: status, bundle path, last epoch, metrics), one Ray Train
+run per stage (``<run folder>/<stage>/checkpoint_*``) and the stage's PNG curves.
+
+Running a plan again with the same name:
+
+* a stage whose bundle exists with its final epoch done is skipped;
+* an interrupted stage resumes: Ray Train V2 resumes a run started again with the same
+  ``RunConfig(name, storage_path)`` from its latest checkpoint (RAY.md trap 1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from emoray.config import STAGE_NAMES, EmorayConfig, dump
+from emoray.data.features import feature_metadata
+from emoray.errors import ConfigError
+from emoray.train.checkpoint import META_FILE, read_bundle_meta
+from emoray.train.fusion import FusionStageConfig, train_fusion
+
+STATE_FILE = "plan_state.json"
+
+
+def run_dir(cfg: EmorayConfig) -> Path:
+    """The run folder ``OUTPUT/NAME`` of a resolved config."""
+    return Path(cfg.train.output) / cfg.train.name
+
+
+def plan_stages(cfg: EmorayConfig) -> dict[str, FusionStageConfig]:
+    """Stage name -> settings, in run order (an empty plan is the fusion stage's defaults)."""
+    stages = cfg.train.stages or {"fusion": FusionStageConfig()}
+    return {name: stages[name] for name in STAGE_NAMES if name in stages}
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """``plan_state.json`` of a run folder (``{"stages": {}}`` if there is none yet)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); delete it to re-plan") from None
+
+
+def _write_state(folder: Path, state: dict[str, Any]) -> None:
+    tmp = folder / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(folder / STATE_FILE)
+
+
+def finished_bundle(folder: str | Path, stage: str, epochs: int,
+                    state: dict[str, Any] | None = None) -> Path | None:
+    """The bundle of ``stage`` if its final epoch (``epochs - 1``) is done, else None.
+
+    Looks at the bundle recorded in the plan state first, then at the stage's Ray Train
+    checkpoints (a run that finished but died before the state was written).
+    """
+    folder = Path(folder)
+    recorded = ((state or {}).get("stages", {}).get(stage) or {}).get("bundle")
+    candidates = [Path(recorded)] if recorded else []
+    candidates += sorted(p.parent for p in (folder / stage).glob(f"checkpoint_*/{META_FILE}"))
+    for path in candidates:
+        try:
+            epoch = read_bundle_meta(path)["metrics"].get("epoch", -1)
+        except ConfigError:
+            continue
+        if epoch >= epochs - 1:
+            return path
+    return None
+
+
+def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the plan's stages in order; skip finished ones; return per-stage results.
+
+    Parameters
+    ----------
+    cfg : EmorayConfig
+        A resolved config; reads ``train`` (``features`` must be set).
+    echo : callable
+        Where progress lines go.
+
+    Returns
+    -------
+    dict
+        ``{"run_dir", "stages": {stage: {"status", "bundle", "metrics", "curves",
+        "seconds"}}}``; status is ``"finished"`` or ``"skipped"``.
+    """
+    from emoray.train.curves import write_curves
+
+    if not cfg.train.features:
+        raise ConfigError("train.features: no feature folder given (pass FEATURES or set "
+                          "train.features)")
+    features = Path(cfg.train.features)
+    feature_metadata(features)            # not a preprocess output: fail before any folder
+    stages = plan_stages(cfg)
+    folder = run_dir(cfg).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_copy(deep=True)
+    resolved.train.stages = stages
+    dump(resolved, folder / "config.yaml", ["ray", "train"])
+    state = read_state(folder)
+    state.setdefault("stages", {})
+    results: dict[str, Any] = {"run_dir": str(folder), "stages": {}}
+    for stage, stage_cfg in stages.items():
+        done = finished_bundle(folder, stage, stage_cfg.epochs, state)
+        if done is not None:
+            echo(f"stage {stage} already finished: {done}")
+            entry = state["stages"].get(stage) or {}
+            results["stages"][stage] = {
+                "status": "skipped", "bundle": str(done),
+                "metrics": read_bundle_meta(done)["metrics"],
+                "curves": entry.get("curves", []), "seconds": 0.0}
+            continue
+        echo(f"stage {stage}: training {stage_cfg.epochs} epochs on {features} "
+             f"-> {folder / stage}")
+        state["stages"][stage] = {"status": "running", "started": time.time()}
+        _write_state(folder, state)
+        t0 = time.perf_counter()
+        out = train_fusion(features, folder, stage_cfg, name=stage)
+        seconds = time.perf_counter() - t0
+        curves = [str(p) for p in write_curves(out["checkpoint"], folder,
+                                               features=features, stage=stage, echo=echo)]
+        entry = {"status": "finished", "bundle": out["checkpoint"], "path": out["path"],
+                 "epoch": out["metrics"].get("epoch"), "metrics": out["metrics"],
+                 "curves": curves, "seconds": round(seconds, 2),
+                 "n_train": out["n_train"], "n_val": out["n_val"]}
+        state["stages"][stage] = entry
+        _write_state(folder, state)
+        results["stages"][stage] = {"status": "finished", "bundle": out["checkpoint"],
+                                    "metrics": out["metrics"], "curves": curves,
+                                    "seconds": seconds}
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """Human-readable lines: per stage its status, metrics and bundle path."""
+    lines = [f"train: run folder {results['run_dir']}"]
+    for stage, r in results["stages"].items():
+        m = r.get("metrics") or {}
+        shown = " ".join(f"{k}={v:.3f}" for k, v in m.items()
+                         if isinstance(v, float) and (k.startswith("val_") or k == "train_loss"))
+        epoch = m.get("epoch")
+        lines.append(f"  {stage}: {r['status']} (epoch {None if epoch is None else epoch + 1}, "
+                     f"{r['seconds']:.1f} s) {shown}")
+        lines.append(f"  {stage} bundle: {r['bundle']}")
+        for c in r.get("curves", []):
+            lines.append(f"  {stage} plot: {c}")
+    return "\n".join(lines)
