@@ -339,7 +339,7 @@ def train_loop(config: dict[str, Any]) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += torch.tensor([float(loss) * len(t["label"]), len(t["label"])],
+            loss_sum += torch.tensor([float(loss.detach()) * len(t["label"]), len(t["label"])],
                                      dtype=torch.float64, device=device)
         metrics = _evaluate(raw, meta, cfg, device, rank, world, len(label_names), amp)
         _all_reduce(loss_sum, world)
