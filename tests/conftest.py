@@ -59,3 +59,24 @@ def corpus_factory(tmp_path_factory):
 def native_corpus(corpus_factory) -> Path:
     """Parallel native corpus: 2 subjects x 5 trials x 4 s, EEG FIF + WAV + MP4."""
     return corpus_factory()
+
+
+@pytest.fixture(scope="session")
+def eav_features(ray_cluster, corpus_factory, tmp_path_factory) -> Path:
+    """Record and feature shards (``rec/``, ``feat/``) of a small EAV-layout corpus.
+
+    2 subjects x 10 trials (both tasks, so listening trials lack speech) x 4 s, cut into
+    2 s segments (40 records); video in the contract as 4 frames of 32 x 32.
+    """
+    from emoray.config import IngestConfig, PreprocessConfig
+    from emoray.data.ingest import run_ingest
+    from emoray.data.preprocess import run_preprocess
+
+    corpus = corpus_factory(layout="eav", subjects=2, trials_per_class=2, seconds=4.0)
+    out = tmp_path_factory.mktemp("eavfeatures")
+    run_ingest(IngestConfig(source=str(corpus), output=str(out / "rec"), layout="eav",
+                            segment_seconds=2.0, options={"task": "both"}), echo=lambda *_: None)
+    cfg = PreprocessConfig(input=str(out / "rec"), output=str(out / "feat"))
+    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
+    run_preprocess(cfg, echo=lambda *_: None)
+    return out

@@ -6,25 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from emoray.config import IngestConfig, PreprocessConfig
 from emoray.data.features import batch_to_tensors, feature_metadata, read_features
-from emoray.data.ingest import run_ingest
-from emoray.data.preprocess import run_preprocess
 from emoray.errors import DataError
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def eav_features(ray_cluster, corpus_factory, tmp_path_factory):
-    corpus = corpus_factory(layout="eav", seconds=4.0)
-    out = tmp_path_factory.mktemp("eavfeat")
-    run_ingest(IngestConfig(source=str(corpus), output=str(out / "rec"), layout="eav",
-                            segment_seconds=2.0, options={"task": "both"}), echo=lambda *_: None)
-    cfg = PreprocessConfig(input=str(out / "rec"), output=str(out / "feat"))
-    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
-    run_preprocess(cfg, echo=lambda *_: None)
-    return out
 
 
 def test_batches_become_tensors_with_presence_masks(eav_features):
@@ -46,7 +31,7 @@ def test_batches_become_tensors_with_presence_masks(eav_features):
         assert (t["logmel"][absent] == 0).all() and (t["audio_stats"][absent] == 0).all()
         speech_present.extend(t["speech_present"].tolist())
         assert ((t["label"] >= 0) & (t["label"] < 5)).all()
-    assert rows == 20
+    assert rows == 40
     assert 0 < sum(speech_present) < rows            # both tasks are there
 
 

@@ -12,9 +12,7 @@ import pytest
 import yaml
 
 from emoray.cli import main
-from emoray.config import IngestConfig, PreprocessConfig, resolve
-from emoray.data.ingest import run_ingest
-from emoray.data.preprocess import run_preprocess
+from emoray.config import resolve
 from emoray.train import read_bundle_meta
 from emoray.train.curves import read_history, val_confusion
 
@@ -25,15 +23,8 @@ TINY = str(REPO / "configs" / "train" / "fusion-tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def features(ray_cluster, corpus_factory, tmp_path_factory):
-    corpus = corpus_factory(layout="eav", subjects=2, trials_per_class=2, seconds=4.0)
-    out = tmp_path_factory.mktemp("trainfeat")
-    run_ingest(IngestConfig(source=str(corpus), output=str(out / "rec"), layout="eav",
-                            segment_seconds=2.0, options={"task": "both"}), echo=lambda *_: None)
-    cfg = PreprocessConfig(input=str(out / "rec"), output=str(out / "feat"))
-    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
-    run_preprocess(cfg, echo=lambda *_: None)
-    return out / "feat"
+def features(eav_features):
+    return eav_features / "feat"
 
 
 @pytest.fixture(scope="module")

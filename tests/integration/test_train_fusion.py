@@ -13,10 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from emoray.config import IngestConfig, PreprocessConfig
 from emoray.data.features import batch_to_tensors, feature_metadata
-from emoray.data.ingest import run_ingest
-from emoray.data.preprocess import run_preprocess
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
 from emoray.train import (FusionStageConfig, load_bundle, read_bundle_meta, train_fusion,
@@ -26,18 +23,6 @@ pytestmark = pytest.mark.integration
 
 FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=2,
             cpus_per_worker=0.25, controller_failure_limit=0, max_failures=0, materialize=True)
-
-
-@pytest.fixture(scope="module")
-def eav_features(ray_cluster, corpus_factory, tmp_path_factory):
-    corpus = corpus_factory(layout="eav", subjects=2, trials_per_class=2, seconds=4.0)
-    out = tmp_path_factory.mktemp("fusionfeat")
-    run_ingest(IngestConfig(source=str(corpus), output=str(out / "rec"), layout="eav",
-                            segment_seconds=2.0, options={"task": "both"}), echo=lambda *_: None)
-    cfg = PreprocessConfig(input=str(out / "rec"), output=str(out / "feat"))
-    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
-    run_preprocess(cfg, echo=lambda *_: None)
-    return out
 
 
 @pytest.fixture(scope="module")
