@@ -156,6 +156,9 @@ def _preprocess(args: argparse.Namespace) -> int:
                           "preprocess.force": args.force})
     if not cfg.preprocess.input or not cfg.preprocess.output:
         raise EmorayError("preprocess needs an INPUT folder and --out")
+    from emoray.data.shards import shard_files
+
+    shard_files(cfg.preprocess.input)         # a bad folder fails before Ray starts
     init_ray(cfg.ray)
     report = run_preprocess(cfg.preprocess)
     dump(cfg, Path(cfg.preprocess.output) / "config.yaml", ["ray", "preprocess"])
@@ -191,9 +194,11 @@ def _train(args: argparse.Namespace) -> int:
                           "train.output": args.out})
     if not cfg.train.features:
         raise EmorayError("train needs a FEATURES folder (or train.features in --config)")
+    from emoray.data.features import feature_metadata
     from emoray.runtime import init_ray
     from emoray.train.plan import format_summary, run_plan
 
+    feature_metadata(cfg.train.features)      # a bad folder fails before Ray starts
     init_ray(cfg.ray)
     print(format_summary(run_plan(cfg)))
     return 0
