@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="storage root of runs (train.output)")
     _common(p)
 
+    p = sub.add_parser("evaluate", help="reports of a run (fused vs unimodal; the JMML "
+                       "ablation) under a protocol, over seeds; or score one checkpoint")
+    p.add_argument("target", help="a run folder (train.output/NAME) or a bundle folder")
+    p.add_argument("--protocol", choices=["within-subject", "loso"], default="within-subject",
+                   help="within-subject split, or leave subjects out (one fold per subject "
+                   "unless --folds)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the run's seed and the "
+                   "next two)")
+    p.add_argument("--folds", type=int, help="loso: number of held-out subject groups")
+    p.add_argument("--features", help="feature folder (default: the run's train.features)")
+    _common(p)
+
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
     p.add_argument("name", choices=["ingest"], help="which benchmark")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
@@ -198,9 +210,46 @@ def _train(args: argparse.Namespace) -> int:
     from emoray.runtime import init_ray
     from emoray.train.plan import format_summary, run_plan
 
+    from emoray.train.plan import plan_stages, preflight
+
     feature_metadata(cfg.train.features)      # a bad folder fails before Ray starts
+    preflight(Path(cfg.train.features), plan_stages(cfg))
     init_ray(cfg.ray)
     print(format_summary(run_plan(cfg)))
+    return 0
+
+
+@_command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from emoray.train.evaluate import evaluate_bundle, evaluate_run, format_report, is_run
+
+    target = Path(args.target)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise EmorayError(f"--seeds: expected comma-separated integers, got "
+                          f"{args.seeds!r}") from None
+    if not is_run(target):
+        if args.protocol != "within-subject" or seeds:
+            raise EmorayError(f"{target}: not a run folder (config.yaml + plan_state.json); "
+                              "a single checkpoint is scored within-subject only, without "
+                              "re-training (--protocol loso and --seeds need a run)")
+        result = evaluate_bundle(target, args.features)
+        print(f"evaluate {target} ({result['stage']} bundle, within-subject validation):")
+        for k, v in result["metrics"].items():
+            print(f"  {k} = {v:.4f}" if isinstance(v, float) else f"  {k} = {v}")
+        return 0
+    cfg = _resolve(args, {})
+    from emoray.config import resolve
+
+    run_cfg = resolve(target / "config.yaml", overrides=args.overrides)
+    run_cfg.ray = cfg.ray
+    from emoray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    report = evaluate_run(target, args.protocol, seeds, args.folds, args.features, run_cfg)
+    print(format_report(report))
+    print("report files: " + ", ".join(report["files"]))
     return 0
 
 

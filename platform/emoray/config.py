@@ -83,17 +83,30 @@ class PreprocessConfig(_Strict):
     force: bool = Field(False, description="Recompute even when the output is up to date.")
 
 
-#: Training stages a plan may name, in the order they run.
-STAGE_NAMES = ("fusion",)
+#: Training stages a plan may name, in the order they run: JMML's three (METHODS.md A)
+#: and the attention fusion (B).
+STAGE_NAMES = ("intra", "inter", "classifier", "fusion")
+TRAIN_FRACTION = 0.7
+
+
+class SplitConfig(_Strict):
+    """Which records train and which validate: METHODS.md's within-subject split, or
+    held-out subjects (leave-subjects-out evaluation)."""
+
+    protocol: Literal["within-subject", "subjects"] = Field(
+        "within-subject", description="'within-subject': per subject x class the first "
+        "FRACTION of segments train, the rest validate; 'subjects': VAL_SUBJECTS validate.")
+    fraction: float = Field(TRAIN_FRACTION, gt=0, lt=1)
+    val_subjects: list[str] = Field(default_factory=list)
 
 
 class TrainConfig(_Strict):
     """Train: a plan of stages over one preprocess output; the run folder is OUTPUT/NAME.
 
     ``stages`` maps a stage name (see :data:`STAGE_NAMES`) to its settings; each stage's
-    settings are validated by that stage's own config class (fusion:
-    :class:`emoray.train.fusion.FusionStageConfig`, imported only when a stage is given,
-    so commands that do not train never import torch). An empty ``stages`` runs the fusion
+    settings are validated by that stage's own config class
+    (:data:`emoray.train.stages.STAGE_CONFIGS`, imported only when a stage is given, so
+    commands that do not train never import torch). An empty ``stages`` runs the fusion
     stage with its defaults.
     """
 
@@ -103,6 +116,7 @@ class TrainConfig(_Strict):
     output: str = Field("runs/train", description="Storage root of training runs.")
     stages: dict[str, Any] = Field(default_factory=dict, description="Stage name -> stage "
                                    f"settings; valid stages: {list(STAGE_NAMES)}.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
 
     @field_validator("name")
     @classmethod
@@ -119,15 +133,16 @@ class TrainConfig(_Strict):
             raise PydanticCustomError(
                 "unknown_stage", "unknown stage {bad}; valid stages: {valid}",
                 {"bad": ", ".join(repr(k) for k in unknown), "valid": list(STAGE_NAMES)})
-        from emoray.train.fusion import FusionStageConfig   # torch: only when training
+        from emoray.train.stages import STAGE_CONFIGS    # torch: only when training
 
         out = {}
         for stage, body in v.items():
-            if isinstance(body, FusionStageConfig):
+            klass = STAGE_CONFIGS[stage]
+            if isinstance(body, klass):
                 out[stage] = body
                 continue
             try:
-                out[stage] = FusionStageConfig.model_validate(body or {})
+                out[stage] = klass.model_validate(body or {})
             except ValidationError as exc:
                 bad = "; ".join(
                     f"{'.'.join([stage, *map(str, e['loc'])])}: {e['msg']}"

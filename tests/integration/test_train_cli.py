@@ -62,7 +62,7 @@ def test_train_writes_the_run_folder(first_run, features):
     assert entry["metrics"]["val_n"] == entry["n_val"] > 0
 
     # the driver-side confusion matrix scores the same val rows as the workers did
-    conf, names = val_confusion(bundle, features)
+    conf, names = val_confusion(bundle, features)["label"]
     assert conf.shape == (len(names), len(names)) and conf.sum() == entry["n_val"]
     assert conf.trace() / conf.sum() == pytest.approx(meta["metrics"]["val_acc"], abs=1e-6)
 

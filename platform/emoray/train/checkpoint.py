@@ -34,7 +34,8 @@ TRAIN_STATE_FILE = "train_state.pt"
 
 def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
                 model_config: dict[str, Any], contract: PreprocessContract | dict | str,
-                label_names: list[str], metrics: dict[str, Any], stage: str) -> Path:
+                label_names: list[str], metrics: dict[str, Any], stage: str,
+                extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.pt`` and ``bundle.json`` into ``directory`` (created if needed).
 
     Parameters
@@ -53,6 +54,8 @@ def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
         Metrics at saving time (JSON-able scalars).
     stage : str
         The training stage that produced the bundle (``fusion``, ``intra`` ...).
+    extra : dict | None
+        More JSON-able entries of ``bundle.json`` (e.g. JMML's ``targets``).
 
     Returns
     -------
@@ -66,7 +69,7 @@ def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
     torch.save(state, directory / MODEL_FILE)
     meta = {"format": BUNDLE_FORMAT, "stage": stage, "emoray_version": __version__,
             "model_config": model_config, "contract": json.loads(contract.to_json()),
-            "label_names": list(label_names), "metrics": dict(metrics)}
+            "label_names": list(label_names), "metrics": dict(metrics), **(extra or {})}
     tmp = directory / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
     tmp.replace(directory / META_FILE)
@@ -134,13 +137,10 @@ def load_bundle(path: str | Path, *, feature_meta: dict[str, Any] | None = None,
     meta = read_bundle_meta(path)
     if feature_meta is not None:
         check_contract(meta["contract"], feature_meta, source=f"checkpoint {path}")
-    stage = meta.get("stage")
-    if stage != "fusion":
-        raise ConfigError(f"checkpoint {path}: stage {stage!r} has no model loader here "
-                          f"(known: 'fusion')")
-    from emoray.train.fusion import FusionModel
+    from emoray.train.stages import model_class
 
-    model = FusionModel.from_config(meta["model_config"])
+    model = model_class(meta.get("stage"), source=f"checkpoint {path}").from_config(
+        meta["model_config"])
     state = torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -10,7 +10,7 @@ reading the feature shards with pyarrow, one shard at a time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -46,13 +46,15 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
 
     epochs = [int(h["epoch"]) + 1 for h in history]
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    ax_loss.plot(epochs, [h.get("train_loss", np.nan) for h in history], marker="o", label="train loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss")
     for key in ("val_acc", "val_f1"):
         ax_val.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
-    for key in sorted({k for h in history for k in h if k.startswith("val_acc_")}):
+    for key in sorted({k for h in history for k, v in h.items()
+                       if k.startswith(("val_acc_", "val_f1_")) and isinstance(v, float)
+                       and not k.endswith(("_valence", "_arousal"))}):
         ax_val.plot(epochs, [h.get(key, np.nan) for h in history], linestyle="--",
                     label=key)
     ax_val.set_ylim(0, 1)
@@ -71,37 +73,71 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     return path
 
 
-def val_confusion(checkpoint: str | Path, features: str | Path,
-                  batch_size: int = 32) -> tuple[np.ndarray, list[str]] | None:
-    """Confusion matrix ``(true, pred)`` of the bundle on the validation split, and the
-    label names; None if the split is larger than :data:`MAX_CONFUSION_ROWS`."""
-    from emoray.train.fusion import ENCODER_OF, within_subject_split
+def val_batches(features: str | Path, columns: list[str], split=None, batch_size: int = 32,
+                max_rows: int | None = MAX_CONFUSION_ROWS
+                ) -> Iterator[dict[str, np.ndarray]] | None:
+    """Numpy batches of ``columns`` of the split's validation rows, read in the driver one
+    shard at a time; None if there are more than ``max_rows``."""
+    from emoray.train.runner import split_records
+
+    files = shard_files(features)
+    _, val_ids = split_records(files, split, str(features))
+    if max_rows is not None and len(val_ids) > max_rows:
+        return None
+    ids = pa.array(sorted(val_ids), pa.string())
+
+    def gen():
+        for f in files:
+            table = pq.read_table(f, columns=["record_id"] + columns)
+            table = table.filter(pc.is_in(table["record_id"], value_set=ids))
+            for start in range(0, table.num_rows, batch_size):
+                yield _numpy_batch(table.slice(start, batch_size))
+    return gen()
+
+
+def val_confusion(checkpoint: str | Path, features: str | Path, split=None,
+                  batch_size: int = 32) -> dict[str, tuple[np.ndarray, list[str]]] | None:
+    """Confusion matrices ``(true, pred)`` of a bundle on the validation split with their
+    label names: ``{"label": ...}`` for fusion, ``{<target>: ...}`` of the speech-only path
+    for a JMML classifier; None for other stages or a split larger than
+    :data:`MAX_CONFUSION_ROWS`."""
+    from emoray.train.checkpoint import read_bundle_meta
+    from emoray.train.fusion import ENCODER_OF
 
     meta = feature_metadata(features)
-    files = shard_files(features)
-    _, val_ids = within_subject_split(files)
-    if len(val_ids) > MAX_CONFUSION_ROWS:
+    stage = read_bundle_meta(checkpoint)["stage"]
+    if stage not in ("fusion", "classifier"):
         return None
     model, bundle = load_bundle(checkpoint, feature_meta=meta)
-    names = list(bundle["label_names"])
-    video = "video_f32" if meta.get("video_storage") == "float32" else "video"
-    wanted = ["record_id", "label"] + [video if ENCODER_OF[m][1] == "video" else
-                                       ENCODER_OF[m][1] for m in model.modalities]
-    conf = np.zeros((len(names), len(names)), dtype=np.int64)
-    ids = pa.array(sorted(val_ids), pa.string())
-    for f in files:
-        table = pq.read_table(f, columns=wanted)
-        table = table.filter(pc.is_in(table["record_id"], value_set=ids))
-        for start in range(0, table.num_rows, batch_size):
-            t = batch_to_tensors(_numpy_batch(table.slice(start, batch_size)), meta)
-            keep = t["label"] >= 0
-            if not keep.any():
+    if stage == "fusion":
+        video = "video_f32" if meta.get("video_storage") == "float32" else "video"
+        wanted = ["label"] + [video if ENCODER_OF[m][1] == "video" else ENCODER_OF[m][1]
+                              for m in model.modalities]
+        names = {"label": list(bundle["label_names"])}
+    else:
+        wanted = [f"{t}_high" for t in model.targets] + [model.features["speech"]]
+        names = {t: [f"{t} low", f"{t} high"] for t in model.targets}
+    batches = val_batches(features, wanted, split, batch_size)
+    if batches is None:
+        return None
+    conf = {k: np.zeros((len(v), len(v)), dtype=np.int64) for k, v in names.items()}
+    for batch in batches:
+        t = batch_to_tensors(batch, meta)
+        with torch.no_grad():
+            if stage == "fusion":
+                keep = t["label"] >= 0
+                if keep.any():
+                    t = {k: v[keep] for k, v in t.items()}
+                    pred = model(t).logits.argmax(1)                       # (B,)
+                    np.add.at(conf["label"], (t["label"].numpy(), pred.numpy()), 1)
                 continue
-            t = {k: v[keep] for k, v in t.items()}
-            with torch.no_grad():
-                pred = model(t).logits.argmax(1)                       # (B,)
-            np.add.at(conf, (t["label"].numpy(), pred.numpy()), 1)
-    return conf, names
+            probs = model.predict(t)["probs"]                            # speech-only path
+            for name in model.targets:
+                y = t[f"{name}_high"]
+                keep = (y >= 0) & t["speech_present"]
+                pred = probs[name].argmax(1)
+                np.add.at(conf[name], (y[keep].numpy(), pred[keep].numpy()), 1)
+    return {k: (conf[k], names[k]) for k in conf}
 
 
 def _numpy_batch(table: pa.Table) -> dict[str, np.ndarray]:
@@ -145,7 +181,7 @@ def plot_confusion(conf: np.ndarray, names: list[str], path: str | Path,
 
 
 def write_curves(checkpoint: str | Path, out_dir: str | Path, *,
-                 features: str | Path | None = None, stage: str = "fusion",
+                 features: str | Path | None = None, stage: str = "fusion", split=None,
                  echo: Callable[[str], None] = print) -> list[Path]:
     """Write ``<stage>_curves.png`` (and ``<stage>_confusion.png`` when ``features`` is
     given) into ``out_dir``; return the paths written."""
@@ -159,12 +195,14 @@ def write_curves(checkpoint: str | Path, out_dir: str | Path, *,
     else:
         echo(f"stage {stage}: no metrics history in {checkpoint}; no learning curves")
     if features is not None:
-        found = val_confusion(checkpoint, features)
-        if found is None:
+        found = val_confusion(checkpoint, features, split)
+        if found is None and stage in ("fusion", "classifier"):
             echo(f"stage {stage}: validation split larger than {MAX_CONFUSION_ROWS} rows; "
                  "confusion matrix skipped")
-        else:
-            conf, names = found
-            written.append(plot_confusion(conf, names, out_dir / f"{stage}_confusion.png",
-                                          title=f"{stage}: validation ({conf.sum()} rows)"))
+        for key, (conf, names) in (found or {}).items():
+            suffix = "" if key == "label" else f"_{key}"
+            what = "" if key == "label" else f" {key}, speech only"
+            written.append(plot_confusion(
+                conf, names, out_dir / f"{stage}_confusion{suffix}.png",
+                title=f"{stage}{what}: validation ({conf.sum()} rows)"))
     return written

@@ -11,37 +11,36 @@ reports fused and per-modality validation metrics and a checkpoint bundle
 from __future__ import annotations
 
 import json
-import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from emoray.data.contract import PreprocessContract
-from emoray.data.features import batch_to_tensors, feature_metadata, read_features
+from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
 from emoray.models import AttentionFusion, FusionOutput, create_encoder, encoder_class
 from emoray.train.checkpoint import TRAIN_STATE_FILE, MODEL_FILE, save_bundle
+from emoray.train.runner import (SplitConfig, StageCommon, all_reduce, check_columns,
+                                 confusion, fit_stage, macro_f1, split_datasets,
+                                 split_records, within_subject_split)
+
+__all__ = ["ENCODER_OF", "FusionModel", "FusionStageConfig", "train_fusion", "train_loop",
+           "within_subject_split"]
 
 #: modality -> (encoder name, feature column it reads)
 ENCODER_OF = {"eeg": ("eegformer", "eeg"), "speech": ("ast", "logmel"),
               "video": ("vit", "video")}
-TRAIN_FRACTION = 0.7
-_ID_COLUMNS = ["record_id", "subject", "session", "trial", "segment", "label"]
 
 
-class FusionStageConfig(BaseModel):
+class FusionStageConfig(StageCommon):
     """Settings of the fusion stage (YAML overlay of a training plan)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     modalities: list[str] = Field(default_factory=lambda: ["eeg", "speech", "video"])
     encoders: dict[str, str] = Field(
@@ -52,27 +51,6 @@ class FusionStageConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     modality_dropout: float = Field(0.2, ge=0, lt=1)
     aux_weight: float = Field(0.3, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    epochs: int = Field(10, gt=0)
-    batch_size: int = Field(16, gt=0)
-    num_workers: int = Field(2, gt=0)
-    cpus_per_worker: float = Field(0.5, gt=0)     # RAY.md trap 2: leave CPUs to Ray Data
-    use_gpu: bool | None = None                   # None: torch.cuda.is_available()
-    seed: int = 0
-    max_failures: int = Field(1, ge=-1)
-    controller_failure_limit: int = Field(-1, ge=-1)  # tests: 0 (RAY.md trap 4)
-    materialize: bool = False    # cache the split datasets in the object store (small data)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FusionStageConfig":
-        """Validate ``data``; problems raise :class:`ConfigError` naming each field."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            bad = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
-                            for e in err.errors())
-            raise ConfigError(f"fusion stage config: {bad}") from None
 
     @field_validator("modalities")
     @classmethod
@@ -162,30 +140,40 @@ class FusionModel(nn.Module):
 # -- driver ---------------------------------------------------------------------------------
 
 def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConfig,
-                 name: str = "fusion") -> dict[str, Any]:
+                 name: str = "fusion", split: SplitConfig | None = None) -> dict[str, Any]:
     """Train the fusion stage on Ray Train; return metrics and the checkpoint path.
 
     Running again with the same ``run_dir`` and ``name`` resumes from the run's latest
     checkpoint (Ray Train V2 resumes by name and storage path).
 
+    Parameters
+    ----------
+    features : str | Path
+        A preprocess output folder.
+    run_dir : str | Path
+        Storage root; the Ray Train run is ``run_dir/name``.
+    cfg : FusionStageConfig
+        The stage settings (a dict is validated).
+    name : str
+        The Ray Train run name.
+    split : SplitConfig | None
+        Which records train and which validate (default: within-subject).
+
     Raises
     ------
     DataError
         ``features`` is not a folder of feature shards, a modality the config needs is
-        absent from every shard, or the within-subject split leaves train or val empty.
+        absent from every shard, or the split leaves train or val empty.
     ConfigError
         An invalid config, e.g. an unknown encoder preset.
     """
-    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, RunConfig,
-                           ScalingConfig)
-    from ray.train.torch import TorchTrainer
-
     if not isinstance(cfg, FusionStageConfig):
         cfg = FusionStageConfig.from_dict(cfg)
     features = Path(features).resolve()
     meta = feature_metadata(features)
     files = shard_files(features)
-    _check_modalities(files, meta, cfg.modalities)
+    check_columns(files, dict(zip(cfg.modalities, _feature_columns(meta, cfg.modalities))),
+                  "fusion")
     contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
                                             source=f"{features} contract")
     label_names = list(meta.get("label_names") or [])
@@ -193,70 +181,15 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
         raise DataError(str(features), f"label_names {label_names}: need >= 2 classes",
                         kind="label")
     model = FusionModel.from_contract(contract, n_classes=len(label_names), cfg=cfg)
-    train_ids, val_ids = within_subject_split(files)
-    if not train_ids or not val_ids:
-        raise DataError(str(features), f"within-subject split gives {len(train_ids)} train "
-                        f"and {len(val_ids)} val records; need both non-empty", kind="label")
+    train_ids, val_ids = split_records(files, split, str(features))
     columns = ["record_id", "label"] + _feature_columns(meta, cfg.modalities)
-    ds = read_features(features, columns=columns)
-    datasets = {"train": _keep(ds, train_ids), "val": _keep(ds, val_ids)}
-    if cfg.materialize:     # blocks go to the object store, not into the driver's memory
-        datasets = {k: v.materialize() for k, v in datasets.items()}
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
+    datasets = split_datasets(features, columns, train_ids, val_ids, cfg.materialize)
     loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": meta,
                    "model_config": model.config(), "label_names": label_names}
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(
-            name=name, storage_path=str(Path(run_dir).resolve()),
-            failure_config=FailureConfig(max_failures=cfg.max_failures,
-                                         controller_failure_limit=cfg.controller_failure_limit),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets=datasets,
-        # val is read whole by every rank (each scores its share of batches): no rows lost
-        dataset_config=DataConfig(datasets_to_split=["train"]))
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"fusion run {name!r} finished without a checkpoint")
-    return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path,
-            "path": result.path, "n_train": len(train_ids), "n_val": len(val_ids)}
-
-
-def within_subject_split(files: list[Path],
-                         fraction: float = TRAIN_FRACTION) -> tuple[set[str], set[str]]:
-    """Record ids of the within-subject split (reads the id columns only).
-
-    Per (subject, label), records sorted by (session, trial, segment): the first
-    ``round(fraction * n)`` (at least one) train, the rest validate. Unlabelled records
-    (label null or < 0) are in neither.
-    """
-    table = pa.concat_tables([pq.read_table(f, columns=_ID_COLUMNS) for f in files])
-    rows = table.to_pylist()
-    groups: dict[tuple[str, int], list[tuple]] = {}
-    for r in rows:
-        if r["label"] is None or r["label"] < 0:
-            continue
-        key = (r["session"], r["trial"], int(r["segment"]), r["record_id"])
-        groups.setdefault((r["subject"], int(r["label"])), []).append(key)
-    train, val = set(), set()
-    for keys in groups.values():
-        keys.sort()
-        n_train = min(len(keys), max(1, int(math.floor(fraction * len(keys) + 0.5))))
-        train.update(k[-1] for k in keys[:n_train])
-        val.update(k[-1] for k in keys[n_train:])
-    return train, val
-
-
-def _keep(ds, ids: set[str]):
-    """Rows of ``ds`` whose ``record_id`` is in ``ids`` (vectorised, on the Ray Data side)."""
-    return ds.map_batches(_filter_ids, fn_kwargs={"ids": sorted(ids)},
-                          batch_format="pyarrow", zero_copy_batch=True)
-
-
-def _filter_ids(batch: pa.Table, ids: list[str]) -> pa.Table:
-    return batch.filter(pc.is_in(batch["record_id"], value_set=pa.array(ids, pa.string())))
+    # val is read whole by every rank (each scores its share of batches): no rows lost
+    out = fit_stage(train_loop, loop_config, cfg, datasets, run_dir, name,
+                    datasets_to_split=["train"])
+    return {**out, "n_train": len(train_ids), "n_val": len(val_ids)}
 
 
 def _feature_columns(meta: dict[str, Any], modalities: list[str]) -> list[str]:
@@ -266,31 +199,6 @@ def _feature_columns(meta: dict[str, Any], modalities: list[str]) -> list[str]:
         cols.append("video_f32" if col == "video" and meta.get("video_storage") == "float32"
                     else col)
     return cols
-
-
-def _check_modalities(files: list[Path], meta: dict[str, Any], modalities: list[str]) -> None:
-    """Raise DataError for a needed modality that is null in every row of every shard
-    (read from the Parquet statistics; no signal is loaded)."""
-    columns = _feature_columns(meta, modalities)
-    found = {c: False for c in columns}
-    for f in files:
-        md = pq.ParquetFile(f).metadata
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            for j in range(rg.num_columns):
-                col = rg.column(j)
-                top = col.path_in_schema.split(".")[0]
-                if top in found and not found[top]:
-                    stats = col.statistics
-                    nulls = stats.null_count if stats is not None and stats.has_null_count \
-                        else 0
-                    found[top] = col.num_values > nulls
-    missing = [m for m, c in zip(modalities, columns) if not found[c]]
-    if missing:
-        raise DataError(str(files[0].parent), f"the fusion stage needs modalities "
-                        f"{modalities}, but {missing} is absent from every shard (column "
-                        f"{[_feature_columns(meta, [m])[0] for m in missing]} is all null)",
-                        kind="layout", field=missing[0])
 
 
 # -- worker loop ----------------------------------------------------------------------------
@@ -325,9 +233,11 @@ def train_loop(config: dict[str, Any]) -> None:
         opt.load_state_dict(optimizer_state)
     amp = device.type == "cuda"
     contract = meta["contract"]
+    resumed_from = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)   # (sum, count)
+        t_epoch = time.perf_counter()
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=cfg.batch_size, batch_format="numpy"):
             t = _labelled(batch_to_tensors(batch, meta, device))
@@ -341,9 +251,12 @@ def train_loop(config: dict[str, Any]) -> None:
             opt.step()
             loss_sum += torch.tensor([float(loss.detach()) * len(t["label"]), len(t["label"])],
                                      dtype=torch.float64, device=device)
+        train_seconds = time.perf_counter() - t_epoch
         metrics = _evaluate(raw, meta, cfg, device, rank, world, len(label_names), amp)
-        _all_reduce(loss_sum, world)
-        metrics.update(epoch=epoch, train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)))
+        all_reduce(loss_sum, world)
+        metrics.update(epoch=epoch, train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+                       train_samples=int(loss_sum[1]), train_seconds=train_seconds,
+                       resumed_from=resumed_from)
         history.append(metrics)
         if rank == 0:
             parts = " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
@@ -372,13 +285,13 @@ def _labelled(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
 
 
 def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp) -> dict:
-    """Fused confusion matrix and per-modality accuracy over the whole val set: every rank
-    reads it, rank r scores batches r, r+world, ...; counts are summed across ranks."""
+    """Fused and per-modality confusion matrices over the whole val set: every rank reads
+    it, rank r scores batches r, r+world, ...; counts are summed across ranks."""
     import ray.train
 
     model.eval()
-    conf = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=device)
-    single = torch.zeros(len(model.modalities), 2, dtype=torch.float64, device=device)
+    names = ["fused"] + list(model.modalities)
+    conf = torch.zeros(len(names), n_classes, n_classes, dtype=torch.float64, device=device)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         batches = ray.train.get_dataset_shard("val").iter_batches(
             batch_size=cfg.batch_size, batch_format="numpy")
@@ -388,40 +301,21 @@ def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp
             t = _labelled(batch_to_tensors(batch, meta, device))
             if t is None:
                 continue
-            y = t["label"]
-            pred = model(t).logits.argmax(1)
-            conf.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64),
-                            accumulate=True)
-            for j, m in enumerate(model.modalities):
+            conf[0] += confusion(t["label"], model(t).logits.argmax(1), n_classes)
+            for j, m in enumerate(model.modalities, start=1):
                 sel = t[f"{m}_present"]
                 if sel.any():
                     sub = {k: v[sel] for k, v in t.items()}
-                    p = model(sub, modalities=[m]).logits.argmax(1)
-                    single[j, 0] += (p == sub["label"]).sum()
-                    single[j, 1] += sel.sum()
-    _all_reduce(conf, world)
-    _all_reduce(single, world)
+                    pred = model(sub, modalities=[m]).logits.argmax(1)
+                    conf[j] += confusion(sub["label"], pred, n_classes)
+    all_reduce(conf, world)
     model.train()
-    total = float(conf.sum())
-    out = {"val_acc": float(conf.diag().sum()) / max(total, 1.0), "val_f1": macro_f1(conf),
+    total = float(conf[0].sum())
+    out = {"val_acc": float(conf[0].diag().sum()) / max(total, 1.0), "val_f1": macro_f1(conf[0]),
            "val_n": int(total)}
-    for j, m in enumerate(model.modalities):
-        out[f"val_acc_{m}"] = float(single[j, 0] / single[j, 1].clamp_min(1))
+    for j, m in enumerate(model.modalities, start=1):
+        n = float(conf[j].sum())
+        out[f"val_acc_{m}"] = float(conf[j].diag().sum()) / max(n, 1.0)
+        out[f"val_f1_{m}"] = macro_f1(conf[j])
+        out[f"val_n_{m}"] = int(n)
     return out
-
-
-def macro_f1(conf: torch.Tensor) -> float:
-    """Macro-F1 of a confusion matrix ``(true, pred)``, averaged over the classes that
-    occur as a true or a predicted label (sklearn's ``f1_score(average="macro")``)."""
-    tp = conf.diag()
-    support, predicted = conf.sum(1), conf.sum(0)
-    used = (support + predicted) > 0
-    if not used.any():
-        return 0.0
-    f1 = 2 * tp / (support + predicted).clamp_min(1e-12)
-    return float(f1[used].mean())
-
-
-def _all_reduce(t: torch.Tensor, world: int) -> None:
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)

@@ -22,7 +22,7 @@ from emoray.config import STAGE_NAMES, EmorayConfig, dump
 from emoray.data.features import feature_metadata
 from emoray.errors import ConfigError
 from emoray.train.checkpoint import META_FILE, read_bundle_meta
-from emoray.train.fusion import FusionStageConfig, train_fusion
+from emoray.train.stages import PREVIOUS, driver
 
 STATE_FILE = "plan_state.json"
 
@@ -32,10 +32,54 @@ def run_dir(cfg: EmorayConfig) -> Path:
     return Path(cfg.train.output) / cfg.train.name
 
 
-def plan_stages(cfg: EmorayConfig) -> dict[str, FusionStageConfig]:
-    """Stage name -> settings, in run order (an empty plan is the fusion stage's defaults)."""
-    stages = cfg.train.stages or {"fusion": FusionStageConfig()}
-    return {name: stages[name] for name in STAGE_NAMES if name in stages}
+def plan_stages(cfg: EmorayConfig) -> dict[str, Any]:
+    """Stage name -> settings, in run order (an empty plan is the fusion stage's defaults).
+
+    Raises :class:`ConfigError` for a stage whose predecessor (``inter`` needs ``intra``,
+    ``classifier`` needs ``inter``) is neither in the plan nor given as
+    ``from_checkpoint``.
+    """
+    from emoray.train.stages import STAGE_CONFIGS
+
+    stages = cfg.train.stages or {"fusion": STAGE_CONFIGS["fusion"]()}
+    ordered = {name: stages[name] for name in STAGE_NAMES if name in stages}
+    for name, stage_cfg in ordered.items():
+        before = PREVIOUS.get(name)
+        if before and before not in ordered and not stage_cfg.from_checkpoint:
+            raise ConfigError(f"train.stages.{name}: starts from the {before} stage's "
+                              f"bundle; add stages.{before} to the plan or set "
+                              f"stages.{name}.from_checkpoint")
+    return ordered
+
+
+def preflight(features: Path, stages: dict[str, Any]) -> None:
+    """Every check that needs no earlier stage's output, for every stage, before the first
+    stage starts (so a mistake in the last stage does not surface an hour in)."""
+    from emoray.train.fusion import FusionModel
+    from emoray.train.jmml import preflight_intra
+    from emoray.train.runner import check_columns
+    from emoray.data.contract import PreprocessContract
+    from emoray.data.shards import shard_files
+
+    meta = feature_metadata(features)
+    files = shard_files(features)
+    for name, stage_cfg in stages.items():
+        if name == "intra":
+            preflight_intra(features, stage_cfg)
+        elif name in ("inter", "classifier"):
+            cols = {"speech": "audio_stats",
+                    "eeg": getattr(stages.get("intra"), "eeg_feature", None)}
+            check_columns(files, {m: c for m, c in cols.items() if c}, name)
+        elif name == "fusion":
+            from emoray.train.fusion import _feature_columns
+
+            check_columns(files, dict(zip(stage_cfg.modalities,
+                                          _feature_columns(meta, stage_cfg.modalities))),
+                          "fusion")
+            contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
+                                                    source=f"{features} contract")
+            FusionModel.from_contract(contract, n_classes=max(2, len(meta.get(
+                "label_names") or [])), cfg=stage_cfg)
 
 
 def read_state(folder: str | Path) -> dict[str, Any]:
@@ -100,6 +144,7 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str
     features = Path(cfg.train.features)
     feature_metadata(features)            # not a preprocess output: fail before any folder
     stages = plan_stages(cfg)
+    preflight(features, stages)
     folder = run_dir(cfg).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     resolved = cfg.model_copy(deep=True)
@@ -109,13 +154,24 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str
     state.setdefault("stages", {})
     results: dict[str, Any] = {"run_dir": str(folder), "stages": {}}
     for stage, stage_cfg in stages.items():
+        before = PREVIOUS.get(stage)
+        init = (results["stages"].get(before) or {}).get("bundle") if before else None
         done = finished_bundle(folder, stage, stage_cfg.epochs, state)
         if done is not None:
             echo(f"stage {stage} already finished: {done}")
             entry = state["stages"].get(stage) or {}
+            metrics = read_bundle_meta(done)["metrics"]
+            if entry.get("status") != "finished" or entry.get("bundle") != str(done):
+                # finished, but the driver died before recording it (and its plots)
+                curves = [str(p) for p in write_curves(done, folder, features=features,
+                                                       stage=stage, split=cfg.train.split,
+                                                       echo=echo)]
+                entry = {"status": "finished", "bundle": str(done), "metrics": metrics,
+                         "epoch": metrics.get("epoch"), "curves": curves}
+                state["stages"][stage] = entry
+                _write_state(folder, state)
             results["stages"][stage] = {
-                "status": "skipped", "bundle": str(done),
-                "metrics": read_bundle_meta(done)["metrics"],
+                "status": "skipped", "bundle": str(done), "metrics": metrics,
                 "curves": entry.get("curves", []), "seconds": 0.0}
             continue
         echo(f"stage {stage}: training {stage_cfg.epochs} epochs on {features} "
@@ -123,10 +179,13 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str
         state["stages"][stage] = {"status": "running", "started": time.time()}
         _write_state(folder, state)
         t0 = time.perf_counter()
-        out = train_fusion(features, folder, stage_cfg, name=stage)
+        kwargs = {"init": init} if before else {}
+        out = driver(stage)(features, folder, stage_cfg, name=stage, split=cfg.train.split,
+                            **kwargs)
         seconds = time.perf_counter() - t0
         curves = [str(p) for p in write_curves(out["checkpoint"], folder,
-                                               features=features, stage=stage, echo=echo)]
+                                               features=features, stage=stage,
+                                               split=cfg.train.split, echo=echo)]
         entry = {"status": "finished", "bundle": out["checkpoint"], "path": out["path"],
                  "epoch": out["metrics"].get("epoch"), "metrics": out["metrics"],
                  "curves": curves, "seconds": round(seconds, 2),
