@@ -164,6 +164,9 @@ def prepare_inputs(contract: PreprocessContract, samples: Sequence[Mapping[str, 
 def _sample_rows(contract: PreprocessContract, sample: Mapping[str, Any],
                  where: str) -> list[dict[str, np.ndarray]]:
     """Validate one sample, cut it into segments and preprocess each: feature rows."""
+    if not isinstance(sample, Mapping):
+        raise ConfigError(f"{where}: expected a dict of inputs by modality, got "
+                          f"{type(sample).__name__}")
     unknown = sorted(set(sample) - set(MODALITIES))
     if unknown:
         raise ConfigError(f"{where}: unknown modality {unknown[0]!r}; expected {MODALITIES}")
@@ -340,7 +343,7 @@ class Predictor:
         self.meta = meta
         self.stage: str = stage
         self.contract = contract
-        self.label_names: list[str] = list(meta["label_names"])
+        self.label_names: list[str] = list(meta.get("label_names") or [])
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -385,7 +388,7 @@ def _as_samples(eeg, speech, video) -> list[dict[str, Any]]:
 
 
 def _va(names: list[str], probs: np.ndarray) -> tuple[float | None, float | None]:
-    if not all(n in EAV_VA for n in names):
+    if not names or not all(n in EAV_VA for n in names):
         return None, None
     va = np.array([EAV_VA[n] for n in names])                            # (K, 2)
     v, a = probs @ va
@@ -405,8 +408,8 @@ def _predict_fusion(pred: Predictor, batch: dict[str, torch.Tensor],
 
     model = pred.model
     used = [m for m in model.modalities if ENCODER_OF[m][1] in batch]
-    cuda = pred.device.type == "cuda"
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    dev = pred.device.type
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
         out = model(batch)
         fused = out.logits.float().softmax(-1).cpu().numpy()            # (B, K)
         mass = out.attention_mass.float().cpu().numpy()                  # (B, M)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -236,7 +237,6 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         ``epochs`` is below 1.
     """
     import ray
-    import ray.data
 
     from emoray.data.features import feature_metadata
     from emoray.data.shards import shard_files
@@ -250,69 +250,78 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     if features is not None:
         feature_metadata(features)             # a bad folder fails before Ray starts
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-train-"))
+    load = {"before": os.getloadavg()}         # other work on the machine skews every figure
     init_ray(ray_cfg or RayConfig(num_cpus=2))
-    data_ctx = ray.data.DataContext.get_current()
-    bars, data_ctx.enable_progress_bars = data_ctx.enable_progress_bars, False
     try:
         feat = Path(features).resolve() if features is not None else make_features(work, quick)
         train_ids, _ = within_subject_split(shard_files(feat))
         if not train_ids:
             raise DataError(str(feat), "the within-subject split has no train rows",
                             kind="label")
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        ray_runs = [(w, c) for w, c in RAY_RUNS
-                    if not use_gpu or w <= ray.cluster_resources().get("GPU", 0)]
+        gpus = ray.cluster_resources().get("GPU", 0)
+        ray_runs = [(w, c) for w, c in RAY_RUNS if not gpus or w <= gpus]   # 1 GPU/worker
         threads = worker_threads(sorted({c for _, c in ray_runs}))
         print(f"bench train: {len(train_ids)} train rows, {epochs} epochs (first = warm-up), "
               f"batch {BATCH_SIZE} per process, encoders {ENCODERS}; threads per Ray worker "
               f"{ {f'{c:g} CPU': n for c, n in threads.items()} }")
-        runs: dict[str, dict[str, Any]] = {}
-        for w, c in ray_runs:
-            n_threads = w * threads[c]
-            plain_key = f"plain_{n_threads}t"
-            if plain_key not in runs:
-                runs[plain_key] = plain_loop(feat, train_ids, stage_config(epochs), n_threads)
-            runs[f"ray_{w}w"] = ray_train(feat, work / "runs", stage_config(epochs, w, c),
-                                          threads[c])
-            runs[f"ray_{w}w"]["compared_with"] = plain_key
+        runs = _run_sides(feat, train_ids, epochs, ray_runs, threads, work / "runs")
     finally:
-        data_ctx.enable_progress_bars = bars
         shutil.rmtree(work, ignore_errors=True)
-    return _report(runs, ray_runs, out_dir, dict(
-        n_train=len(train_ids), epochs=epochs, batch_size=BATCH_SIZE, encoders=ENCODERS,
-        features=str(features) if features is not None else "generated", quick=quick,
-        threads_per_worker={f"{c:g}": n for c, n in threads.items()}))
+    load["after"] = os.getloadavg()
+    info = dict(n_train=len(train_ids), epochs=epochs, batch_size=BATCH_SIZE,
+                encoders=ENCODERS, quick=quick, loadavg=load,
+                features=str(features) if features is not None else "generated",
+                threads_per_worker={f"{c:g}": n for c, n in threads.items()})
+    return _report(runs, [f"ray_{w}w" for w, _ in ray_runs], out_dir, info)
 
 
-def _report(runs: dict[str, dict[str, Any]], ray_runs, out_dir, info: dict) -> dict[str, Any]:
+def _run_sides(feat: Path, train_ids: set[str], epochs: int, ray_runs, threads,
+               run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each Ray Train run, preceded by the plain loop with its total thread count."""
+    runs: dict[str, dict[str, Any]] = {}
+    for w, c in ray_runs:
+        plain_key = f"plain_{w * threads[c]}t"
+        if plain_key not in runs:
+            runs[plain_key] = plain_loop(feat, train_ids, stage_config(epochs),
+                                         w * threads[c])
+        runs[f"ray_{w}w"] = ray_train(feat, run_dir, stage_config(epochs, w, c), threads[c])
+        runs[f"ray_{w}w"]["compared_with"] = plain_key
+    return runs
+
+
+def _report(runs: dict[str, dict[str, Any]], ray_keys: list[str], out_dir,
+            info: dict[str, Any]) -> dict[str, Any]:
+    """Print the table and ratios, write the JSON, print the closing line."""
     for r in runs.values():
         r["samples_per_s"] = steady(r["epoch_samples"], r["epoch_seconds"])
-    rows = []
-    for key, r in runs.items():
-        base = runs.get(r.get("compared_with", ""))
-        rows.append({"runner": key, "workers": r["workers"], "threads": r["threads"],
-                     "samples/s": f"{r['samples_per_s']:.2f}",
-                     "vs plain": f"{r['samples_per_s'] / base['samples_per_s']:.2f}"
-                     if base else "",
-                     "epoch s": ", ".join(f"{s:.1f}" for s in r["epoch_seconds"]),
-                     "wall s (e2e)": f"{r['wall_s']:.1f}"})
+
+    def vs_plain(r: dict[str, Any]) -> float:
+        return r["samples_per_s"] / runs[r["compared_with"]]["samples_per_s"]
+
+    rows = [{"runner": key, "workers": r["workers"], "threads": r["threads"],
+             "samples/s": f"{r['samples_per_s']:.2f}",
+             "vs plain": f"{vs_plain(r):.2f}" if "compared_with" in r else "",
+             "epoch s": ", ".join(f"{s:.1f}" for s in r["epoch_seconds"]),
+             "wall s (e2e)": f"{r['wall_s']:.1f}"} for key, r in runs.items()]
     print(table(rows, ["runner", "workers", "threads", "samples/s", "vs plain", "epoch s",
                        "wall s (e2e)"]))
-    head = runs[f"ray_{ray_runs[0][0]}w"]
-    ratio = head["samples_per_s"] / runs[head["compared_with"]]["samples_per_s"]
-    ratios = {"ratio": ratio}
-    if len(ray_runs) > 1:
-        one = runs[f"ray_{ray_runs[1][0]}w"]
-        ratios["scaling_2w_vs_1w"] = head["samples_per_s"] / one["samples_per_s"]
-        ratios["ray_1w_vs_plain"] = (one["samples_per_s"]
-                                     / runs[one["compared_with"]]["samples_per_s"])
-    ratios["wall_ratio"] = runs[head["compared_with"]]["wall_s"] / head["wall_s"]
-    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    head = runs[ray_keys[0]]
+    ratio = vs_plain(head)
+    best_plain = max(r["samples_per_s"] for k, r in runs.items() if k.startswith("plain"))
+    extra = {"ratio_vs_best_plain": head["samples_per_s"] / best_plain,
+             "e2e_ratio": runs[head["compared_with"]]["wall_s"] / head["wall_s"]}
+    if len(ray_keys) > 1:
+        one = runs[ray_keys[1]]
+        extra["scaling_2w_vs_1w"] = head["samples_per_s"] / one["samples_per_s"]
+        extra["ray_1w_vs_plain"] = vs_plain(one)
+    print(f"ratios: {ray_keys[0]} / {head['compared_with']} {ratio:.2f}, "
+          + ", ".join(f"{k} {v:.2f}" for k, v in extra.items())
+          + f"; load average before/after {info['loadavg']['before'][0]:.1f}/"
+          f"{info['loadavg']['after'][0]:.1f}")
     if not math.isfinite(ratio) or ratio <= 0:
         raise RuntimeError(f"bench train: no usable throughput (ratio {ratio})")
     path = write_result(out_dir, "train", round(ratio, 3), TARGET,
-                        dict(info, runs=runs, **{k: round(v, 3) for k, v in ratios.items()
-                                                 if k != "ratio"}))
+                        dict(info, runs=runs, **{k: round(v, 3) for k, v in extra.items()}))
     print(f"wrote {path}")
     print(f"train: ratio {ratio:.2f} (target {TARGET})")
-    return dict(ratios, runs=runs, path=str(path))
+    return dict(extra, ratio=ratio, runs=runs, path=str(path))

@@ -66,7 +66,8 @@ FEATURE_SCHEMA = pa.schema(ID_FIELDS + LABEL_FIELDS + FEATURE_FIELDS)
 
 
 def with_metadata(schema: pa.Schema, meta: dict[str, Any]) -> pa.Schema:
-    return schema.with_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    # no sort_keys: the key order of the contract's eeg.bands is the band-feature order
+    return schema.with_metadata({META_KEY: json.dumps(meta).encode()})
 
 
 def write_shard(path: str | Path, rows: list[dict[str, Any]], schema: pa.Schema) -> int:

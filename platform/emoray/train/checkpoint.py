@@ -71,7 +71,8 @@ def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
             "model_config": model_config, "contract": json.loads(contract.to_json()),
             "label_names": list(label_names), "metrics": dict(metrics), **(extra or {})}
     tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    # no sort_keys: the key order of the contract's eeg.bands is the band-feature order
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     tmp.replace(directory / META_FILE)
     return directory
 

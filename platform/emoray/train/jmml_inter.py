@@ -169,10 +169,15 @@ def inter_loop(config: dict[str, Any]) -> None:
                 model.emb_norm[m].sums(train[f"jec_{m}"][rows]).to(device))
     pairing = choose_pairing(cfg.pairing, train)
     rows_s, _ = _pairs(train, pairing, np.random.default_rng(cfg.seed))
-    if len(rows_s) // world < cfg.batch_size:
+    per_worker = len(rows_s) // world
+    batch_size = min(cfg.batch_size, per_worker)     # small data: one batch per worker
+    if batch_size <= cfg.k + 1:
         raise ConfigError(f"stages.inter: {len(rows_s)} {pairing} training pairs over "
-                          f"{world} workers give fewer than batch_size ({cfg.batch_size}) "
-                          f"per worker; lower batch_size or num_workers")
+                          f"{world} workers give {per_worker} per worker; DCCA needs "
+                          f"batches larger than k + 1 ({cfg.k + 1}): lower k or num_workers")
+    if batch_size < cfg.batch_size and rank == 0:
+        print(f"[inter] {len(rows_s)} {pairing} pairs: batch size {batch_size} instead of "
+              f"{cfg.batch_size}", flush=True)
     opt_state, start, history = restored or (None, 0, [])
     cae = ray.train.torch.prepare_model(model.cae)
     opt = torch.optim.AdamW(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -189,8 +194,8 @@ def inter_loop(config: dict[str, Any]) -> None:
         mine_idx = order[rank * per:(rank + 1) * per]
         joint = _joint(train)
         sums = np.zeros(5)
-        for b in range(0, per - cfg.batch_size + 1, cfg.batch_size):   # full batches only
-            sel = mine_idx[b:b + cfg.batch_size]
+        for b in range(0, per - batch_size + 1, batch_size):   # full batches only
+            sel = mine_idx[b:b + batch_size]
             e_s = norm_s(train["jec_speech"][rows_s[sel]].to(device))
             e_e = norm_e(train["jec_eeg"][rows_e[sel]].to(device))
             y = torch.from_numpy(joint[rows_s[sel]]).to(device)
