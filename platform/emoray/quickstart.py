@@ -1,7 +1,10 @@
 """``emoray quickstart``: the whole path on an embedded local Ray.
 
 synth (a parallel EEG + speech + video corpus) -> ingest (Ray Data, Parquet shards) ->
-preprocess (Ray Data, feature shards) -> a printed summary of both shard sets.
+preprocess (Ray Data, feature shards) -> a printed summary of both shard sets -> train one
+plan with JMML's three stages and the attention fusion (tiny presets, Ray Train) ->
+evaluate it (within-subject over three seeds, and leave-subjects-out over two folds) and
+print both reports (the fused-vs-unimodal table and the JMML ablation).
 """
 
 from __future__ import annotations
@@ -19,7 +22,20 @@ QUICKSTART_DEFAULTS: dict = {
               "seconds": 10.0, "seed": 0},
     "ingest": {"layout": "manifest", "segment_seconds": 5.0},
     "preprocess": {"contract": {"video": {"n_frames": 10, "size": 64}}},
+    "train": {"name": "quickstart", "stages": {
+        "intra": {"encoders": {"speech": "tiny", "eeg": "tiny"}, "epochs": 10,
+                  "batch_size": 16, "num_workers": 2, "cpus_per_worker": 0.25,
+                  "materialize": True},
+        "inter": {"k": 4, "hidden": 32, "epochs": 10, "batch_size": 24, "num_workers": 2,
+                  "cpus_per_worker": 0.25, "materialize": True},
+        "classifier": {"num_workers": 1, "cpus_per_worker": 0.25, "materialize": True},
+        "fusion": {"encoders": {"eeg": "tiny", "speech": "tiny", "video": "tiny"}, "dim": 32,
+                   "heads": 2, "layers": 1, "epochs": 6, "batch_size": 8, "num_workers": 2,
+                   "cpus_per_worker": 0.25, "materialize": True}}},
 }
+
+#: How the quickstart evaluates its run: protocol -> (seeds, folds).
+QUICKSTART_EVAL = {"within-subject": ([0, 1, 2], None), "loso": ([0], 2)}
 
 
 def quickstart_config(config_file: str | None = None, overrides: list[str] | None = None,
@@ -40,27 +56,27 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
     timings = {}
 
     t = time.perf_counter()
-    echo(f"[1/4] synth: {cfg.synth.subjects} subjects x {cfg.synth.trials_per_class} trials "
+    echo(f"[1/6] synth: {cfg.synth.subjects} subjects x {cfg.synth.trials_per_class} trials "
          f"per class x {cfg.synth.seconds:g} s ({cfg.synth.mode}, {cfg.synth.layout}) -> {corpus}")
     write_corpus(cfg.synth, corpus)
     timings["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo("[2/4] starting the embedded local Ray" if not cfg.ray.address
-         else f"[2/4] connecting to Ray at {cfg.ray.address}")
+    echo("[2/6] starting the embedded local Ray" if not cfg.ray.address
+         else f"[2/6] connecting to Ray at {cfg.ray.address}")
     init_ray(cfg.ray)
     timings["ray"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ingest = cfg.ingest.model_copy(update={"source": str(corpus), "output": str(records)})
-    echo(f"[3/4] ingest -> {records}")
+    echo(f"[3/6] ingest -> {records}")
     ingest_report = run_ingest(ingest, echo=echo)
     echo(ingest_text(ingest_report))
     timings["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()
     prep = cfg.preprocess.model_copy(update={"input": str(records), "output": str(features)})
-    echo(f"[4/4] preprocess -> {features}")
+    echo(f"[4/6] preprocess -> {features}")
     prep_report = run_preprocess(prep, echo=echo)
     echo(prep_text(prep_report))
     timings["preprocess"] = time.perf_counter() - t
@@ -74,8 +90,40 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
         echo("")
         echo(format_summary(summary))
         echo(f"  overview: {overview_png(folder)}")
+    reports = train_and_evaluate(cfg, features, out / "train", timings, echo)
     echo("")
     echo("quickstart done in " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
          + f"; resolved config: {out / 'config.yaml'}")
     return {"ingest": ingest_report, "preprocess": prep_report, "summaries": summaries,
-            "timings": timings}
+            "reports": reports, "timings": timings}
+
+
+def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
+                       timings: dict[str, float], echo=print) -> dict:
+    """Train the quickstart plan on ``features`` into ``output`` and evaluate it under
+    :data:`QUICKSTART_EVAL`; print and return the reports."""
+    from emoray.train.evaluate import evaluate_run, format_report
+    from emoray.train.plan import format_summary, run_dir, run_plan
+
+    t = time.perf_counter()
+    train = cfg.train.model_copy(update={"features": str(features), "output": str(output)})
+    plan_cfg = cfg.model_copy(update={"train": train})
+    echo("")
+    echo(f"[5/6] train: {', '.join(train.stages)} (Ray Train) -> {run_dir(plan_cfg)}")
+    echo(format_summary(run_plan(plan_cfg, echo=echo)))
+    timings["train"] = time.perf_counter() - t
+    reports = {}
+    for protocol, (seeds, folds) in QUICKSTART_EVAL.items():
+        t = time.perf_counter()
+        echo("")
+        echo(f"[6/6] evaluate {protocol}: seeds {seeds}" + (f", {folds} folds" if folds
+                                                              else ""))
+        report = evaluate_run(run_dir(plan_cfg), protocol, seeds, folds, cfg=plan_cfg,
+                              echo=echo)
+        reports[protocol] = report
+        timings[f"evaluate {protocol}"] = time.perf_counter() - t
+    for protocol, report in reports.items():
+        echo("")
+        echo(format_report(report))
+        echo(f"  files: {', '.join(report['files'])}")
+    return reports

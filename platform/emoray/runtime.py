@@ -9,7 +9,8 @@ from emoray.config import RayConfig
 
 
 def init_ray(cfg: RayConfig | None = None) -> None:
-    """Connect to ``cfg.address`` or start an embedded local Ray (idempotent).
+    """Connect to ``cfg.address`` (or ``RAY_ADDRESS``, as inside a Ray Job) or start an
+    embedded local Ray (idempotent).
 
     The embedded Ray binds to 127.0.0.1 only. Worker processes get ``platform/`` on their
     path through the installed package, never through the repo root (see DESIGN.md).
@@ -21,8 +22,9 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
+    address = cfg.address or os.environ.get("RAY_ADDRESS")   # set inside a Ray Job
+    if address:
+        ray.init(address=address, **kwargs)
         return
     if cfg.include_dashboard is not None:
         kwargs["include_dashboard"] = cfg.include_dashboard

@@ -11,7 +11,8 @@ import yaml
 
 from emoray.cli import build_parser, main
 
-SUBCOMMANDS = ["quickstart", "synth", "ingest", "preprocess", "inspect", "bench", "train"]
+SUBCOMMANDS = ["quickstart", "synth", "ingest", "preprocess", "inspect", "bench", "train",
+               "evaluate"]
 
 
 def _run(*args, cwd=None, timeout=300):

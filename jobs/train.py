@@ -1,0 +1,12 @@
+"""Ray Job entrypoint for train: ``python jobs/train.py ARGS`` with the arguments of ``emoray train``.
+
+Thin by design. Inside a Ray Job, Ray is already initialised for the driver's cluster, so
+no address is needed (``init_ray`` connects to it).
+"""
+
+import sys
+
+from emoray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))
