@@ -11,7 +11,6 @@ reports fused and per-modality validation metrics and a checkpoint bundle
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
 from emoray.models import AttentionFusion, FusionOutput, create_encoder, encoder_class
-from emoray.train.checkpoint import TRAIN_STATE_FILE, MODEL_FILE, save_bundle
 from emoray.train.runner import (SplitConfig, StageCommon, all_reduce, check_columns,
-                                 confusion, fit_stage, macro_f1, split_datasets,
-                                 split_records, within_subject_split)
+                                 confusion, fit_stage, macro_f1, mine, report, restore,
+                                 split_datasets, split_records, within_subject_split)
 
 __all__ = ["ENCODER_OF", "FusionModel", "FusionStageConfig", "train_fusion", "train_loop",
            "within_subject_split"]
@@ -207,7 +205,6 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker loop of the fusion stage (see the module docstring)."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     cfg = FusionStageConfig.model_validate(config["cfg"])
     meta, label_names = config["meta"], config["label_names"]
@@ -217,14 +214,8 @@ def train_loop(config: dict[str, Any]) -> None:
     np.random.seed(cfg.seed + rank)
     device = ray.train.torch.get_device()
     model = FusionModel.from_config(config["model_config"])
-    optimizer_state, start_epoch, history = None, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:                      # own restart or a re-run of the same name
-        with checkpoint.as_directory() as d:
-            model.load_state_dict(torch.load(Path(d) / MODEL_FILE, weights_only=True))
-            state = torch.load(Path(d) / TRAIN_STATE_FILE, weights_only=False)
-        optimizer_state, start_epoch, history = state["optimizer"], state["epoch"] + 1, \
-            state["history"]
+    restored = restore(model, device)              # own restart or a re-run of the same name
+    optimizer_state, start_epoch, history = restored or (None, 0, [])
     ddp = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True})
     raw: FusionModel = ddp.module if hasattr(ddp, "module") else ddp
@@ -232,7 +223,6 @@ def train_loop(config: dict[str, Any]) -> None:
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     amp = device.type == "cuda"
-    contract = meta["contract"]
     resumed_from = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
@@ -263,15 +253,9 @@ def train_loop(config: dict[str, Any]) -> None:
                              if k.startswith("val_acc") or k == "val_f1")
             print(f"[fusion] epoch {epoch + 1}/{cfg.epochs} loss={metrics['train_loss']:.4f} "
                   f"{parts}", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_bundle(tmp, raw.state_dict(), model_config=raw.config(),
-                            contract=contract, label_names=label_names, metrics=metrics,
-                            stage="fusion")
-                torch.save({"optimizer": opt.state_dict(), "epoch": epoch,
-                            "history": history}, Path(tmp) / TRAIN_STATE_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)               # a barrier: every rank reports
+        report(metrics, rank=rank, model=raw, model_config=raw.config(), meta=meta,
+               label_names=label_names, stage="fusion",
+               train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
 
 
 def _labelled(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -286,7 +270,7 @@ def _labelled(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
 
 def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp) -> dict:
     """Fused and per-modality confusion matrices over the whole val set: every rank reads
-    it, rank r scores batches r, r+world, ...; counts are summed across ranks."""
+    it and scores the records whose id hash falls to it; counts are summed across ranks."""
     import ray.train
 
     model.eval()
@@ -295,10 +279,12 @@ def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         batches = ray.train.get_dataset_shard("val").iter_batches(
             batch_size=cfg.batch_size, batch_format="numpy")
-        for i, batch in enumerate(batches):
-            if i % world != rank:
+        for batch in batches:
+            keep = mine(batch["record_id"], rank, world)
+            if not keep.any():
                 continue
-            t = _labelled(batch_to_tensors(batch, meta, device))
+            t = _labelled(batch_to_tensors({k: v[keep] for k, v in batch.items()}, meta,
+                                           device))
             if t is None:
                 continue
             conf[0] += confusion(t["label"], model(t).logits.argmax(1), n_classes)
