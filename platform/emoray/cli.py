@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "next two)")
     p.add_argument("--folds", type=int, help="loso: number of held-out subject groups")
     p.add_argument("--features", help="feature folder (default: the run's train.features)")
+    p.add_argument("--parallel", type=int, default=1, help="run this many (seed, fold) plans "
+                   "at once (default %(default)s)")
     _common(p)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
@@ -247,7 +249,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from emoray.runtime import init_ray
 
     init_ray(cfg.ray)
-    report = evaluate_run(target, args.protocol, seeds, args.folds, args.features, run_cfg)
+    if args.parallel < 1:
+        raise EmorayError(f"--parallel: expected an integer >= 1, got {args.parallel}")
+    report = evaluate_run(target, args.protocol, seeds, args.folds, args.features, run_cfg,
+                          parallel=args.parallel)
     print(format_report(report))
     print("report files: " + ", ".join(report["files"]))
     return 0

@@ -30,12 +30,13 @@ QUICKSTART_DEFAULTS: dict = {
                   "cpus_per_worker": 0.25, "materialize": True},
         "classifier": {"num_workers": 1, "cpus_per_worker": 0.25, "materialize": True},
         "fusion": {"encoders": {"eeg": "tiny", "speech": "tiny", "video": "tiny"}, "dim": 32,
-                   "heads": 2, "layers": 1, "epochs": 6, "batch_size": 8, "num_workers": 2,
+                   "heads": 2, "layers": 1, "epochs": 12, "lr": 0.002, "batch_size": 8, "num_workers": 2,
                    "cpus_per_worker": 0.25, "materialize": True}}},
 }
 
-#: How the quickstart evaluates its run: protocol -> (seeds, folds).
+#: How the quickstart evaluates its run: protocol -> (seeds, folds); two plans at a time.
 QUICKSTART_EVAL = {"within-subject": ([0, 1, 2], None), "loso": ([0], 2)}
+QUICKSTART_PARALLEL = 2
 
 
 def quickstart_config(config_file: str | None = None, overrides: list[str] | None = None,
@@ -119,7 +120,7 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
         echo(f"[6/6] evaluate {protocol}: seeds {seeds}" + (f", {folds} folds" if folds
                                                               else ""))
         report = evaluate_run(run_dir(plan_cfg), protocol, seeds, folds, cfg=plan_cfg,
-                              echo=echo)
+                              echo=echo, parallel=QUICKSTART_PARALLEL)
         reports[protocol] = report
         timings[f"evaluate {protocol}"] = time.perf_counter() - t
     for protocol, report in reports.items():

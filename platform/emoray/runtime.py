@@ -22,6 +22,8 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Ray Data's per-dataset INFO lines in the driver drown the stages' own progress lines
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     address = cfg.address or os.environ.get("RAY_ADDRESS")   # set inside a Ray Job
     if address:
         ray.init(address=address, **kwargs)

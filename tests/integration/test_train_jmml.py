@@ -196,3 +196,27 @@ def test_bad_plans_fail_before_any_worker(jmml_run, features, tmp_path):
                          ["train.stages.intra.epochs=1"]))
     assert not any(tmp_path.glob("**/checkpoint_*"))                 # nothing trained
     assert time.perf_counter() - t0 < 20
+
+
+def test_evaluate_reuses_the_run_for_its_own_seed_and_writes_the_report(jmml_run, capsys):
+    from emoray.cli import main
+
+    run = jmml_run[0]["run_dir"]
+    code = main(["evaluate", run, "--protocol", "within-subject", "--seeds", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "## JMML ablation: macro-F1 per binary target" in out
+    report = json.loads((Path(run) / "eval" / "within-subject" / "report.json").read_text())
+    rows = {(r["modality"], r["method"]): r for r in report["jmml"]["rows"]}
+    clf = jmml_run[0]["stages"]["classifier"]["metrics"]
+    assert rows[("speech", "JMML")]["valence"]["mean"] == pytest.approx(
+        clf["val_f1_speech_only_valence"])
+    assert rows[("eeg", "raw features")]["arousal"]["n_seeds"] == 1
+    assert report["units"][0]["run_dir"] == run                 # no re-training for seed 0
+    assert not (Path(run) / "eval" / "within-subject" / "seed0").exists()
+    # a checkpoint is scored as it is; a protocol that re-trains needs the run
+    bundle = jmml_run[0]["stages"]["classifier"]["bundle"]
+    assert main(["evaluate", bundle]) == 0
+    assert "val_f1_speech_only_valence" in capsys.readouterr().out
+    assert main(["evaluate", bundle, "--protocol", "loso"]) == 2
+    assert "need a run" in capsys.readouterr().err

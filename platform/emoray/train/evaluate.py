@@ -85,8 +85,12 @@ def unit_config(cfg: EmorayConfig, run: Path, protocol: str, seed: int,
 def evaluate_run(run: str | Path, protocol: str = "within-subject",
                  seeds: list[int] | None = None, folds: int | None = None,
                  features: str | None = None, cfg: EmorayConfig | None = None,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train/score the run's plan for every (seed, fold) and write the report."""
+                 echo: Callable[[str], None] = print, parallel: int = 1) -> dict[str, Any]:
+    """Train/score the run's plan for every (seed, fold) and write the report.
+
+    ``parallel > 1`` runs that many (seed, fold) plans at once, each driven by a Ray task
+    (its stages' Train workers and Ray Data take the cluster's CPUs as usual); on small
+    data most of a stage's time is start-up latency, which overlaps."""
     from emoray.data.shards import shard_files
     from emoray.train.plan import plan_stages, run_plan
     from emoray.train.runner import subjects_of
@@ -106,17 +110,24 @@ def evaluate_run(run: str | Path, protocol: str = "within-subject",
         groups = [None]
     out_dir = run / "eval" / protocol
     out_dir.mkdir(parents=True, exist_ok=True)
-    units = []
+    todo = []
     for seed in seeds:
         for i, group in enumerate(groups):
             sub = unit_config(cfg, run, protocol, seed, group, i if group else None)
             where = f"seed {seed}" + (f", fold {i + 1}/{len(groups)} (held out: "
                                       f"{', '.join(group)})" if group else "")
-            echo(f"evaluate {protocol}: {where}")
-            result = run_plan(sub, echo=echo)
-            units.append({"seed": seed, "fold": i if group else None, "val_subjects": group,
-                          "run_dir": result["run_dir"],
-                          "metrics": {s: r["metrics"] for s, r in result["stages"].items()}})
+            todo.append(({"seed": seed, "fold": i if group else None, "val_subjects": group},
+                         sub, f"evaluate {protocol}: {where}"))
+    if parallel > 1 and len(todo) > 1:
+        results = _run_concurrently([(sub, label) for _, sub, label in todo], parallel, echo)
+    else:
+        results = []
+        for _, sub, label in todo:
+            echo(label)
+            results.append(run_plan(sub, echo=echo))
+    units = [{**unit, "run_dir": result["run_dir"],
+              "metrics": {s: r["metrics"] for s, r in result["stages"].items()}}
+             for (unit, _, _), result in zip(todo, results)]
     report = summarize(units, protocol, seeds, groups)
     report["run"] = str(run)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
@@ -124,6 +135,34 @@ def evaluate_run(run: str | Path, protocol: str = "within-subject",
     report["files"] = [str(out_dir / "report.json"), str(out_dir / "report.md")]
     dump(cfg, out_dir / "config.yaml", ["ray", "train"])
     return report
+
+
+def _plan_task(tree: dict[str, Any], label: str) -> dict[str, Any]:
+    """A Ray task: run one plan (config as a JSON tree) and return its results."""
+    from emoray.train.plan import run_plan
+
+    print(label, flush=True)
+    return run_plan(EmorayConfig.model_validate(tree), echo=lambda line: print(line,
+                                                                               flush=True))
+
+
+def _run_concurrently(units: list[tuple[EmorayConfig, str]], parallel: int,
+                      echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_plan_task)
+    refs: list = [None] * len(units)
+    pending: dict = {}
+    for i, (sub, label) in enumerate(units):
+        if len(pending) >= parallel:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            refs[pending.pop(done[0])] = done[0]
+        ref = task.remote(sub.model_dump(mode="json"), label)
+        pending[ref] = i
+        echo(f"{label} (started, {len(pending)} running)")
+    for ref, i in pending.items():
+        refs[i] = ref
+    return ray.get(refs)
 
 
 # -- aggregation ----------------------------------------------------------------------

@@ -211,8 +211,8 @@ def inter_loop(config: dict[str, Any]) -> None:
                            val, model.targets, l2=cfg.l2)
         n = max(sums[4], 1.0)
         metrics.update(epoch=epoch, resumed_from=start, pairing=pairing,
-                       train_loss=sums[0] / n, train_corr=sums[1] / n,
-                       train_self=sums[2] / n, train_cross=sums[3] / n,
+                       train_loss=float(sums[0] / n), train_corr=float(sums[1] / n),
+                       train_self=float(sums[2] / n), train_cross=float(sums[3] / n),
                        n_pairs=int(len(rows_s)), train_seconds=time.perf_counter() - t0)
         metrics["val_f1"] = metrics.get("val_f1_speech_only", 0.0)
         history.append(metrics)

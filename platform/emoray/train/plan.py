@@ -21,7 +21,7 @@ from typing import Any, Callable
 from emoray.config import STAGE_NAMES, EmorayConfig, dump
 from emoray.data.features import feature_metadata
 from emoray.errors import ConfigError
-from emoray.train.checkpoint import META_FILE, read_bundle_meta
+from emoray.train.checkpoint import read_bundle_meta
 from emoray.train.stages import PREVIOUS, driver
 
 STATE_FILE = "plan_state.json"
@@ -103,13 +103,14 @@ def finished_bundle(folder: str | Path, stage: str, epochs: int,
                     state: dict[str, Any] | None = None) -> Path | None:
     """The bundle of ``stage`` if its final epoch (``epochs - 1``) is done, else None.
 
-    Looks at the bundle recorded in the plan state first, then at the stage's Ray Train
-    checkpoints (a run that finished but died before the state was written).
+    Looks at the bundle recorded in the plan state first, then at the checkpoints Ray Train
+    recorded for the stage (a run that finished but whose driver died before the plan state
+    was written).
     """
     folder = Path(folder)
     recorded = ((state or {}).get("stages", {}).get(stage) or {}).get("bundle")
     candidates = [Path(recorded)] if recorded else []
-    candidates += sorted(p.parent for p in (folder / stage).glob(f"checkpoint_*/{META_FILE}"))
+    candidates += recorded_checkpoints(folder / stage)
     for path in candidates:
         try:
             epoch = read_bundle_meta(path)["metrics"].get("epoch", -1)
@@ -118,6 +119,19 @@ def finished_bundle(folder: str | Path, stage: str, epochs: int,
         if epoch >= epochs - 1:
             return path
     return None
+
+
+def recorded_checkpoints(stage_dir: Path) -> list[Path]:
+    """The checkpoints Ray Train recorded for a stage run (its checkpoint manager snapshot),
+    oldest first. A ``checkpoint_*`` folder the snapshot does not list was reported while
+    the run died and may be incomplete: it is never trusted."""
+    snapshot = stage_dir / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [stage_dir / r["checkpoint_dir_name"] for r in results
+            if isinstance(r, dict) and r.get("checkpoint_dir_name")]
 
 
 def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +44,7 @@ class StageCommon(BaseModel):
     max_failures: int = Field(1, ge=-1)
     controller_failure_limit: int = Field(-1, ge=-1)  # tests: 0 (RAY.md trap 4)
     materialize: bool = False    # cache the split datasets in the object store (small data)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"   # Ray Train's own
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -184,8 +185,8 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
     Running again with the same ``run_dir`` and ``name`` resumes from the run's latest
     checkpoint (Ray Train V2 resumes by name and storage path, RAY.md trap 1).
     """
-    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, RunConfig,
-                           ScalingConfig)
+    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
+                           RunConfig, ScalingConfig)
     from ray.train.torch import TorchTrainer
 
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
@@ -197,7 +198,8 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
             name=name, storage_path=str(Path(run_dir).resolve()),
             failure_config=FailureConfig(max_failures=cfg.max_failures,
                                          controller_failure_limit=cfg.controller_failure_limit),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level=cfg.log_level)),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=datasets_to_split))
     result = trainer.fit()
     if result.checkpoint is None:
