@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    p.add_argument("name", choices=["ingest"], help="which benchmark")
+    p.add_argument("name", choices=["ingest", "train"], help="which benchmark")
+    p.add_argument("--features", help="bench train: reuse this preprocess output folder "
+                   "instead of generating one")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
     p.add_argument("--out", default="benchmarks/results", help="JSON folder")
     _common(p)
@@ -260,10 +262,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @_command("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from emoray.bench.ingest import run_benchmark
+    import importlib
 
     cfg = _resolve(args, {})
-    run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray)
+    kwargs = {"features": args.features} if args.features else {}
+    if kwargs and args.name != "train":
+        raise EmorayError(f"bench {args.name}: --features applies to `bench train` only")
+    bench = importlib.import_module(f"emoray.bench.{args.name}")
+    bench.run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray, **kwargs)
     return 0
 
 
