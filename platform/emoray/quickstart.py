@@ -103,7 +103,7 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
                        timings: dict[str, float], echo=print) -> dict:
     """Train the quickstart plan on ``features`` into ``output`` and evaluate it under
     :data:`QUICKSTART_EVAL`; print and return the reports."""
-    from emoray.train.evaluate import evaluate_run, format_report
+    from emoray.train.evaluate import evaluate_protocols, format_report
     from emoray.train.plan import format_summary, run_dir, run_plan
 
     t = time.perf_counter()
@@ -113,16 +113,15 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
     echo(f"[5/6] train: {', '.join(train.stages)} (Ray Train) -> {run_dir(plan_cfg)}")
     echo(format_summary(run_plan(plan_cfg, echo=echo)))
     timings["train"] = time.perf_counter() - t
-    reports = {}
-    for protocol, (seeds, folds) in QUICKSTART_EVAL.items():
-        t = time.perf_counter()
-        echo("")
-        echo(f"[6/6] evaluate {protocol}: seeds {seeds}" + (f", {folds} folds" if folds
-                                                              else ""))
-        report = evaluate_run(run_dir(plan_cfg), protocol, seeds, folds, cfg=plan_cfg,
-                              echo=echo, parallel=QUICKSTART_PARALLEL)
-        reports[protocol] = report
-        timings[f"evaluate {protocol}"] = time.perf_counter() - t
+    t = time.perf_counter()
+    echo("")
+    echo("[6/6] evaluate: " + "; ".join(
+        f"{p} over seeds {s}" + (f" and {f} subject folds" if f else "")
+        for p, (s, f) in QUICKSTART_EVAL.items())
+        + f" ({QUICKSTART_PARALLEL} plans at a time)")
+    reports = evaluate_protocols(run_dir(plan_cfg), QUICKSTART_EVAL, cfg=plan_cfg, echo=echo,
+                                 parallel=QUICKSTART_PARALLEL)
+    timings["evaluate"] = time.perf_counter() - t
     for protocol, report in reports.items():
         echo("")
         echo(format_report(report))

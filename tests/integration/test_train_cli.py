@@ -92,10 +92,14 @@ def test_second_call_skips_the_finished_stage(first_run, features, capsys):
 
 def test_config_mistakes_exit_2_with_one_line(features, tmp_path, capsys):
     base = ["train", "--config", TINY, str(features), "--out", str(tmp_path)]
-    assert main(base + ["--set", "train.stages.intra.epochs=1"]) == 2
+    assert main(base + ["--set", "train.stages.intro.epochs=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "unknown stage 'intra'" in err and "valid stages: ['fusion']" in err
+    assert "unknown stage 'intro'" in err
+    assert "valid stages: ['intra', 'inter', 'classifier', 'fusion']" in err
+
+    assert main(base + ["--set", "train.stages.inter.k=4"]) == 2      # inter needs intra
+    assert "starts from the intra stage's bundle" in capsys.readouterr().err
 
     assert main(base + ["--set", "train.stages.fusion.epochs=many"]) == 2
     err = capsys.readouterr().err.strip()

@@ -91,44 +91,64 @@ def evaluate_run(run: str | Path, protocol: str = "within-subject",
     ``parallel > 1`` runs that many (seed, fold) plans at once, each driven by a Ray task
     (its stages' Train workers and Ray Data take the cluster's CPUs as usual); on small
     data most of a stage's time is start-up latency, which overlaps."""
+    return evaluate_protocols(run, {protocol: (seeds, folds)}, features, cfg, echo,
+                              parallel)[protocol]
+
+
+def evaluate_protocols(run: str | Path, protocols: dict[str, tuple[list[int] | None,
+                                                                   int | None]],
+                       features: str | None = None, cfg: EmorayConfig | None = None,
+                       echo: Callable[[str], None] = print, parallel: int = 1
+                       ) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_run` for several protocols (``{protocol: (seeds, folds)}``), their
+    (seed, fold) plans sharing one pool of ``parallel`` concurrent runs."""
     from emoray.data.shards import shard_files
     from emoray.train.plan import plan_stages, run_plan
     from emoray.train.runner import subjects_of
 
     run = Path(run).resolve()
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        raise ConfigError(f"--protocol: expected one of {PROTOCOLS}, got {bad[0]!r}")
     cfg = cfg or resolve(run / "config.yaml")
     if features:
         cfg.train.features = str(features)
     plan_stages(cfg)
     base = _stage_seed(cfg)
-    seeds = list(seeds) if seeds else [base, base + 1, base + 2]
-    if protocol == "loso":
-        groups = folds_of(subjects_of(shard_files(cfg.train.features)), folds)
-    else:
-        groups = [None]
-    out_dir = run / "eval" / protocol
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = []
-    for seed in seeds:
-        for i, group in enumerate(groups):
-            sub = unit_config(cfg, run, protocol, seed, group, i if group else None)
-            where = f"seed {seed}" + (f", fold {i + 1}/{len(groups)} (held out: "
-                                      f"{', '.join(group)})" if group else "")
-            todo.append(({"seed": seed, "fold": i if group else None, "val_subjects": group},
-                         sub, f"evaluate {protocol}: {where}"))
+    todo, layout = [], {}
+    for protocol, (seeds, folds) in protocols.items():
+        seeds = list(seeds) if seeds else [base, base + 1, base + 2]
+        groups = (folds_of(subjects_of(shard_files(cfg.train.features)), folds)
+                  if protocol == "loso" else [None])
+        layout[protocol] = (seeds, groups)
+        for seed in seeds:
+            for i, group in enumerate(groups):
+                sub = unit_config(cfg, run, protocol, seed, group, i if group else None)
+                where = f"seed {seed}" + (f", fold {i + 1}/{len(groups)} (held out: "
+                                          f"{', '.join(group)})" if group else "")
+                todo.append((protocol, {"seed": seed, "fold": i if group else None,
+                                        "val_subjects": group},
+                             sub, f"evaluate {protocol}: {where}"))
     if parallel > 1 and len(todo) > 1:
-        results = _run_concurrently([(sub, label) for _, sub, label in todo], parallel, echo)
+        results = _run_concurrently([(sub, label) for *_, sub, label in todo], parallel,
+                                    echo)
     else:
         results = []
-        for _, sub, label in todo:
+        for *_, sub, label in todo:
             echo(label)
             results.append(run_plan(sub, echo=echo))
-    units = [{**unit, "run_dir": result["run_dir"],
-              "metrics": {s: r["metrics"] for s, r in result["stages"].items()}}
-             for (unit, _, _), result in zip(todo, results)]
-    report = summarize(units, protocol, seeds, groups)
+    reports = {}
+    for protocol, (seeds, groups) in layout.items():
+        units = [{**unit, "run_dir": result["run_dir"],
+                  "metrics": {s: r["metrics"] for s, r in result["stages"].items()}}
+                 for (p, unit, _, _), result in zip(todo, results) if p == protocol]
+        reports[protocol] = _write_report(run, cfg, summarize(units, protocol, seeds, groups))
+    return reports
+
+
+def _write_report(run: Path, cfg: EmorayConfig, report: dict[str, Any]) -> dict[str, Any]:
+    out_dir = run / "eval" / report["protocol"]
+    out_dir.mkdir(parents=True, exist_ok=True)
     report["run"] = str(run)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
     (out_dir / "report.md").write_text(format_report(report) + "\n")
