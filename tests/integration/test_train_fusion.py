@@ -16,6 +16,7 @@ import torch
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
+from emoray.train.curves import _numpy_batch
 from emoray.train import (FusionStageConfig, load_bundle, read_bundle_meta, train_fusion,
                           within_subject_split)
 
@@ -40,13 +41,7 @@ def fusion_run(eav_features, tmp_path_factory):
 def _batch(folder: Path, n: int = 8) -> dict[str, torch.Tensor]:
     """The first ``n`` feature rows as tensors (pyarrow in the test; tiny)."""
     table = pq.read_table(shard_files(folder)[0]).slice(0, n)
-    batch = {}
-    for name in table.column_names:
-        values = table[name].to_pylist()
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        batch[name] = arr
-    return batch_to_tensors(batch, feature_metadata(folder))
+    return batch_to_tensors(_numpy_batch(table), feature_metadata(folder))
 
 
 def test_run_reports_metrics_and_writes_a_bundle(fusion_run, eav_features):
