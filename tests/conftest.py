@@ -20,12 +20,16 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray with 2 CPUs, shared by every integration test (RAY.md: share one)."""
+    """A real local Ray with 2 CPUs, shared by every integration test (RAY.md: share one).
+
+    The dashboard is on (127.0.0.1): without it each ASHA-stopped Tune trial leaks its Train
+    placement group and the next trial hangs (RAY.md trap 3).
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -102,8 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "at once (default %(default)s)")
     _common(p)
 
+    p = sub.add_parser(
+        "tune", help="a hyperparameter-search campaign (Ray Tune + Optuna, ASHA) over a "
+        "training plan's fields; `tune report NAME` tabulates and plots one",
+        usage="emoray tune --config CAMPAIGN.yaml [FEATURES] | --resume NAME | report NAME")
+    p.add_argument("args", nargs="*", metavar="FEATURES | report NAME",
+                   help="a preprocess output folder (train.features), or `report NAME`")
+    p.add_argument("--resume", metavar="NAME", help="continue the interrupted campaign NAME "
+                   "(completed trials are kept; the interrupted one re-runs from its latest "
+                   "checkpoint)")
+    p.add_argument("--name", help="campaign name (tune.name)")
+    p.add_argument("--storage", help="campaign storage: folder or URI (tune.storage)")
+    p.add_argument("--search", choices=["optuna", "random"], help="tune.search")
+    p.add_argument("--samples", type=int, help="number of trials (tune.num_samples)")
+    p.add_argument("--concurrency", type=int, help="trials at once (tune.max_concurrent)")
+    p.add_argument("--seed", type=int, help="search seed (tune.seed)")
+    p.add_argument("--out", help="tune report: output folder (default STORAGE/NAME/report)")
+    _common(p)
+
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    p.add_argument("name", choices=["ingest", "train"], help="which benchmark")
+    p.add_argument("name", choices=["ingest", "train", "tune"], help="which benchmark")
     p.add_argument("--features", help="bench train: reuse this preprocess output folder "
                    "instead of generating one")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
@@ -258,6 +276,66 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_report(report))
     print("report files: " + ", ".join(report["files"]))
     return 0
+
+
+@_command("tune")
+def _tune(args: argparse.Namespace) -> int:
+    from emoray.runtime import init_ray
+    from emoray.tune.campaign import resolve_campaign, run_campaign, summary_line
+
+    flags = {"tune.name": args.name, "tune.storage": args.storage, "tune.search": args.search,
+             "tune.num_samples": args.samples, "tune.max_concurrent": args.concurrency,
+             "tune.seed": args.seed, "ray.address": args.ray_address,
+             "ray.num_cpus": args.num_cpus}
+    if args.args[:1] == ["report"]:
+        if len(args.args) != 2:
+            raise EmorayError("usage: emoray tune report NAME [--storage S] [--out DIR]")
+        from emoray.tune.report import format_table, write_report
+
+        cfg = resolve_campaign(args.config, flags, args.overrides)
+        exp = _campaign_folder(args.args[1], args.storage or cfg.tune.storage)
+        files = write_report(exp, args.out)
+        print(format_table(files["table"], files["metric"]))
+        print("report files: " + ", ".join(str(v) for k, v in files.items()
+                                           if k not in ("table", "metric")))
+        return 0
+    if len(args.args) > 1:
+        raise EmorayError(f"tune: expected at most one FEATURES folder, got {args.args}")
+    if args.resume:
+        if args.config or args.args:
+            raise EmorayError("tune --resume NAME takes the campaign's saved config: drop "
+                              "--config and FEATURES")
+        from emoray.tune.campaign import load_campaign
+
+        ray_cfg = load_campaign(args.resume, args.storage or "runs/tune").emoray_config().ray
+        ray_cfg.address = args.ray_address or ray_cfg.address
+        ray_cfg.num_cpus = args.num_cpus or ray_cfg.num_cpus
+    else:
+        if not args.config:
+            raise EmorayError("tune needs --config CAMPAIGN.yaml (e.g. configs/tune/cca.yaml)"
+                              " or --resume NAME")
+        if args.args:
+            flags["train.features"] = args.args[0]
+        cfg = resolve_campaign(args.config, flags, args.overrides)
+        from emoray.tune.campaign import shape
+
+        shape(cfg)                            # a bad space or metric fails before Ray starts
+        ray_cfg = cfg.ray
+    if ray_cfg.include_dashboard is None:
+        ray_cfg.include_dashboard = True      # ASHA-stopped trials leak PGs without it
+    init_ray(ray_cfg)
+    out = run_campaign(None if args.resume else cfg, resume=args.resume,
+                       storage_root=args.storage)
+    print(summary_line(out))
+    return 0
+
+
+def _campaign_folder(name: str, storage_root: str) -> str:
+    from emoray import storage
+
+    if Path(name).is_dir() and (Path(name) / "campaign.json").is_file():
+        return name                           # a campaign folder given directly
+    return storage.join(storage_root, name)
 
 
 @_command("bench")

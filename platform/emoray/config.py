@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from emoray.data.contract import PreprocessContract
@@ -152,6 +153,94 @@ class TrainConfig(_Strict):
         return out
 
 
+class ParamSpec(_Strict):
+    """One search-space dimension: ``float``/``int`` between ``low`` and ``high``
+    (``log`` scale, optional ``step``) or a ``choice`` among ``values``."""
+
+    type: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.type == "choice":
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError("a choice needs a non-empty `values` list (and no low/high)")
+            return self
+        if self.values is not None:
+            raise ValueError(f"a {self.type} range takes low/high, not values")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"expected low < high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a log range takes no step")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int range needs whole bounds, got {self.low}..{self.high}")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """Early stopping of a campaign's trials (``time_attr`` = epochs of the tuned stage)."""
+
+    type: Literal["asha", "fifo"] = Field("asha", description="'asha': successive halving "
+                                          "(stops trials below the rung's top 1/eta); "
+                                          "'fifo': every trial runs all its epochs.")
+    grace_period: int = Field(1, ge=1, description="Epochs before a trial can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int | None = Field(None, ge=1, description="Last rung (default: the tuned "
+                              "stage's epochs).")
+
+
+class TuneConfig(_Strict):
+    """Tune: a hyperparameter-search campaign over one training plan's fields."""
+
+    name: str = Field("campaign", min_length=1, description="Campaign name; its folder is "
+                      "STORAGE/NAME and `--resume NAME` continues it.")
+    plan: str | None = Field(None, description="The training plan YAML tuned (its `ray` and "
+                             "`train` sections; the campaign file's own `train` overlays it).")
+    storage: str = Field("runs/tune", description="Campaign storage: a local folder or a "
+                         "pyarrow filesystem URI (s3://, gs://, ...) every node reaches.")
+    work_dir: str | None = Field(None, description="Where trials' training runs go (default "
+                                 "STORAGE/NAME/trials for a local STORAGE, else "
+                                 "runs/tune-work/NAME; shared by all nodes on a cluster).")
+    space: dict[str, ParamSpec] = Field(default_factory=dict, description="Dotted plan field "
+                                        "(e.g. stages.inter.k) -> its distribution.")
+    stage: str | None = Field(None, description="The stage whose metric is tuned (default: "
+                              "the last plan stage the space touches).")
+    metric: str = Field("val_f1", description="A metric the tuned stage reports each epoch.")
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1, description="Trials in the campaign.")
+    max_concurrent: int = Field(2, ge=1, description="Trials at once (lowered to what the "
+                                "cluster's CPUs fit).")
+    search: Literal["optuna", "random"] = Field("optuna", description="'optuna': TPE "
+                                                "(seeded); 'random': the baseline.")
+    startup_trials: int | None = Field(None, ge=1, description="TPE's random start-up trials "
+                                       "(default: a third of num_samples, 2..10).")
+    seed: int = 0
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list, description=
+                                                     "Configurations tried first (Optuna).")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trial_cpus: float = Field(0.1, gt=0, description="CPUs of each trial's driver function "
+                              "(its Train workers reserve their own).")
+    data_cpus: float = Field(1.0, ge=0, description="CPUs kept free for Ray Data reads "
+                             "(RAY.md trap 2).")
+    cluster_cpus: float | None = Field(None, gt=0, description="CPUs an autoscaling cluster "
+                                       "can grow to (default: what it has now).")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in (".", ".."):
+            raise PydanticCustomError("run_name", "expected a plain folder name (no '/')")
+        return v
+
+
 class EmorayConfig(_Strict):
     """Every section a command may read."""
 
@@ -160,6 +249,7 @@ class EmorayConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

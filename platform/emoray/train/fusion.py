@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from emoray.data.contract import PreprocessContract
@@ -58,6 +58,12 @@ class FusionStageConfig(StageCommon):
             raise ValueError(f"expected a non-empty list of distinct modalities from "
                              f"{list(ENCODER_OF)}, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+        return self
 
 
 class FusionModel(nn.Module):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 from emoray.config import STAGE_NAMES, EmorayConfig, dump
 from emoray.data.features import feature_metadata
@@ -134,7 +135,9 @@ def recorded_checkpoints(stage_dir: Path) -> list[Path]:
             if isinstance(r, dict) and r.get("checkpoint_dir_name")]
 
 
-def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
+             stage_context: Callable[[str], ContextManager] | None = None,
+             curves: bool = True) -> dict[str, Any]:
     """Run the plan's stages in order; skip finished ones; return per-stage results.
 
     Parameters
@@ -143,6 +146,11 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str
         A resolved config; reads ``train`` (``features`` must be set).
     echo : callable
         Where progress lines go.
+    stage_context : callable, optional
+        ``stage -> context manager`` entered around each stage's training (a Tune trial
+        uses it to forward one stage's reports to Tune).
+    curves : bool
+        Write each stage's PNG curves and confusion matrix (a Tune trial skips them).
 
     Returns
     -------
@@ -177,11 +185,11 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str
             metrics = read_bundle_meta(done)["metrics"]
             if entry.get("status") != "finished" or entry.get("bundle") != str(done):
                 # finished, but the driver died before recording it (and its plots)
-                curves = [str(p) for p in write_curves(done, folder, features=features,
-                                                       stage=stage, split=cfg.train.split,
-                                                       echo=echo)]
+                plots = [str(p) for p in write_curves(done, folder, features=features,
+                                                      stage=stage, split=cfg.train.split,
+                                                      echo=echo)] if curves else []
                 entry = {"status": "finished", "bundle": str(done), "metrics": metrics,
-                         "epoch": metrics.get("epoch"), "curves": curves}
+                         "epoch": metrics.get("epoch"), "curves": plots}
                 state["stages"][stage] = entry
                 _write_state(folder, state)
             results["stages"][stage] = {
@@ -194,20 +202,21 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> dict[str
         _write_state(folder, state)
         t0 = time.perf_counter()
         kwargs = {"init": init} if before else {}
-        out = driver(stage)(features, folder, stage_cfg, name=stage, split=cfg.train.split,
-                            **kwargs)
+        with (stage_context or (lambda _: nullcontext()))(stage):
+            out = driver(stage)(features, folder, stage_cfg, name=stage,
+                                split=cfg.train.split, **kwargs)
         seconds = time.perf_counter() - t0
-        curves = [str(p) for p in write_curves(out["checkpoint"], folder,
-                                               features=features, stage=stage,
-                                               split=cfg.train.split, echo=echo)]
+        plots = [str(p) for p in write_curves(out["checkpoint"], folder,
+                                              features=features, stage=stage,
+                                              split=cfg.train.split, echo=echo)] if curves else []
         entry = {"status": "finished", "bundle": out["checkpoint"], "path": out["path"],
                  "epoch": out["metrics"].get("epoch"), "metrics": out["metrics"],
-                 "curves": curves, "seconds": round(seconds, 2),
+                 "curves": plots, "seconds": round(seconds, 2),
                  "n_train": out["n_train"], "n_val": out["n_val"]}
         state["stages"][stage] = entry
         _write_state(folder, state)
         results["stages"][stage] = {"status": "finished", "bundle": out["checkpoint"],
-                                    "metrics": out["metrics"], "curves": curves,
+                                    "metrics": out["metrics"], "curves": plots,
                                     "seconds": seconds}
     return results
 

@@ -9,6 +9,8 @@ metadata only, so bad input fails before any worker starts.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import zlib
 from pathlib import Path
@@ -177,6 +179,21 @@ def check_columns(files: list[Path], needed: dict[str, str], stage: str) -> None
 
 # -- fit --------------------------------------------------------------------------------
 
+_CALLBACKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("emoray_train_callbacks",
+                                                                   default=())
+
+
+@contextlib.contextmanager
+def run_callbacks(*callbacks: Any):
+    """Ray Train callbacks (e.g. Tune's ``TuneReportCallback``) that every
+    :func:`fit_stage` inside the ``with`` block adds to its ``RunConfig``."""
+    token = _CALLBACKS.set(tuple(callbacks))
+    try:
+        yield
+    finally:
+        _CALLBACKS.reset(token)
+
+
 def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: StageCommon,
               datasets: dict[str, Any], run_dir: str | Path, name: str,
               datasets_to_split: list[str]) -> dict[str, Any]:
@@ -199,7 +216,8 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
             failure_config=FailureConfig(max_failures=cfg.max_failures,
                                          controller_failure_limit=cfg.controller_failure_limit),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            logging_config=LoggingConfig(log_level=cfg.log_level)),
+            logging_config=LoggingConfig(log_level=cfg.log_level),
+            callbacks=list(_CALLBACKS.get()) or None),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=datasets_to_split))
     result = trainer.fit()
     if result.checkpoint is None:

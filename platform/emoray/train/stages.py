@@ -40,3 +40,25 @@ def driver(stage: str):
 
     return {"intra": train_intra, "inter": train_inter, "classifier": train_classifier,
             "fusion": train_fusion}[stage]
+
+
+def reported_metrics(stage: str, cfg: Any) -> set[str]:
+    """The numeric metrics ``stage`` reports to Ray Train every epoch under settings ``cfg``
+    (what a Tune campaign may optimise)."""
+    if stage == "fusion":
+        per = [f"val_{k}_{m}" for m in cfg.modalities for k in ("acc", "f1", "n")]
+        return {"train_loss", "val_acc", "val_f1", "val_n", *per}
+    if stage == "intra":
+        return {"train_loss", "val_f1", *(f"train_loss_{m}" for m in cfg.modalities),
+                *(f"val_f1_{m}" for m in cfg.modalities),
+                *(f"val_f1_{m}_{t}" for m in cfg.modalities for t in cfg.targets)}
+    from emoray.models.jmml_model import PATHS
+
+    targets = ("valence", "arousal")       # the probes score every target the model has
+    probed = [f"val_{k}_{p}_{t}" for p in PATHS for t in targets for k in ("f1", "acc", "n")]
+    common = {"val_f1", *(f"val_f1_{p}" for p in PATHS), *probed}
+    if stage == "inter":
+        return common | {"train_loss", "train_corr", "train_self", "train_cross", "n_pairs"}
+    baselines = [f"{kind}_{m}" for kind in ("raw", "jec") for m in ("speech", "eeg")]
+    return common | {f"val_f1_{b}" for b in baselines} | {
+        f"val_{k}_{b}_{t}" for b in baselines for t in targets for k in ("f1", "acc", "n")}

@@ -1,0 +1,175 @@
+"""Tune campaigns on real local Ray, driven through the CLI like a user would.
+
+One campaign carries the end-to-end checks, because every trial costs a TorchTrainer
+start-up: the tiny fusion campaign over 4 trials, one at a time, with two fixed starting
+points (``tune.points_to_evaluate``) that make ASHA's decision predictable (a learning
+rate of 1e-7 keeps the first epoch's training loss at the untrained model's, above the
+other point's). The driver is killed by SIGKILL while the third trial trains; ``--resume``
+finishes the campaign without re-running the two finished trials; ``tune report`` tabulates
+and plots it; the promoted ``best`` bundle predicts from raw signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from emoray.data.shards import read_metadata, shard_files, unflatten
+from emoray.tune.report import trials_table
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CAMPAIGN = str(REPO / "configs" / "tune" / "fusion-tiny.yaml")
+NAME = "fusion-tiny"
+GOOD = {"stages.fusion.lr": 0.003, "stages.fusion.dropout": 0.0,
+        "stages.fusion.modality_dropout": 0.0}
+BAD = dict(GOOD, **{"stages.fusion.lr": 1e-7})
+SPACE = ("{stages.fusion.lr: {type: float, low: 1.0e-7, high: 0.01, log: true}, "
+         "stages.fusion.dropout: {type: float, low: 0.0, high: 0.3}, "
+         "stages.fusion.modality_dropout: {type: float, low: 0.0, high: 0.5}}")
+
+
+def _flow(point: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in point.items()) + "}"
+
+
+def _env() -> dict[str, str]:
+    # Tune saves its experiment state at most this often: the test waits for a saved state
+    # that holds the finished trials before it kills the driver
+    return dict(os.environ, TUNE_GLOBAL_CHECKPOINT_S="1", PYTHONUNBUFFERED="1",
+                RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="60")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "emoray.cli", "tune", *args]
+
+
+def _wait_for(condition, timeout: float, what: str, alive=lambda: True, detail=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if not alive():
+            pytest.fail(f"the campaign ended while waiting for {what}\n{detail()}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")
+
+
+def _table(exp: Path) -> pd.DataFrame | None:
+    try:
+        return trials_table(exp, "train_loss", "min")
+    except Exception:             # no experiment state saved yet, or being written
+        return None
+
+
+def _finished(exp: Path) -> int:
+    df = _table(exp)
+    return 0 if df is None else int((df["status"] == "TERMINATED").sum())
+
+
+def _trial_dirs(work: Path) -> set[str]:
+    return {p.name for p in work.iterdir() if p.is_dir() and p.name != "base"
+            and not p.name.startswith("best")} if work.is_dir() else set()
+
+
+def _checkpoints(work: Path, trial: str) -> list[str]:
+    return sorted(p.name for p in (work / trial / "fusion").glob("checkpoint_*"))
+
+
+def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tmp_path):
+    from emoray.infer import EEGInput, Predictor, SpeechInput
+
+    address = ray_cluster.get_runtime_context().gcs_address      # RAY.md trap 8
+    storage = tmp_path / "tune"
+    exp, work = storage / NAME, storage / NAME / "trials"
+    start = _cli("--config", CAMPAIGN, str(eav_features / "feat"), "--storage", str(storage),
+                 "--address", address, "--concurrency", "1", "--samples", "4",
+                 "--set", "tune.metric=train_loss", "--set", "tune.mode=min",
+                 "--set", f"tune.space={SPACE}",
+                 "--set", f"tune.points_to_evaluate=[{_flow(GOOD)}, {_flow(BAD)}]")
+    log1 = tmp_path / "run1.log"
+    with open(log1, "w") as f:
+        driver = subprocess.Popen(start, cwd=REPO, env=_env(), stdout=f,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: _finished(exp) >= 2 and len(_trial_dirs(work)) >= 3, 300,
+                  "two finished trials and a third one training",
+                  alive=lambda: driver.poll() is None,
+                  detail=lambda: log1.read_text()[-4000:])
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    before = _table(exp)
+    done = before[before["status"] == "TERMINATED"]
+    assert len(done) == 2 and before["status"].ne("TERMINATED").sum() >= 1, before
+    kept = {t: _checkpoints(work, t) for t in done["trial_id"]}
+    # the point with lr=1e-7 did not learn in its first epoch: ASHA stopped it at the rung
+    bad = done[np.isclose(done["stages.fusion.lr"], 1e-7)]
+    assert len(bad) == 1 and bool(bad["stopped_early"].iloc[0]), done
+    assert int(bad["iterations"].iloc[0]) == 1
+
+    # the dead driver's trials die with its job; wait for their CPUs before resuming
+    free = ray_cluster.cluster_resources()["CPU"]
+    _wait_for(lambda: ray_cluster.available_resources().get("CPU", 0) >= free - 1e-6, 60,
+              "the killed campaign's CPUs to be freed")
+    second = subprocess.run(_cli("--resume", NAME, "--storage", str(storage),
+                                 "--address", address),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    assert f"tune: resuming campaign {NAME}" in second.stdout
+
+    after = trials_table(exp, "train_loss", "min")
+    assert len(after) == 4 and set(after["status"]) == {"TERMINATED"}, after
+    for trial, names in kept.items():             # finished trials were kept, not re-run
+        row = after[after["trial_id"] == trial].iloc[0]
+        old = done[done["trial_id"] == trial].iloc[0]
+        assert row["iterations"] == old["iterations"]
+        assert row["train_loss"] == pytest.approx(old["train_loss"])
+        assert _checkpoints(work, trial) == names
+
+    # the report: every trial in the printed table, the CSV and the Parquet file; 4 plots
+    report = subprocess.run(_cli("report", NAME, "--storage", str(storage)), cwd=REPO,
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    for trial in after["trial_id"]:
+        assert trial in report.stdout
+    csv = pd.read_csv(exp / "report" / "trials.csv")
+    table = pq.read_table(exp / "report" / "trials.parquet").to_pandas()
+    assert sorted(csv["trial_id"]) == sorted(table["trial_id"]) == sorted(after["trial_id"])
+    for name in ("history", "importance", "slices", "parallel"):
+        with Image.open(exp / "report" / f"{name}.png") as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+
+    # the promoted bundle: the trial with the lowest last-reported loss; it predicts
+    best = exp / "best"
+    info = json.loads((best / "campaign.json").read_text())
+    winner = after.loc[after["train_loss"].idxmin()]
+    assert info["trial_id"] == winner["trial_id"]
+    assert info["value"] == pytest.approx(winner["train_loss"])
+    assert json.loads((best / "bundle.json").read_text())["stage"] == "fusion"
+    predictor = Predictor.from_bundle(best, device="cpu")
+    rec = pq.read_table(shard_files(eav_features / "rec"))
+    i = rec.column("audio").is_valid().to_pylist().index(True)
+    raw = rec.slice(i, 1).to_pylist()[0]
+    names = read_metadata(eav_features / "rec")["dataset"]["eeg_channels"]
+    pred = predictor.predict(
+        eeg=EEGInput(unflatten(raw["eeg"], raw["eeg_shape"]), raw["eeg_sfreq"], list(names)),
+        speech=SpeechInput(np.asarray(raw["audio"], np.float32), raw["audio_rate"]))
+    probs = np.array(list(pred.probabilities.values()))
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5) and pred.label in pred.probabilities
+    assert pred.modalities == ["eeg", "speech"]
