@@ -290,14 +290,20 @@ def _tune(args: argparse.Namespace) -> int:
     if args.args[:1] == ["report"]:
         if len(args.args) != 2:
             raise EmorayError("usage: emoray tune report NAME [--storage S] [--out DIR]")
-        from emoray.tune.report import format_table, write_report
+        from emoray import storage
+        from emoray.tune.report import format_table, read_campaign, trials_table, write_report
 
         cfg = resolve_campaign(args.config, flags, args.overrides)
         exp = _campaign_folder(args.args[1], args.storage or cfg.tune.storage)
-        files = write_report(exp, args.out)
-        print(format_table(files["table"], files["metric"]))
-        print("report files: " + ", ".join(str(v) for k, v in files.items()
-                                           if k not in ("table", "metric")))
+        out = args.out
+        if storage.is_uri(exp):               # read a copy; write the report locally
+            out = out or str(Path("runs/tune-reports") / args.args[1])
+            exp = str(storage.fetch_dir(exp))
+        info = read_campaign(exp)
+        files = write_report(exp, out)
+        print(format_table(trials_table(exp, info["metric"], info["mode"]), info["metric"],
+                           info["mode"]))
+        print("report files: " + ", ".join(str(v) for v in files.values()))
         return 0
     if len(args.args) > 1:
         raise EmorayError(f"tune: expected at most one FEATURES folder, got {args.args}")

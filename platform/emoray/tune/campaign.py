@@ -22,6 +22,7 @@ work folder (``STORAGE/NAME/trials`` for local storage).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -85,6 +86,7 @@ class Campaign:
     concurrency: int
     trial_cpus: float
     prefix_bundle: str | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)   # typed points_to_evaluate
     config: dict[str, Any] = field(default_factory=dict)    # resolved ray/train/tune
 
     def emoray_config(self) -> EmorayConfig:
@@ -148,10 +150,11 @@ def shape(cfg: EmorayConfig) -> dict[str, Any]:
     if t.metric not in metrics:
         raise ConfigError(f"tune.metric: the {tuned} stage does not report {t.metric!r}; it "
                           f"reports {sorted(metrics)}")
-    check_points(t.points_to_evaluate, t.space, stages)
+    points = check_points(t.points_to_evaluate, t.space, stages)
     epochs = stages[tuned].epochs
     return {"stages": stages, "tuned": tuned, "chain": deps[first:], "prefix": deps[:first],
-            "suffix": suffix, "max_t": min(t.scheduler.max_t or epochs, epochs)}
+            "suffix": suffix, "max_t": min(t.scheduler.max_t or epochs, epochs),
+            "points": points}
 
 
 def budget(cfg: EmorayConfig, stages: dict[str, Any], chain: list[str],
@@ -234,19 +237,18 @@ def _tuner_trainable(campaign: Campaign):
                                {"cpu": campaign.trial_cpus})
 
 
-def _search(cfg: EmorayConfig):
+def _search(cfg: EmorayConfig, points: list[dict[str, Any]]):
     t = cfg.tune
     if t.search == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=t.seed,
-                                     points_to_evaluate=t.points_to_evaluate or None)
+        return BasicVariantGenerator(random_state=t.seed, points_to_evaluate=points or None)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     startup = t.startup_trials or max(2, min(10, t.num_samples // 3))
     sampler = optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=startup)
-    return OptunaSearch(sampler=sampler, points_to_evaluate=t.points_to_evaluate or None)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
 
 
 def _scheduler(cfg: EmorayConfig, max_t: int):
@@ -292,7 +294,7 @@ def prepare(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> Campaign:
     campaign = Campaign(name=t.name, exp=exp, work_dir=_work_dir(cfg, exp), tuned=s["tuned"],
                         chain=s["chain"], prefix=s["prefix"], suffix=s["suffix"],
                         metric=t.metric, mode=t.mode, max_t=s["max_t"], concurrency=conc,
-                        trial_cpus=t.trial_cpus,
+                        trial_cpus=t.trial_cpus, points=s["points"],
                         config=cfg.model_dump(mode="json", include={"ray", "train", "tune"}))
     echo(f"tune: campaign {t.name} -> {exp}: {t.num_samples} trials of "
          f"{'+'.join(s['chain'])} ({t.search} search, {t.scheduler.type}), metric "
@@ -357,7 +359,8 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
         tuner = tune.Tuner(
             _tuner_trainable(campaign), param_space=tune_space(cfg.tune.space),
             tune_config=tune.TuneConfig(
-                metric=campaign.metric, mode=campaign.mode, search_alg=_search(cfg),
+                metric=campaign.metric, mode=campaign.mode,
+                search_alg=_search(cfg, campaign.points),
                 scheduler=_scheduler(cfg, campaign.max_t), num_samples=cfg.tune.num_samples,
                 max_concurrent_trials=campaign.concurrency),
             run_config=_run_config(campaign, str(Path(root).resolve())
@@ -377,19 +380,22 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
 def promote(campaign: Campaign, results, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Copy the best trial's bundle (after the suffix stages, if any) to ``EXP/best``.
 
-    The best trial is the one whose last report is best on the metric (ASHA compares trials
-    at the same epochs; the bundle is that last report's checkpoint).
+    The best trial is the one whose last report is best on the metric among the trials that
+    did not fail (ASHA compares trials at the same epochs; the bundle is that last report's
+    checkpoint).
     """
     from emoray.train.plan import run_plan
 
-    try:
-        best = results.get_best_result(campaign.metric, campaign.mode, scope="last",
-                                       filter_nan_and_inf=True)
-    except RuntimeError:
-        best = None
-    if best is None or not (best.metrics or {}).get("checkpoint_path"):
-        raise ConfigError(f"tune: no trial of campaign {campaign.name} reported "
-                          f"{campaign.metric} with a checkpoint; see the trials' errors")
+    sign = 1.0 if campaign.mode == "max" else -1.0
+    scored = [r for r in results if r.error is None and r.metrics
+              and isinstance(r.metrics.get(campaign.metric), (int, float))
+              and math.isfinite(r.metrics[campaign.metric])
+              and r.metrics.get("checkpoint_path")]
+    if not scored:
+        raise ConfigError(f"tune: no trial of campaign {campaign.name} finished with "
+                          f"{campaign.metric} and a checkpoint; see `emoray tune report "
+                          f"{campaign.name}` for the trials' errors")
+    best = max(scored, key=lambda r: sign * r.metrics[campaign.metric])
     params = dict(best.config)
     bundle = best.metrics["checkpoint_path"]
     value = best.metrics[campaign.metric]

@@ -115,7 +115,7 @@ def _row(trial, hist: pd.DataFrame, keys: list[str], metric: str, mode: str) -> 
             "iterations": int(iters) if iters is not None else len(hist),
             **{k: trial.config.get(k) for k in keys},
             metric: float(values.iloc[-1]) if len(values) else math.nan,
-            f"best_{metric}": float(values.max()),
+            f"best_{metric}": float(values.max() if mode == "max" else values.min()),
             "time_s": float(time_s) if time_s is not None else math.nan,
             "checkpoint": str(checkpoint or ""), "error": _error(trial),
             "finished": pd.to_datetime(ended, unit="s", utc=True) if ended else pd.NaT}
@@ -147,7 +147,7 @@ def trials_table(exp: str | Path, metric: str, mode: str) -> pd.DataFrame:
     path = _folder(exp)
     info = read_campaign(path) if (path / CAMPAIGN_FILE).is_file() else {}
     ea = _analysis(path, metric, mode)
-    trials = list(ea.trials)
+    trials = sorted(ea.trials, key=_creation_key)
     space = info.get("space") or {}
     keys = list(space) or list(dict.fromkeys(
         k for t in trials for k in (t.evaluated_params or {})))

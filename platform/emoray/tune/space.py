@@ -157,14 +157,18 @@ def tune_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 
 def check_points(points: list[dict[str, Any]], space: dict[str, ParamSpec],
-                 stages: dict[str, Any]) -> None:
+                 stages: dict[str, Any]) -> list[dict[str, Any]]:
     """Each configuration of ``tune.points_to_evaluate`` sets exactly the space's keys to
-    values the plan accepts."""
+    values the plan accepts; returns them as the fields' types (YAML reads ``1e-7`` as a
+    string, the field as a float)."""
+    out = []
     for i, point in enumerate(points):
         if set(point) != set(space):
             raise ConfigError(f"tune.points_to_evaluate[{i}]: expected the keys "
                               f"{sorted(space)}, got {sorted(point)}")
         try:
-            apply(stages, point)
+            applied = apply(stages, point)
         except ConfigError as err:
             raise ConfigError(f"tune.points_to_evaluate[{i}]: {err}") from None
+        out.append({k: getattr(applied[split_key(k)[0]], split_key(k)[1]) for k in point})
+    return out
