@@ -28,6 +28,13 @@ from emoray.errors import ConfigError
 from emoray.synth.config import SynthConfig
 
 
+def _plain_folder_name(cls, v: str) -> str:
+    """A run or campaign name becomes one folder: no separators, not '.' or '..'."""
+    if "/" in v or "\\" in v or v in (".", ".."):
+        raise PydanticCustomError("run_name", "expected a plain folder name (no '/')")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -119,12 +126,7 @@ class TrainConfig(_Strict):
                                    f"settings; valid stages: {list(STAGE_NAMES)}.")
     split: SplitConfig = Field(default_factory=SplitConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v in (".", ".."):
-            raise PydanticCustomError("run_name", "expected a plain folder name (no '/')")
-        return v
+    _plain_name = field_validator("name")(_plain_folder_name)
 
     @field_validator("stages")
     @classmethod
@@ -233,12 +235,7 @@ class TuneConfig(_Strict):
     cluster_cpus: float | None = Field(None, gt=0, description="CPUs an autoscaling cluster "
                                        "can grow to (default: what it has now).")
 
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v in (".", ".."):
-            raise PydanticCustomError("run_name", "expected a plain folder name (no '/')")
-        return v
+    _plain_name = field_validator("name")(_plain_folder_name)
 
 
 class EmorayConfig(_Strict):

@@ -10,8 +10,8 @@ import math
 import pytest
 
 from emoray.bench.tune import (_json_safe, campaign_record, choose_target, expected_time,
-                               method_summary, ratios, report, report_times, time_to_target,
-                               trial_start)
+                               max_overlap, method_summary, ratios, report, report_times,
+                               time_to_target, trial_start)
 from emoray.errors import ConfigError
 
 M = "val_f1_speech_only"
@@ -42,6 +42,7 @@ def test_campaign_record_times_from_the_first_trial_start():
     assert rec["epochs"] == 3 + 1 + 2 and rec["trials"] == 4
     assert rec["start"] == pytest.approx(100.0)
     assert rec["trials_s"] == pytest.approx(49.0)                   # c's last report at 149
+    assert rec["overlap"] == 2                  # a+b at 104-112; c starts after a's last
     times, values = zip(*rec["events"])                             # NaN report dropped
     assert times == pytest.approx((10.0, 12.0, 20.0, 30.0, 40.0))
     assert values == pytest.approx((0.2, 0.3, 0.5, 0.4, 0.6))
@@ -51,6 +52,13 @@ def test_campaign_record_times_from_the_first_trial_start():
     assert math.isnan(empty["best"]) and empty["epochs"] == 0 and empty["events"] == []
     with pytest.raises(ConfigError, match="mode"):
         campaign_record(hist, M, "maximum")
+
+
+def test_max_overlap_counts_trials_open_at_once():
+    assert max_overlap([]) == 0
+    assert max_overlap([(0, 10), (10, 20), (20, 30)]) == 1         # back to back
+    assert max_overlap([(0, 10), (5, 20), (6, 7), (15, 30)]) == 3   # at 6-7
+    assert max_overlap(iter([(0, 5), (1, 2)])) == 2                 # an iterator is fine
 
 
 def test_time_to_target_is_the_first_report_at_or_past_it():
@@ -151,3 +159,20 @@ def test_report_writes_json_with_target_and_closing_line(tmp_path, capsys):
     assert d["target_metric"] == 0.6 and d["headline"] == "time_to_target"
     assert [c["time_to_target"] for c in d["campaigns"]] == pytest.approx([10.0, 19.0])
     assert "start" not in d["campaigns"][0] and d["seeds"] == [0]
+    assert d["over_concurrency"] == [] and "WARNING" not in out
+
+
+def test_report_warns_when_a_campaign_ran_more_trials_at_once(tmp_path, capsys):
+    hist = {k: _rows(0.0, [5.0, 10.0], [0.5, 0.6]) for k in "abc"}    # 3 trials at once
+    rec = campaign_record(hist, M, "max")
+    rec.update(method="random", seed=0, order=1, name="s0-random", metric=M, mode="max",
+               concurrency=2, status={"TERMINATED": 3}, promoted=0.6, campaign_s=40.0,
+               setup_s=20.0, promote_s=10.0)
+    other = dict(rec, method="optuna", name="s0-optuna", overlap=1, epochs=3)
+    info = {"loadavg": {"before": (1.0,), "after": (1.0,)}}
+    figures = report([other, rec], tmp_path, info)
+    out = capsys.readouterr().out
+    assert "WARNING: ['s0-random'] ran more than 2 trials at once" in out
+    assert figures["ratio"] == pytest.approx(1.0)                  # both reach 0.6 at 10 s
+    data = json.loads((tmp_path / "tune.json").read_text())
+    assert data["details"]["over_concurrency"] == ["s0-random"]

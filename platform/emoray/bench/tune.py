@@ -83,6 +83,19 @@ def report_times(rows: list[dict[str, Any]]) -> list[float]:
     return [start + float(r["time_total_s"]) for r in rows]
 
 
+def max_overlap(spans: Iterable[tuple[float, float]]) -> int:
+    """Most spans ``(start, end)`` open at one time; one ending when another starts does not
+    overlap it. Applied to trials' (start, last report), a lower bound of the concurrency
+    the campaign actually ran at."""
+    spans = list(spans)
+    marks = sorted([(e, -1) for _, e in spans] + [(s, 1) for s, _ in spans])
+    most = now = 0
+    for _, step in marks:
+        now += step
+        most = max(most, now)
+    return most
+
+
 def campaign_record(histories: dict[str, list[dict[str, Any]]], metric: str,
                     mode: str) -> dict[str, Any]:
     """Best value, epochs and times of one campaign from its trials' report histories.
@@ -100,12 +113,13 @@ def campaign_record(histories: dict[str, list[dict[str, Any]]], metric: str,
     dict
         ``best`` (best report of any trial; NaN without one), ``epochs`` (sum of each
         trial's last ``training_iteration``), ``trials``, ``start`` (earliest trial start),
-        ``trials_s`` (start to the last report) and ``events``: ``[seconds since start,
-        value]`` of every report with a finite value, in time order.
+        ``trials_s`` (start to the last report), ``overlap`` (:func:`max_overlap` of the
+        trials' start to last report) and ``events``: ``[seconds since start, value]`` of
+        every report with a finite value, in time order.
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"mode: expected 'max' or 'min', got {mode!r}")
-    events, epochs, starts, ends = [], 0, [], []
+    events, epochs, starts, ends = [], 0, [], []        # starts/ends: per trial
     for rows in histories.values():
         if not rows:
             continue
@@ -116,12 +130,12 @@ def campaign_record(histories: dict[str, list[dict[str, Any]]], metric: str,
         events += [(t, v) for t, v in zip(times, _values(rows, metric)) if not math.isnan(v)]
     if not starts:
         return {"best": math.nan, "epochs": 0, "trials": len(histories), "start": math.nan,
-                "trials_s": math.nan, "events": []}
+                "trials_s": math.nan, "overlap": 0, "events": []}
     start = min(starts)
     values = [v for _, v in events]
     best = (max(values) if mode == "max" else min(values)) if values else math.nan
     return {"best": best, "epochs": epochs, "trials": len(histories), "start": start,
-            "trials_s": max(ends) - start,
+            "trials_s": max(ends) - start, "overlap": max_overlap(zip(starts, ends)),
             "events": [[t - start, v] for t, v in sorted(events)]}
 
 
@@ -224,8 +238,12 @@ def histories(exp: str | Path, metric: str) -> dict[str, list[dict[str, Any]]]:
 
 def run_one(config: Path, features: Path, storage: Path, method: str, seed: int,
             trials: int, epochs: int) -> dict[str, Any]:
-    """One campaign of ``method`` with ``seed``; its record (without time-to-target)."""
-    from emoray.tune.campaign import resolve_campaign, run_campaign
+    """One campaign of ``method`` with ``seed``; its record (without time-to-target):
+    :func:`campaign_record` plus ``concurrency`` (planned), ``status`` (trial counts),
+    ``promoted`` (the promoted trial's last value), ``campaign_s`` (all of
+    :func:`run_campaign`), ``setup_s`` (call to first trial start: prefix stage, Tune
+    start) and ``promote_s`` (last report to return: teardown, classifier, copy)."""
+    from emoray.tune.campaign import load_campaign, resolve_campaign, run_campaign
 
     name = f"s{seed}-{method}"
     cfg = resolve_campaign(config, {"train.features": str(features)},
@@ -239,8 +257,6 @@ def run_one(config: Path, features: Path, storage: Path, method: str, seed: int,
     ended = time.time()
     rec = campaign_record(histories(out["exp"], cfg.tune.metric), cfg.tune.metric,
                           cfg.tune.mode)
-    from emoray.tune.campaign import load_campaign
-
     conc = load_campaign(name, str(storage)).concurrency
     rec.update(method=method, seed=seed, name=name, metric=cfg.tune.metric,
                mode=cfg.tune.mode, concurrency=conc, status=out["trials"],
@@ -337,6 +353,7 @@ def report(records: list[dict[str, Any]], out_dir: str | Path,
     rows = [{"campaign": r["name"], "order": r["order"], "best": cell(r["best"], ".4f"),
              "epochs": r["epochs"], "search s": cell(r["trials_s"]),
              "to target s": cell(r["time_to_target"]), "campaign s": cell(r["campaign_s"]),
+             "at once": r["overlap"],
              "trials": ", ".join(f"{n} {s.lower()}" for s, n in sorted(r["status"].items()))}
             for r in records]
     rows += [{"campaign": f"{m} (mean)", "best": cell(s["best"], ".4f"),
@@ -344,7 +361,12 @@ def report(records: list[dict[str, Any]], out_dir: str | Path,
               "to target s": f"{cell(s['time_to_target'])} (ERT, {s['reached']}/"
                              f"{s['campaigns']} reached)"} for m, s in summary.items()]
     print(table(rows, ["campaign", "order", "best", "epochs", "search s", "to target s",
-                       "campaign s", "trials"]))
+                       "campaign s", "at once", "trials"]))
+    unequal = [r["name"] for r in records if r["overlap"] > CONCURRENCY]
+    if unequal:
+        print(f"WARNING: {unequal} ran more than {CONCURRENCY} trials at once (column 'at "
+              f"once': most trials between start and last report at one time); the methods "
+              f"were not compared at equal concurrency")
     sign = ">=" if mode == "max" else "<="
     print(f"target {records[0]['metric']} {sign} {target:.4f} (median of the campaigns' "
           f"best, easier side); ratios: best optuna/random {rat['best']:.3f}, time to target "
@@ -360,7 +382,7 @@ def report(records: list[dict[str, Any]], out_dir: str | Path,
         r.pop("start")
     details = dict(info, target_metric=target, metric=records[0]["metric"], mode=mode,
                    campaigns=records, summary=summary, ratios=rat,
-                   headline=rat["headline"])
+                   headline=rat["headline"], over_concurrency=unequal)
     path = write_result(out_dir, "tune", round(rat["ratio"], 3), TARGET, _json_safe(details))
     print(f"wrote {path}")
     print(f"tune: ratio {rat['ratio']:.2f} (target {TARGET})")
