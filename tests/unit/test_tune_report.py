@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from emoray.errors import ConfigError
-from emoray.tune.report import format_table, param_importances, trials_table, write_report
+from emoray.tune.plots import param_importances
+from emoray.tune.report import format_table, trials_table, write_report
 
 pytestmark = pytest.mark.integration
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,6 +162,13 @@ def test_cli_rejects_a_bad_campaign_before_ray_starts(tmp_path, capsys):
     assert "no campaign 'nothing'" in capsys.readouterr().err
     assert main(["tune", "report", "nothing", "--storage", str(tmp_path)]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_job_entrypoint_is_the_tune_command(tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "jobs" / "tune.py"), "--resume",
+                          "gone", "--storage", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "emoray tune: error: tune: no campaign 'gone'" in res.stderr
 
 
 @pytest.mark.parametrize("uri", [False, True])

@@ -22,6 +22,7 @@ work folder (``STORAGE/NAME/trials`` for local storage).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -216,6 +217,7 @@ def _trial(params: dict[str, Any], campaign: Campaign) -> None:
     from emoray.train.plan import run_plan
     from emoray.train.runner import run_callbacks
 
+    _quiet_data()
     trial_id = tune.get_context().get_trial_id()
     cfg = campaign.trial_config(params, trial_id, campaign.chain, campaign.prefix_bundle)
 
@@ -228,6 +230,12 @@ def _trial(params: dict[str, Any], campaign: Campaign) -> None:
     done = out["stages"][campaign.tuned]
     if done["status"] == "skipped":       # finished before an interruption: report it once
         tune.report({**done["metrics"], "checkpoint_path": done["bundle"]})
+
+
+def _quiet_data() -> None:
+    """Ray Data's per-dataset INFO lines (each trial reads its split) drown the progress
+    lines; Tune's logging set-up brings them back in the driver."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _tuner_trainable(campaign: Campaign):
@@ -366,6 +374,7 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
             run_config=_run_config(campaign, str(Path(root).resolve())
                                    if not storage.is_uri(root) else root))
     results = tuner.fit()
+    _quiet_data()
     counts: dict[str, int] = {}
     for r in results:
         status = "ERROR" if r.error else "TERMINATED"
