@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
     p.add_argument("name", choices=["ingest", "train", "tune"], help="which benchmark")
-    p.add_argument("--features", help="bench train: reuse this preprocess output folder "
+    p.add_argument("--features", help="bench train/tune: reuse this preprocess output folder "
                    "instead of generating one")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
     p.add_argument("--out", default="benchmarks/results", help="JSON folder")
@@ -350,8 +350,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     cfg = _resolve(args, {})
     kwargs = {"features": args.features} if args.features else {}
-    if kwargs and args.name != "train":
-        raise EmorayError(f"bench {args.name}: --features applies to `bench train` only")
+    if kwargs and args.name == "ingest":
+        raise EmorayError("bench ingest: --features applies to `bench train` and `bench tune`")
     bench = importlib.import_module(f"emoray.bench.{args.name}")
     bench.run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray, **kwargs)
     return 0

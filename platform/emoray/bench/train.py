@@ -76,7 +76,7 @@ def steady(samples: list[int], seconds: list[float]) -> tuple[float, float]:
 
 # -- data -----------------------------------------------------------------------------------
 
-def make_features(work: Path, quick: bool) -> Path:
+def make_features(work: Path, quick: bool, bench: str = "train") -> Path:
     """Synthetic corpus -> ingest -> preprocess into ``work``; return the feature folder.
 
     Native layout (every trial has EEG, speech and video), 2 s segments, video in the
@@ -91,7 +91,7 @@ def make_features(work: Path, quick: bool) -> Path:
     synth = SynthConfig(subjects=2 if quick else 3, trials_per_class=1 if quick else 4,
                         seconds=4.0 if quick else 8.0, seed=11, video_fps=10.0,
                         video_size=48)
-    print(f"bench train: generating features ({synth.subjects} subjects x "
+    print(f"bench {bench}: generating features ({synth.subjects} subjects x "
           f"{synth.trials_per_class * 5} trials x {synth.seconds:g} s, 2 s segments) in {work}")
     write_corpus(synth, work / "corpus", progress=False)
     run_ingest(IngestConfig(source=str(work / "corpus"), output=str(work / "records"),

@@ -245,12 +245,15 @@ def _tuner_trainable(campaign: Campaign):
                                {"cpu": campaign.trial_cpus})
 
 
-def _search(cfg: EmorayConfig, points: list[dict[str, Any]]):
+def _search(cfg: EmorayConfig, points: list[dict[str, Any]], concurrency: int):
     t = cfg.tune
     if t.search == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=t.seed, points_to_evaluate=points or None)
+        # a search generator instance makes Tune ignore max_concurrent_trials: it must cap
+        # the live trials itself, or every trial starts at once and starves Ray Data
+        return BasicVariantGenerator(random_state=t.seed, points_to_evaluate=points or None,
+                                     max_concurrent=concurrency)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -368,7 +371,7 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
             _tuner_trainable(campaign), param_space=tune_space(cfg.tune.space),
             tune_config=tune.TuneConfig(
                 metric=campaign.metric, mode=campaign.mode,
-                search_alg=_search(cfg, campaign.points),
+                search_alg=_search(cfg, campaign.points, campaign.concurrency),
                 scheduler=_scheduler(cfg, campaign.max_t), num_samples=cfg.tune.num_samples,
                 max_concurrent_trials=campaign.concurrency),
             run_config=_run_config(campaign, str(Path(root).resolve())
