@@ -84,3 +84,23 @@ def eav_features(ray_cluster, corpus_factory, tmp_path_factory) -> Path:
     cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
     run_preprocess(cfg, echo=lambda *_: None)
     return out
+
+
+#: the tiny fusion stage the fusion, inference and tuning tests share (2 workers, 2 epochs)
+FUSION_FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=2,
+                   cpus_per_worker=0.25, controller_failure_limit=0, max_failures=0,
+                   materialize=True)
+
+
+@pytest.fixture(scope="session")
+def fusion_run(eav_features, tmp_path_factory) -> dict:
+    """One fusion run on ``eav_features`` (``train_fusion``'s result); tests only read it."""
+    from emoray.train import FusionStageConfig, train_fusion
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
+    try:
+        return train_fusion(eav_features / "feat", tmp_path_factory.mktemp("fusion_run"),
+                            FusionStageConfig(**FUSION_FAST))
+    finally:
+        mp.undo()

@@ -22,12 +22,9 @@ from emoray.data.shards import read_metadata, shard_files, unflatten
 from emoray.errors import ConfigError, DataError
 from emoray.infer import EEGInput, Predictor, SpeechInput, VideoInput
 from emoray.io.video import decode_jpeg
-from emoray.train import FusionStageConfig, train_fusion
 
 pytestmark = pytest.mark.integration
 
-FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=2,
-            cpus_per_worker=0.25, controller_failure_limit=0, max_failures=0, materialize=True)
 #: Compared with the feature shards. The band features (eeg_de, eeg_bp) are compared in
 #: their own test: the contract stored in shard metadata and bundle.json has lost the order
 #: of ``eeg.bands`` (keys sorted), so their columns come out permuted (see that test).
@@ -37,15 +34,9 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
-def bundle(eav_features, tmp_path_factory) -> Path:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
-    try:
-        result = train_fusion(eav_features / "feat", tmp_path_factory.mktemp("runs"),
-                              FusionStageConfig(**FAST))
-    finally:
-        mp.undo()
-    return Path(result["checkpoint"])
+def bundle(fusion_run) -> Path:
+    """The session's tiny fusion bundle (conftest.py), read-only here."""
+    return Path(fusion_run["checkpoint"])
 
 
 @pytest.fixture(scope="module")

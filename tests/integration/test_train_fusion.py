@@ -20,22 +20,11 @@ from emoray.train.curves import _numpy_batch
 from emoray.train import (FusionStageConfig, load_bundle, read_bundle_meta, train_fusion,
                           within_subject_split)
 
+from conftest import FUSION_FAST  # noqa: E402  (tests/ is on sys.path under pytest)
+
 pytestmark = pytest.mark.integration
 
-FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=2,
-            cpus_per_worker=0.25, controller_failure_limit=0, max_failures=0, materialize=True)
-
-
-@pytest.fixture(scope="module")
-def fusion_run(eav_features, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
-    run_dir = tmp_path_factory.mktemp("runs")
-    try:
-        result = train_fusion(eav_features / "feat", run_dir, FusionStageConfig(**FAST))
-    finally:
-        mp.undo()
-    return result
+FAST = FUSION_FAST        # the settings of the session's fusion run (conftest.py)
 
 
 def _batch(folder: Path, n: int = 8) -> dict[str, torch.Tensor]:
