@@ -157,6 +157,13 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
         with Image.open(exp / "report" / f"{name}.png") as img:
             assert img.size[0] > 100 and img.size[1] > 100
 
+    # the same name again is refused before any trial (the campaign is there to resume)
+    again = subprocess.run(start, cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert f"emoray tune --resume {NAME}" in again.stderr
+    assert len(trials_table(exp, "train_loss", "min")) == 3
+
     # the promoted bundle: the trial with the lowest last-reported loss; it predicts
     best = exp / "best"
     info = json.loads((best / "campaign.json").read_text())

@@ -319,7 +319,8 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     init_ray(ray_cfg)
     records = []
     try:
-        feat = Path(features).resolve() if features is not None else make_features(work, quick, "tune")
+        feat = (Path(features).resolve() if features is not None
+                else make_features(work, quick, "tune"))
         for i, seed in enumerate(range(seeds)):
             order = list(METHODS) if i % 2 == 0 else list(METHODS)[::-1]
             for method in order:

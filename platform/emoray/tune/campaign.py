@@ -296,12 +296,12 @@ def prepare(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> Campaign:
     feature_metadata(Path(cfg.train.features))
     s = shape(cfg)
     preflight(Path(cfg.train.features), s["stages"])
-    conc, note = budget(cfg, s["stages"], s["chain"], ray.cluster_resources())
     exp = _exp_path(t.storage, t.name)
     if storage.read_text(storage.join(exp, CAMPAIGN_FILE)) is not None:
         raise ConfigError(f"tune.name: campaign {t.name!r} already exists in {t.storage}; "
                           f"continue it with `emoray tune --resume {t.name}` or choose "
                           f"another tune.name")
+    conc, note = budget(cfg, s["stages"], s["chain"], ray.cluster_resources())
     campaign = Campaign(name=t.name, exp=exp, work_dir=_work_dir(cfg, exp), tuned=s["tuned"],
                         chain=s["chain"], prefix=s["prefix"], suffix=s["suffix"],
                         metric=t.metric, mode=t.mode, max_t=s["max_t"], concurrency=conc,
