@@ -28,6 +28,8 @@ import pytest
 from PIL import Image
 
 from emoray.data.shards import read_metadata, shard_files, unflatten
+from emoray.errors import ConfigError
+from emoray.tune.campaign import prepare, resolve_campaign
 from emoray.tune.report import trials_table
 
 pytestmark = pytest.mark.integration
@@ -158,10 +160,10 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
             assert img.size[0] > 100 and img.size[1] > 100
 
     # the same name again is refused before any trial (the campaign is there to resume)
-    again = subprocess.run(start, cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 2 and "already exists" in again.stderr
-    assert f"emoray tune --resume {NAME}" in again.stderr
+    cfg = resolve_campaign(CAMPAIGN, {"train.features": str(eav_features / "feat"),
+                                      "tune.storage": str(storage)}, [])
+    with pytest.raises(ConfigError, match=rf"already exists.*emoray tune --resume {NAME}"):
+        prepare(cfg)
     assert len(trials_table(exp, "train_loss", "min")) == 3
 
     # the promoted bundle: the trial with the lowest last-reported loss; it predicts

@@ -338,7 +338,7 @@ def load_campaign(name: str, storage_root: str = "runs/tune") -> Campaign:
                           f"{storage.join(exp, CAMPAIGN_FILE)}, written by `emoray tune`)")
     info = json.loads(text)
     keep = {k: info[k] for k in Campaign.__dataclass_fields__ if k in info}
-    return Campaign(**keep)
+    return Campaign(**dict(keep, exp=exp))        # where it is now (storage may have moved)
 
 
 def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
@@ -355,8 +355,6 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
     t0 = time.perf_counter()
     if resume:
         campaign = load_campaign(resume, storage_root or "runs/tune")
-        cfg = campaign.emoray_config()
-        root = storage_root or cfg.tune.storage
         if not tune.Tuner.can_restore(campaign.exp):
             raise ConfigError(f"tune --resume {resume}: {campaign.exp} holds no Tune state "
                               f"to restore (the campaign stopped before its first trial); "
