@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,18 @@ def fusion_run(eav_features, tmp_path_factory) -> dict:
                             FusionStageConfig(**FUSION_FAST))
     finally:
         mp.undo()
+
+
+def wait_for(condition, timeout: float, what: str, alive=lambda: True, poll: float = 0.1,
+             detail=lambda: ""):
+    """Poll ``condition()`` until it is truthy (returned); fail after ``timeout`` seconds or
+    as soon as ``alive()`` turns false (the run under test ended early)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if not alive():
+            pytest.fail(f"the run ended while waiting for {what}\n{detail()}")
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")

@@ -325,7 +325,13 @@ def _tune(args: argparse.Namespace) -> int:
         cfg = resolve_campaign(args.config, flags, args.overrides)
         from emoray.tune.campaign import shape
 
-        shape(cfg)                            # a bad space or metric fails before Ray starts
+        if not cfg.train.features:
+            raise EmorayError("tune needs a FEATURES folder (or train.features in the plan or "
+                              "the campaign file)")
+        from emoray.data.features import feature_metadata
+
+        shape(cfg)                            # a bad space, metric or folder fails before
+        feature_metadata(cfg.train.features)  # Ray starts
         ray_cfg = cfg.ray
     if ray_cfg.include_dashboard is None:
         ray_cfg.include_dashboard = True      # ASHA-stopped trials leak PGs without it

@@ -30,6 +30,7 @@ import psutil
 import pytest
 import torch
 
+from conftest import wait_for  # tests/ is on sys.path under pytest
 from emoray.errors import ConfigError
 from emoray.train import FusionStageConfig, read_bundle_meta, train_fusion
 from emoray.train.checkpoint import TRAIN_STATE_FILE
@@ -89,21 +90,6 @@ def _committed_epoch(stage_dir: Path) -> int | None:
         return None
 
 
-def _wait_for(condition, timeout: float, what: str, alive=lambda: True, poll: float = 0.1,
-              detail=lambda: ""):
-    """Poll ``condition()`` until it is truthy (returned); fail after ``timeout`` seconds
-    or as soon as ``alive()`` turns false (the run under test ended early)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if not alive():
-            pytest.fail(f"the run ended while waiting for {what}\n{detail()}")
-        time.sleep(poll)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")
-
-
 def _history(checkpoint: str | Path) -> list[dict]:
     return torch.load(Path(checkpoint) / TRAIN_STATE_FILE, weights_only=False)["history"]
 
@@ -157,9 +143,9 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, eav_features,
     thread.start()
     stage_dir = run_dir / "faulty"
     try:
-        _wait_for(lambda: _committed_epoch(stage_dir) is not None, 240,
+        wait_for(lambda: _committed_epoch(stage_dir) is not None, 240,
                   "the first registered checkpoint", alive=thread.is_alive)
-        workers = _wait_for(lambda: _workers(FAULTY["num_workers"], before), 20,
+        workers = wait_for(lambda: _workers(FAULTY["num_workers"], before), 20,
                             "both Train workers", alive=thread.is_alive)
         committed = _committed_epoch(stage_dir)
         if max(_checkpoint_epochs(stage_dir)) >= EPOCHS - 1:
@@ -186,7 +172,7 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, eav_features,
     # exactly one restart: the epochs before it ran fresh, the rest after resuming at r
     assert [h["resumed_from"] for h in history] == [0] * r + [r] * (EPOCHS - r)
     assert _gone(victim)
-    _wait_for(lambda: not {p.pid for p in _ray_processes("RayTrainWorker")} - before, 30,
+    wait_for(lambda: not {p.pid for p in _ray_processes("RayTrainWorker")} - before, 30,
               "the finished run's workers to exit", poll=0.25)
 
 
@@ -223,7 +209,7 @@ def test_killed_driver_rerun_resumes_then_skips(ray_cluster, eav_features, tmp_p
         driver = subprocess.Popen(cmd, cwd=REPO, env=_run_env(), stdout=f,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: _committed_epoch(stage_dir) is not None, 240,
+        wait_for(lambda: _committed_epoch(stage_dir) is not None, 240,
                   "the first registered checkpoint", alive=lambda: driver.poll() is None,
                   detail=lambda: log1.read_text()[-3000:])
         committed = _committed_epoch(stage_dir)
@@ -242,7 +228,7 @@ def test_killed_driver_rerun_resumes_then_skips(ray_cluster, eav_features, tmp_p
         return (not _train_pids() - train_before
                 and _free_cpus(ray_cluster) >= cpus_before - 1e-6)
 
-    _wait_for(job_gone, 60, "the killed driver's Train actors and CPUs to be freed",
+    wait_for(job_gone, 60, "the killed driver's Train actors and CPUs to be freed",
               poll=0.25, detail=lambda: f"free CPUs {_free_cpus(ray_cluster)} (before: "
               f"{cpus_before}); new Train processes {_train_pids() - train_before}")
 

@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import wait_for  # tests/ is on sys.path under pytest
 from emoray.data.shards import read_metadata, shard_files, unflatten
 from emoray.errors import ConfigError
 from emoray.tune.campaign import prepare, resolve_campaign
@@ -58,18 +58,6 @@ def _env() -> dict[str, str]:
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "emoray.cli", "tune", *args]
-
-
-def _wait_for(condition, timeout: float, what: str, alive=lambda: True, detail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if not alive():
-            pytest.fail(f"the campaign ended while waiting for {what}\n{detail()}")
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")
 
 
 def _table(exp: Path) -> pd.DataFrame | None:
@@ -109,10 +97,10 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
         driver = subprocess.Popen(start, cwd=REPO, env=_env(), stdout=f,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: _finished(exp) >= 2 and len(_trial_dirs(work)) >= 3, 300,
+        wait_for(lambda: _finished(exp) >= 2 and len(_trial_dirs(work)) >= 3, 300,
                   "two finished trials and a third one training",
                   alive=lambda: driver.poll() is None,
-                  detail=lambda: log1.read_text()[-4000:])
+                  poll=0.5, detail=lambda: log1.read_text()[-4000:])
         os.killpg(driver.pid, signal.SIGKILL)
     finally:
         if driver.poll() is None:
@@ -129,7 +117,7 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
 
     # the dead driver's trials die with its job; wait for their CPUs before resuming
     free = ray_cluster.cluster_resources()["CPU"]
-    _wait_for(lambda: ray_cluster.available_resources().get("CPU", 0) >= free - 1e-6, 60,
+    wait_for(lambda: ray_cluster.available_resources().get("CPU", 0) >= free - 1e-6, 60,
               "the killed campaign's CPUs to be freed")
     second = subprocess.run(_cli("--resume", NAME, "--storage", str(storage),
                                  "--address", address),

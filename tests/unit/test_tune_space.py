@@ -157,6 +157,10 @@ def test_cli_rejects_a_bad_campaign_before_ray_starts(tmp_path, capsys):
                  "tune.space={stages.inter.kk: {type: int, low: 2, high: 4}}"])
     err = capsys.readouterr().err
     assert code == 2 and "names no config field" in err and "Traceback" not in err
+    assert main(["tune", "--config", CCA, str(tmp_path)]) == 2
+    assert "holds no shards" in capsys.readouterr().err      # not a preprocess output
+    assert main(["tune", "--config", CCA]) == 2
+    assert "tune needs a FEATURES folder" in capsys.readouterr().err
     assert main(["tune"]) == 2 and "needs --config" in capsys.readouterr().err
     assert main(["tune", "--resume", "nothing", "--storage", str(tmp_path)]) == 2
     assert "no campaign 'nothing'" in capsys.readouterr().err
