@@ -5,16 +5,11 @@
 Same as ``emoray bench tune``; the implementation is emoray.bench.tune.
 """
 
-import argparse
-
+from emoray.bench import runner_parser
 from emoray.bench.tune import run_benchmark
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--features", help="reuse this preprocess output folder instead of "
-                        "generating one")
+    parser = runner_parser(__doc__)
     parser.add_argument("--seeds", type=int, help="campaign pairs (default 1 quick, 3 full)")
     parser.add_argument("--trials", type=int, help="trials per campaign (default 4 / 8)")
     parser.add_argument("--epochs", type=int, help="epochs of the tuned inter stage (3 / 6)")

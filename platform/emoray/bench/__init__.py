@@ -40,3 +40,16 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line, sep] + ["  ".join(v.ljust(w) for v, w in zip(row, widths))
                                     for row in cells])
+
+
+def runner_parser(doc: str | None):
+    """The argument parser every ``benchmarks/*.py`` runner shares: ``--quick``, ``--out``,
+    ``--features`` (a benchmark adds its own flags)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--features", help="reuse this preprocess output folder instead of "
+                        "generating one")
+    return parser
