@@ -238,6 +238,73 @@ class TuneConfig(_Strict):
     _plain_name = field_validator("name")(_plain_folder_name)
 
 
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling of one deployment (its ``autoscaling_config``)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Requests per replica "
+                                           "the autoscaler aims at.")
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed "
+                             f"max_replicas ({self.max_replicas})")
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """Replicas, resources and batching of one Serve deployment."""
+
+    autoscaling: AutoscalingConfig | None = Field(
+        default_factory=AutoscalingConfig, description="null: a fixed num_replicas.")
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is null.")
+    max_ongoing_requests: int = Field(16, ge=1)
+    num_cpus: float = Field(0.25, ge=0, description="CPUs each replica reserves.")
+    num_gpus: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(8, ge=1, description="@serve.batch size (encoders).")
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+SERVE_ROLES = ("router", "eeg", "speech", "video")
+
+
+class ServeConfig(_Strict):
+    """Online inference on Ray Serve (``emoray serve``, ``serve/config.yaml`` args)."""
+
+    checkpoint: str | None = Field(None, description="A bundle, training run or campaign "
+                                   "folder, or a storage URI of one.")
+    app_name: str = Field("emoray", min_length=1)
+    route_prefix: str = Field("/", pattern=r"^/")
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to expose).")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key_env: str | None = Field(None, description="Name of an environment variable "
+                                    "holding the API key; requests must send it in "
+                                    "X-API-Key. Unset: no auth (local use).")
+    max_body_mb: float = Field(32.0, gt=0, description="Larger request bodies get 413.")
+    max_seconds: float = Field(120.0, gt=0, description="Longest recording accepted.")
+    max_channels: int = Field(256, ge=1)
+    max_frames: int = Field(3000, ge=1)
+    incongruence_threshold: float = Field(0.2, ge=0, le=1, description="JS divergence "
+                                          "(bits) from which speech-vs-EEG is flagged.")
+    batching: bool = Field(True, description="@serve.batch in the encoders.")
+    torch_threads: int = Field(1, ge=1, description="torch threads per replica.")
+    device: str | None = Field(None, description="cpu / cuda; null: CUDA when present.")
+    deployments: dict[str, DeploymentConfig] = Field(
+        default_factory=lambda: {r: DeploymentConfig() for r in SERVE_ROLES})
+
+    @field_validator("deployments")
+    @classmethod
+    def _roles(cls, v: dict[str, DeploymentConfig]) -> dict[str, DeploymentConfig]:
+        bad = sorted(set(v) - set(SERVE_ROLES))
+        if bad:
+            raise ValueError(f"unknown deployment {bad[0]!r}; expected {list(SERVE_ROLES)}")
+        return {r: v.get(r, DeploymentConfig()) for r in SERVE_ROLES}
+
+
 class EmorayConfig(_Strict):
     """Every section a command may read."""
 
@@ -247,6 +314,7 @@ class EmorayConfig(_Strict):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -6,8 +6,9 @@ the bundle's :class:`~emoray.data.contract.PreprocessContract` alone: each input
 into segments as ingest cuts trials (:mod:`emoray.data.segment`), each segment goes
 through the same per-modality functions as ``emoray preprocess``, and the rows become
 tensors through :func:`~emoray.data.features.batch_to_tensors`, the function the training
-workers use. ``prepare`` knows nothing about the model; ``predict`` dispatches on the
-bundle's ``stage`` to a predictor registered with :func:`register_stage`.
+workers use. ``prepare`` knows nothing about the model; ``predict`` runs the model split as
+:mod:`emoray.heads` splits it (attention fusion, or the JMML classifier bundle whose
+speech-only path needs no EEG).
 
 Segments
     An input of ``L`` seconds (the shortest of its modalities) gives
@@ -87,13 +88,28 @@ class ModalityPrediction:
 
 
 @dataclass
+class Incongruence:
+    """Speech against EEG for one input (both present): ``score`` is the Jensen-Shannon
+    divergence in bits of their own class distributions; ``flag`` when their labels differ
+    and ``score >= threshold`` (:mod:`emoray.heads`)."""
+
+    flag: bool
+    score: float
+    threshold: float
+    speech: str
+    eeg: str
+
+
+@dataclass
 class Prediction:
     """The prediction for one input (averaged over its segments).
 
     ``modalities`` took part; ``ignored`` were given but the model has no encoder for them.
     ``attention_mass`` (fusion) covers every modality of the model (0 for unused ones).
     ``valence``/``arousal`` are the expected circumplex position ``sum_c p_c * VA_c``
-    when the labels are EAV classes, else None.
+    when the labels are EAV classes (JMML: ``2 P(high) - 1``), else None.
+    ``incongruence`` compares speech with EEG when both are present; ``path`` is the JMML
+    inference path (``combined``, ``speech_only``, ``eeg_only``).
     """
 
     stage: str
@@ -106,6 +122,8 @@ class Prediction:
     arousal: float | None = None
     n_segments: int = 1
     ignored: list[str] = field(default_factory=list)
+    incongruence: Incongruence | None = None
+    path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (plain floats, strings and lists)."""
@@ -308,20 +326,11 @@ def _check_video(x: Any, where: str) -> tuple[VideoInput, float | None]:
 
 # -- prediction -----------------------------------------------------------------------------
 
-_STAGES: dict[str, Callable[["Predictor", dict[str, torch.Tensor], int], list[Prediction]]] = {}
-
-
-def register_stage(stage: str):
-    """Register ``fn(predictor, batch, n_samples) -> list[Prediction]`` for bundles of
-    ``stage`` (``batch`` from :func:`prepare_inputs`, rows grouped by ``sample_index``)."""
-    def wrap(fn):
-        _STAGES[stage] = fn
-        return fn
-    return wrap
-
-
 class Predictor:
     """A model of a bundle and its contract: raw signals in, :class:`Prediction` out.
+
+    The model runs as :mod:`emoray.heads` splits it (each present modality's encoder, then
+    the combining head), exactly as the Serve deployments run it.
 
     Parameters
     ----------
@@ -329,35 +338,40 @@ class Predictor:
         The bundle's model (put in eval mode here).
     meta : dict
         The bundle metadata (``stage``, ``contract``, ``label_names`` ...).
+    incongruence_threshold : float | None
+        JS divergence (bits) from which differing speech/EEG labels are flagged
+        (None: :data:`emoray.heads.INCONGRUENCE_THRESHOLD`).
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any]):
-        stage = meta.get("stage")
-        if stage not in _STAGES:
-            raise ConfigError(f"bundle stage {stage!r} has no predictor; known stages: "
-                              f"{sorted(_STAGES)}")
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any],
+                 incongruence_threshold: float | None = None):
+        from emoray.heads import INCONGRUENCE_THRESHOLD, model_parts
+
         contract = meta.get("contract")
         if not isinstance(contract, PreprocessContract):
             contract = PreprocessContract.model_validate(contract)
-        self.model = model.eval()
+        self.parts = model_parts(model, meta, INCONGRUENCE_THRESHOLD
+                                 if incongruence_threshold is None else incongruence_threshold)
+        self.model = self.parts.model
         self.meta = meta
-        self.stage: str = stage
+        self.stage: str = self.parts.stage
         self.contract = contract
-        self.label_names: list[str] = list(meta.get("label_names") or [])
-        self.device = next(model.parameters()).device
+        self.label_names: list[str] = self.parts.label_names
+        self.device = self.parts.device
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None):
+    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None,
+                    incongruence_threshold: float | None = None):
         """Load a bundle folder; ``device`` None picks CUDA when available, else CPU."""
         from emoray.train.checkpoint import load_bundle, read_bundle_meta
 
         stage = read_bundle_meta(path).get("stage")
-        if stage not in _STAGES:
-            raise ConfigError(f"checkpoint {path}: stage {stage!r} has no predictor; known "
-                              f"stages: {sorted(_STAGES)}")
+        if stage not in PREDICTABLE_STAGES:
+            raise ConfigError(f"checkpoint {path}: stage {stage!r} has no predictor; serve "
+                              f"the last stage of a plan (one of {list(PREDICTABLE_STAGES)})")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, meta = load_bundle(path, map_location=device)
-        return cls(model, meta)
+        return cls(model, meta, incongruence_threshold)
 
     def prepare(self, eeg=None, speech=None, video=None) -> dict[str, torch.Tensor]:
         """Batch tensors of one sample (inputs) or several (equal-length lists of inputs,
@@ -372,7 +386,21 @@ class Predictor:
     def predict_batch(self, samples: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Predictions for several samples (dicts of inputs by modality) in one batch."""
         batch = prepare_inputs(self.contract, samples, self.device)
-        return _STAGES[self.stage](self, batch, len(samples))
+        parts = self.parts
+        present = {m: batch[f"{m}_present"].cpu().numpy() for m in parts.modalities
+                   if f"{m}_present" in batch}
+        encoded = {m: parts.encode(m, batch) for m in present}
+        owner = batch["sample_index"].cpu().numpy()
+        results = parts.combine(encoded, present, owner, len(samples))
+        given = {m: batch[f"{m}_present"].cpu().numpy() for m in MODALITIES
+                 if m not in parts.modalities and f"{m}_present" in batch}
+        for i, r in enumerate(results):
+            r.ignored = [m for m, p in given.items() if p[owner == i].any()]
+        return results
+
+
+#: Bundle stages :class:`Predictor` (and Serve) can load: the last stage of each plan.
+PREDICTABLE_STAGES = ("fusion", "classifier")
 
 
 def _as_samples(eeg, speech, video) -> list[dict[str, Any]]:
@@ -387,7 +415,8 @@ def _as_samples(eeg, speech, video) -> list[dict[str, Any]]:
     return [{m: (v[i] if v is not None else None) for m, v in given.items()} for i in range(n)]
 
 
-def _va(names: list[str], probs: np.ndarray) -> tuple[float | None, float | None]:
+def valence_arousal(names: list[str], probs: np.ndarray) -> tuple[float | None, float | None]:
+    """The expected (valence, arousal) ``sum_c p_c VA_c`` for EAV classes, else (None, None)."""
     if not names or not all(n in EAV_VA for n in names):
         return None, None
     va = np.array([EAV_VA[n] for n in names])                            # (K, 2)
@@ -395,49 +424,6 @@ def _va(names: list[str], probs: np.ndarray) -> tuple[float | None, float | None
     return float(v), float(a)
 
 
-def _named(names: list[str], probs: np.ndarray) -> tuple[str, dict[str, float]]:
+def named(names: list[str], probs: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The arg-max label and ``{class: probability}``."""
     return names[int(np.argmax(probs))], {n: float(p) for n, p in zip(names, probs)}
-
-
-@register_stage("fusion")
-def _predict_fusion(pred: Predictor, batch: dict[str, torch.Tensor],
-                    n_samples: int) -> list[Prediction]:
-    """Fused probabilities, attention mass, and each modality alone (the model run with
-    ``modalities=[m]`` on the rows that have ``m``, as the validation metrics do)."""
-    from emoray.train.fusion import ENCODER_OF
-
-    model = pred.model
-    used = [m for m in model.modalities if ENCODER_OF[m][1] in batch]
-    dev = pred.device.type
-    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-        out = model(batch)
-        fused = out.logits.float().softmax(-1).cpu().numpy()            # (B, K)
-        mass = out.attention_mass.float().cpu().numpy()                  # (B, M)
-        single = {}
-        for m in used:
-            rows = batch[f"{m}_present"]
-            if rows.any():
-                sub = {k: v[rows] for k, v in batch.items()}
-                probs = np.full_like(fused, np.nan)
-                probs[rows.cpu().numpy()] = model(sub, modalities=[m]).logits.float() \
-                    .softmax(-1).cpu().numpy()
-                single[m] = probs
-    owner = batch["sample_index"].cpu().numpy()
-    present = {m: batch[f"{m}_present"].cpu().numpy() for m in used}
-    extra = {m: batch[f"{m}_present"].cpu().numpy() for m in MODALITIES
-             if m not in model.modalities and f"{m}_present" in batch}
-    results = []
-    for i in range(n_samples):
-        sel = owner == i                                                 # this sample's segments
-        probs = fused[sel].mean(0)
-        label, named = _named(pred.label_names, probs)
-        mods = [m for m in used if present[m][sel].all()]
-        per = {m: ModalityPrediction(*_named(pred.label_names, single[m][sel].mean(0)))
-               for m in mods}
-        v, a = _va(pred.label_names, probs)
-        results.append(Prediction(
-            stage=pred.stage, label=label, probabilities=named, modalities=mods,
-            per_modality=per, valence=v, arousal=a, n_segments=int(sel.sum()),
-            attention_mass={m: float(mass[sel, j].mean()) for j, m in enumerate(out.modalities)},
-            ignored=[m for m, p in extra.items() if p[sel].any()]))
-    return results

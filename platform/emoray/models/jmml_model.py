@@ -243,8 +243,6 @@ class JMMLModel(nn.Module):
             ``{"probs": {target: (B, 2)}, "path": list[str], "paths": {path: {target:
             (B, 2)}}}`` (``paths`` holds every path computable for the batch).
         """
-        if not self.classifiers:
-            raise ConfigError("JMMLModel.predict: no classifiers (run the classifier stage)")
         first = next(iter(batch.values()))
         b, device = first.shape[0], first.device
         has = {m: batch.get(f"{m}_present", torch.ones(b, dtype=torch.bool, device=device))
@@ -255,7 +253,18 @@ class JMMLModel(nn.Module):
             if self.features[m] not in filled:
                 n = self.encoders[m].norm.mean.numel()
                 filled[self.features[m]] = torch.zeros(b, n, device=device)
-        reps = self.codes(self.embed(filled))
+        return self.predict_embedded(self.embed(filled), has)
+
+    @torch.no_grad()
+    def predict_embedded(self, emb: dict[str, torch.Tensor],
+                         has: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """:meth:`predict` from JEC-SSL embeddings ``(B, D)`` per modality (what the
+        serving encoders send) and ``(B,)`` presence masks. A sample's path uses only the
+        modalities it has, so an absent modality's embedding rows may hold anything."""
+        if not self.classifiers:
+            raise ConfigError("JMMLModel.predict: no classifiers (run the classifier stage)")
+        b = has[self.modalities[0]].shape[0]
+        reps = self.codes(emb)
         per_path = {p: {t: self.classifiers[f"{p}__{t}"](reps[p]).softmax(-1)
                         for t in self.targets}
                     for p in PATHS if f"{p}__{self.targets[0]}" in self.classifiers}

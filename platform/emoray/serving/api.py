@@ -1,0 +1,311 @@
+"""The HTTP API of the emoray model server, independent of Ray Serve.
+
+The Serve router (:mod:`emoray.serving.app`) and the plain FastAPI server of the benchmark
+answer with the same functions, so they differ only in where the model runs. A *backend*
+offers ``settings`` (:class:`~emoray.config.ServeConfig`), ``api_key_digest`` (sha256 hex or
+None), ``info() -> dict``, ``async health(deep) -> dict`` and ``async predict(inputs) ->
+dict``.
+
+Endpoints (versioned; OpenAPI at ``/openapi.json``, docs at ``/docs``):
+
+``POST /v1/predict``
+    ``application/json`` (:class:`PredictRequest`) or ``multipart/form-data`` (files under
+    ``eeg``, ``speech``, ``video``; see :mod:`emoray.serving.decode`).
+``GET /v1/model``
+    Version, classes, expected channels and rates.
+``GET /v1/health``
+    ``?deep=true`` also asks every encoder deployment.
+
+Every refusal is a 4xx with ``{"error": {"status", "field", "kind", "message"}}``: 400 for
+a body that cannot be parsed, 401 for a missing or wrong API key, 413 for a body over
+``max_body_mb``, 415 for another content type, 422 for inputs the model cannot take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from emoray.errors import ConfigError, DataError
+
+API_KEY_HEADER = "X-API-Key"
+
+
+# -- documented shapes (the decoders do the validation) -------------------------------------
+
+class EEGJson(BaseModel):
+    data: list[list[float]] = Field(..., description="(channels, samples) in volts.")
+    sfreq: float = Field(..., gt=0, description="Sampling rate in Hz (any; resampled).")
+    ch_names: list[str] = Field(..., description="One name per row, any order.")
+
+
+class SpeechJson(BaseModel):
+    samples: list[float] | None = Field(None, description="Mono waveform in [-1, 1].")
+    sample_rate: int | None = Field(None, gt=0, description="Hz (any; resampled).")
+    audio_base64: str | None = Field(None, description="A whole WAV or FLAC file, base64 "
+                                     "(instead of samples + sample_rate).")
+
+
+class VideoJson(BaseModel):
+    frames_base64: list[str] = Field(..., description="One JPEG per frame, base64.")
+    fps: float | None = Field(None, gt=0, description="Frame rate; null: the clip spans "
+                              "the other modalities' time.")
+
+
+class PredictRequest(BaseModel):
+    """Any non-empty subset of the modalities."""
+
+    eeg: EEGJson | None = None
+    speech: SpeechJson | None = None
+    video: VideoJson | None = None
+
+
+class ModalityAnswer(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class IncongruenceAnswer(BaseModel):
+    flag: bool
+    score: float = Field(..., description="JS divergence (bits) of speech vs EEG.")
+    threshold: float
+    speech: str
+    eeg: str
+
+
+class PredictResponse(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    valence: float | None
+    arousal: float | None
+    modalities: list[str]
+    per_modality: dict[str, ModalityAnswer]
+    attention_mass: dict[str, float] | None
+    incongruence: IncongruenceAnswer | None
+    path: str | None = Field(None, description="JMML inference path.")
+    n_segments: int
+    ignored: list[str]
+    stage: str
+    model_version: str
+
+
+class ErrorBody(BaseModel):
+    status: int
+    field: str | None
+    kind: str | None
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_MULTIPART_DOC = {"type": "object", "properties": {
+    "eeg": {"type": "string", "format": "binary", "description": "EDF, BDF or FIF file"},
+    "speech": {"type": "string", "format": "binary", "description": "WAV or FLAC file"},
+    "video": {"type": "array", "items": {"type": "string", "format": "binary"},
+              "description": "one MP4, or JPEG frames in order"},
+    "video_fps": {"type": "number", "description": "frame rate of JPEG frames"}}}
+
+
+def error(status: int, message: str, field: str | None = None,
+          kind: str | None = None) -> JSONResponse:
+    """The JSON error answer."""
+    return JSONResponse({"error": {"status": status, "field": field, "kind": kind,
+                                   "message": message}}, status_code=status)
+
+
+class Refused(Exception):
+    """A request refused before it reaches the model (status, message, field)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 kind: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field, self.kind = status, message, field, kind
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def api_key_digest(env_name: str | None) -> str | None:
+    """The sha256 of the key in environment variable ``env_name`` (None: auth off)."""
+    import os
+
+    if not env_name:
+        return None
+    key = os.environ.get(env_name, "")
+    if not key:
+        raise ConfigError(f"serve.api_key_env: environment variable {env_name} is unset or "
+                          "empty; set it to the API key, or leave api_key_env unset for no auth")
+    return key_digest(key)
+
+
+def check_key(backend: Any, request: Request) -> None:
+    digest = backend.api_key_digest
+    if digest is None:
+        return
+    sent = request.headers.get(API_KEY_HEADER)
+    if not sent or not hmac.compare_digest(key_digest(sent), digest):
+        raise Refused(401, f"missing or wrong API key; send it in the {API_KEY_HEADER} header",
+                      field=API_KEY_HEADER)
+
+
+async def read_body(request: Request, cap_bytes: int) -> bytes:
+    """The body, refusing (413) more than ``cap_bytes`` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap_bytes:
+        raise Refused(413, f"request body of {int(declared)} bytes exceeds the "
+                      f"{cap_bytes} byte limit (serve.max_body_mb)", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap_bytes:
+            raise Refused(413, f"request body exceeds the {cap_bytes} byte limit "
+                          "(serve.max_body_mb)", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_multipart(request: Request, body: bytes):
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    from emoray.serving.decode import Upload
+
+    async def once():
+        yield body
+        yield b""
+
+    try:
+        form = await MultiPartParser(request.headers, once(), max_files=4096,
+                                     max_fields=64, max_part_size=1 << 20).parse()
+    except (MultiPartException, ValueError, KeyError, TypeError) as err:
+        raise Refused(400, f"cannot parse the multipart body: {err}", field="body") from None
+    files, fields = [], {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append(Upload(field=name, filename=value.filename,
+                                data=await value.read(), content_type=value.content_type))
+        elif name in fields:
+            raise Refused(422, f"form field {name!r} given twice", field=name)
+        else:
+            fields[name] = value
+    await form.close()
+    return files, fields
+
+
+async def decode_request(backend: Any, request: Request) -> dict[str, Any]:
+    """Auth, size cap, content type, then the decoders: the request's model inputs."""
+    from emoray.serving.decode import DecodeLimits, decode_json, decode_multipart
+
+    s = backend.settings
+    check_key(backend, request)
+    body = await read_body(request, int(s.max_body_mb * (1 << 20)))
+    if not body:
+        raise Refused(400, "empty request body; expected JSON or multipart with at least one "
+                      "of eeg, speech, video", field="body")
+    limits = DecodeLimits(max_seconds=s.max_seconds, max_channels=s.max_channels,
+                          max_frames=s.max_frames)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("application/json", ""):
+        return await asyncio.to_thread(decode_json, body, limits)
+    if ctype == "multipart/form-data":
+        files, fields = await _parse_multipart(request, body)
+        return await asyncio.to_thread(decode_multipart, files, fields, limits)
+    raise Refused(415, f"content type {ctype!r}; expected application/json or "
+                  "multipart/form-data", field="content-type")
+
+
+def refusal(err: Exception) -> JSONResponse:
+    """The 4xx answer of a refused request."""
+    if isinstance(err, Refused):
+        return error(err.status, err.message, err.field, err.kind)
+    if isinstance(err, DataError):
+        status = 400 if err.field == "body" else 422
+        return error(status, f"{err.field or 'input'}: {err.reason}", err.field, err.kind)
+    return error(422, str(err), None, "config")
+
+
+async def handle_predict(backend: Any, request: Request) -> JSONResponse:
+    try:
+        inputs = await decode_request(backend, request)
+        return JSONResponse(await backend.predict(inputs))
+    except (Refused, DataError, ConfigError) as err:
+        return refusal(err)
+
+
+async def handle_model(backend: Any, request: Request) -> JSONResponse:
+    try:
+        check_key(backend, request)
+    except Refused as err:
+        return refusal(err)
+    return JSONResponse(backend.info())
+
+
+async def handle_health(backend: Any, request: Request) -> JSONResponse:
+    deep = request.query_params.get("deep", "").lower() in ("1", "true", "yes")
+    report = await backend.health(deep)
+    return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
+
+
+PREDICT_DOC = dict(
+    summary="Predict the emotion of one recording from any subset of EEG, speech, video",
+    response_model=PredictResponse,
+    responses={s: {"model": ErrorResponse} for s in (400, 401, 413, 415, 422)},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+        "multipart/form-data": {"schema": _MULTIPART_DOC}}}})
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` include the JSON request schema (the route reads the raw body
+    itself, to take JSON and multipart on one path)."""
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                          description=app.description)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        req = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(req.pop("$defs", {}))
+        schemas["PredictRequest"] = req
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi
+
+
+def new_app() -> FastAPI:
+    from emoray import __version__
+
+    app = FastAPI(title="emoray", version=__version__, description=(
+        "Multimodal emotion recognition from EEG, speech and video."))
+    install_openapi(app)
+    return app
+
+
+def make_app(backend: Any) -> FastAPI:
+    """A plain FastAPI app over ``backend`` (no Ray): the benchmark's single-process server."""
+    app = new_app()
+
+    @app.post("/v1/predict", **PREDICT_DOC)
+    async def predict(request: Request):
+        return await handle_predict(backend, request)
+
+    @app.get("/v1/model")
+    async def model(request: Request):
+        return await handle_model(backend, request)
+
+    @app.get("/v1/health")
+    async def health(request: Request):
+        return await handle_health(backend, request)
+
+    return app

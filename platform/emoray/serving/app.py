@@ -1,0 +1,258 @@
+"""The Ray Serve application: per-modality encoder deployments behind a FastAPI router.
+
+::
+
+    HTTP ──> FusionRouter (ingress, FastAPI) ──┬──> EEGEncoder     (own replicas, @serve.batch)
+             validate, contract, fuse          ├──> SpeechEncoder
+                                               └──> VideoEncoder
+
+The router decodes and validates the request (:mod:`emoray.serving.api`), applies the
+checkpoint's preprocessing contract, sends each present modality's features to its encoder
+deployment **concurrently**, and fuses what comes back (:mod:`emoray.heads`: the encoders'
+output tokens for attention fusion, pooled embeddings for JMML). Each deployment has its own
+``autoscaling_config``, and an encoder batches concurrent requests with ``@serve.batch``.
+Encoders are stateless, so the router retries a call once when the replica it went to died.
+
+:func:`build_app` makes the application from a :class:`~emoray.config.ServeConfig`;
+:func:`build` is the same for ``serve run`` / ``serve deploy`` config files (``args`` are the
+config's fields). :class:`LocalBackend` runs the same router logic in one process without
+Ray (the benchmark's floor and plain-FastAPI baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import Request
+from ray import serve
+
+from emoray.config import SERVE_ROLES, ServeConfig
+from emoray.errors import ConfigError
+from emoray.serving import api
+from emoray.serving.model import ServedModel
+from emoray.storage import is_uri
+
+ENCODER_DEPLOYMENTS = {"eeg": "EEGEncoder", "speech": "SpeechEncoder", "video": "VideoEncoder"}
+ROUTER_DEPLOYMENT = "FusionRouter"
+
+
+def _settings(value: ServeConfig | dict[str, Any]) -> ServeConfig:
+    return value if isinstance(value, ServeConfig) else ServeConfig.model_validate(value)
+
+
+class RouterCore:
+    """What the router does per request, given a way to reach each modality's encoder.
+
+    Parameters
+    ----------
+    settings : ServeConfig
+        The serving settings (checkpoint, limits, auth, threshold).
+    encode : callable
+        ``async encode(modality, {key: ndarray}) -> ndarray``: the encoder output rows.
+    api_key_digest : str | None
+        sha256 hex of the API key (None: no auth).
+    """
+
+    def __init__(self, settings: ServeConfig, encode: Callable[..., Awaitable[np.ndarray]],
+                 api_key_digest: str | None, role: str = "router"):
+        self.settings = settings
+        self.api_key_digest = api_key_digest
+        self.model = ServedModel(settings.checkpoint, role=role, device=settings.device,
+                                 incongruence_threshold=settings.incongruence_threshold)
+        self._encode = encode
+        self._info = self.model.info()
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    async def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        prepared = await asyncio.to_thread(self.model.prepare, inputs)
+        mods = list(prepared.inputs)
+        outs = await asyncio.gather(*(
+            self._encode(m, {k: v.numpy() for k, v in prepared.inputs[m].items()})
+            for m in mods))
+        encoded = {m: torch.from_numpy(np.asarray(o)) for m, o in zip(mods, outs)}
+        pred = self.model.combine(encoded, prepared)
+        return {**pred.to_dict(), "model_version": self.model.version}
+
+    async def health(self, deep: bool) -> dict[str, Any]:
+        return {"status": "ok", "model_version": self.model.version,
+                "modalities": self.model.modalities}
+
+
+def _encoder_rows(model: ServedModel, modality: str,
+                  items: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Encode several requests' rows in one forward pass and split the output back."""
+    counts = [len(next(iter(it.values()))) for it in items]
+    batch = {k: torch.from_numpy(np.concatenate([it[k] for it in items])) for k in items[0]}
+    out = model.encode(modality, batch).numpy()
+    return np.split(out, np.cumsum(counts)[:-1])
+
+
+class ModalityEncoder:
+    """One modality's encoder (a replica holds only that encoder's weights)."""
+
+    def __init__(self, settings: dict[str, Any], modality: str):
+        cfg = _settings(settings)
+        torch.set_num_threads(cfg.torch_threads)
+        self.modality = modality
+        self.model = ServedModel(cfg.checkpoint, role=modality, device=cfg.device)
+        dep = cfg.deployments[modality]
+        self.batching = cfg.batching
+        self.encode_batch.set_max_batch_size(dep.max_batch_size)
+        self.encode_batch.set_batch_wait_timeout_s(dep.batch_wait_timeout_s)
+
+    async def encode(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """The encoder output rows of one request's features."""
+        if self.batching:
+            return await self.encode_batch(features)
+        return _encoder_rows(self.model, self.modality, [features])[0]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def encode_batch(self, items: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        return _encoder_rows(self.model, self.modality, items)
+
+    def ping(self) -> str:
+        return self.model.version
+
+
+app = api.new_app()
+
+
+@serve.ingress(app)
+class FusionRouter:
+    """The ingress: HTTP API, contract, concurrent encoder calls, fusion."""
+
+    def __init__(self, settings: dict[str, Any], api_key_digest: str | None, **encoders):
+        cfg = _settings(settings)
+        torch.set_num_threads(cfg.torch_threads)
+        self.encoders = encoders
+        self.core = RouterCore(cfg, self._call_encoder, api_key_digest)
+        self.settings, self.api_key_digest = cfg, api_key_digest
+
+    async def _call_encoder(self, modality: str, features: dict[str, np.ndarray]):
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        handle = self.encoders[modality]
+        for attempt in range(3):        # stateless encoders: a call to a dead replica is retried
+            try:
+                return await handle.encode.remote(features)
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    def info(self) -> dict[str, Any]:
+        return self.core.info()
+
+    async def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return await self.core.predict(inputs)
+
+    async def health(self, deep: bool) -> dict[str, Any]:
+        report = await self.core.health(deep)
+        if deep:
+            async def ping(m):
+                try:
+                    await asyncio.wait_for(self.encoders[m].ping.remote(), 10)
+                    return "ok"
+                except Exception as err:   # any failure of the probe is the answer
+                    return f"unavailable: {type(err).__name__}"
+            states = await asyncio.gather(*(ping(m) for m in self.encoders))
+            report["encoders"] = dict(zip(self.encoders, states))
+            if any(s != "ok" for s in states):
+                report["status"] = "degraded"
+        return report
+
+    @app.post("/v1/predict", **api.PREDICT_DOC)
+    async def http_predict(self, request: Request):
+        return await api.handle_predict(self, request)
+
+    @app.get("/v1/model")
+    async def http_model(self, request: Request):
+        return await api.handle_model(self, request)
+
+    @app.get("/v1/health")
+    async def http_health(self, request: Request):
+        return await api.handle_health(self, request)
+
+
+def _options(cfg: ServeConfig, role: str) -> dict[str, Any]:
+    dep = cfg.deployments[role]
+    opts: dict[str, Any] = {
+        "max_ongoing_requests": dep.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus}}
+    if dep.autoscaling is None:
+        opts["num_replicas"] = dep.num_replicas
+    else:
+        opts["autoscaling_config"] = dep.autoscaling.model_dump()
+    return opts
+
+
+def build_app(settings: ServeConfig | dict[str, Any]):
+    """The Serve application of a checkpoint: one encoder deployment per modality the model
+    has, and the router. Checks the checkpoint and the auth setting before deploying."""
+    cfg = _settings(settings)
+    if not cfg.checkpoint:
+        raise ConfigError("serve.checkpoint: not set; give the bundle, run or campaign to serve")
+    probe = ServedModel(cfg.checkpoint, role="router", device="cpu")   # fails fast, here
+    digest = api.api_key_digest(cfg.api_key_env)
+    plain = cfg.model_dump(mode="json")
+    if not is_uri(cfg.checkpoint):        # a run or campaign folder: replicas read the bundle
+        plain["checkpoint"] = str(probe.bundle.resolve())
+    encoders = {}
+    for m in probe.modalities:
+        dep = serve.deployment(ModalityEncoder, name=ENCODER_DEPLOYMENTS[m],
+                               **_options(cfg, m))
+        encoders[m] = dep.bind(plain, m)
+    router = serve.deployment(FusionRouter, name=ROUTER_DEPLOYMENT, **_options(cfg, "router"))
+    return router.bind(plain, digest, **encoders)
+
+
+def build(args: dict[str, Any]):
+    """Application builder for Serve config files (``import_path: emoray.serving.app:build``);
+    ``args`` are :class:`ServeConfig` fields."""
+    return build_app(ServeConfig.model_validate(args or {}))
+
+
+class LocalBackend(RouterCore):
+    """The router logic with every encoder in this process (no Ray): for the plain FastAPI
+    server and the in-process floor of ``emoray bench serve``."""
+
+    def __init__(self, settings: ServeConfig | dict[str, Any]):
+        cfg = _settings(settings)
+        super().__init__(cfg, self._local_encode, api.api_key_digest(cfg.api_key_env),
+                         role="all")
+
+    async def _local_encode(self, modality: str, features: dict[str, np.ndarray]):
+        return _encoder_rows(self.model, modality, [features])[0]
+
+
+def run(settings: ServeConfig | dict[str, Any], blocking: bool = False,
+        echo: Callable[[str], None] = print) -> str:
+    """Deploy on the connected Ray (``serve.start`` on ``host:port``); returns the base URL."""
+    cfg = _settings(settings)
+    application = build_app(cfg)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    t0 = time.monotonic()
+    serve.run(application, name=cfg.app_name, route_prefix=cfg.route_prefix,
+              blocking=False)
+    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    echo(f"[serve] {cfg.app_name} up in {time.monotonic() - t0:.1f} s at {url} "
+         f"(docs {url}/docs)")
+    if blocking:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            echo("[serve] shutting down")
+            serve.shutdown()
+    return url
+
+
+__all__ = ["ENCODER_DEPLOYMENTS", "ROUTER_DEPLOYMENT", "SERVE_ROLES", "FusionRouter",
+           "LocalBackend", "ModalityEncoder", "RouterCore", "build", "build_app", "run"]

@@ -1,0 +1,205 @@
+"""The served model: a checkpoint found, loaded and cut into what each deployment runs.
+
+:func:`resolve_checkpoint` accepts what users have at hand: a bundle folder, a training run
+folder (its last servable stage), a tuning campaign folder (its promoted ``best``), or any of
+these behind a pyarrow filesystem URI (``s3://``, ``gs://``, ``file://`` ...), downloaded once
+into a local cache.
+
+:class:`ServedModel` holds the bundle's model split by :mod:`emoray.heads` for one *role*:
+an encoder replica keeps only its modality's encoder, the router only the combining head
+(attention fusion or the JMML common space and classifiers), so no replica holds weights
+it never uses. :meth:`ServedModel.prepare` applies the checkpoint's preprocessing contract
+(:func:`emoray.infer.prepare_inputs`, the code the training features were made with) and
+splits the batch into what each modality's encoder reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emoray.errors import ConfigError
+from emoray.heads import INCONGRUENCE_THRESHOLD, ModelParts, model_parts
+from emoray.infer import MIN_SECONDS, MODALITIES, PREDICTABLE_STAGES, Prediction, prepare_inputs
+
+ROLES = ("router", *MODALITIES)
+
+
+def _bundle_in(folder: Path) -> Path | None:
+    """The servable bundle a local folder holds or points to, else None."""
+    from emoray.train.checkpoint import META_FILE
+
+    if (folder / META_FILE).is_file():
+        return folder
+    if (folder / "best" / META_FILE).is_file():                 # a tuning campaign
+        return folder / "best"
+    state = folder / "plan_state.json"                          # a training run
+    if state.is_file():
+        try:
+            stages = json.loads(state.read_text()).get("stages", {})
+        except ValueError:
+            raise ConfigError(f"{state}: not valid JSON; expected a plan state") from None
+        for stage in reversed(list(stages)):
+            bundle = (stages.get(stage) or {}).get("bundle")
+            if stage in PREDICTABLE_STAGES and bundle and Path(bundle).is_dir():
+                return Path(bundle)
+    return None
+
+
+def resolve_checkpoint(source: str | Path, cache: str | Path | None = None) -> Path:
+    """The local bundle folder of ``source`` (downloaded into ``cache`` for a URI).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source`` and what was expected when nothing servable is found.
+    """
+    from emoray.storage import fetch_dir, is_uri, join, read_text
+
+    if is_uri(source):
+        src = str(source).rstrip("/")
+        if read_text(join(src, "bundle.json")) is None \
+                and read_text(join(src, "best", "bundle.json")) is not None:
+            src = join(src, "best")
+        local = fetch_dir(src, cache)
+    else:
+        local = Path(source).expanduser()
+        if not local.is_dir():
+            raise ConfigError(f"checkpoint {source}: no such folder; expected a model bundle, "
+                              "a training run or a tuning campaign folder (or a storage URI)")
+    bundle = _bundle_in(local)
+    if bundle is None:
+        raise ConfigError(f"checkpoint {source}: holds no model bundle (bundle.json + model.pt), "
+                          "no campaign best/ and no finished training run (plan_state.json)")
+    return bundle
+
+
+def _version(bundle: Path) -> str:
+    """A content hash of the weights: equal weights, equal version."""
+    digest = hashlib.sha256()
+    with open(bundle / "model.pt", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class Prepared:
+    """One request after the contract: per present modality the tensors its encoder reads,
+    the presence of each modality per row, and the input each row (segment) belongs to."""
+
+    inputs: dict[str, dict[str, torch.Tensor]]
+    present: dict[str, np.ndarray]
+    owner: np.ndarray
+    n_samples: int
+    ignored: list[str]
+
+
+class ServedModel:
+    """A bundle loaded for one serving role.
+
+    Parameters
+    ----------
+    source : str | Path
+        Anything :func:`resolve_checkpoint` accepts.
+    role : str
+        ``router`` (the head only), or a modality (that encoder only), or ``all``.
+    device : str | None
+        ``cpu``, ``cuda``...; None picks CUDA when available.
+    incongruence_threshold : float
+        See :mod:`emoray.heads`.
+    cache : str | Path | None
+        Download folder for a URI source.
+    """
+
+    def __init__(self, source: str | Path, role: str = "all", device: str | None = None,
+                 incongruence_threshold: float = INCONGRUENCE_THRESHOLD,
+                 cache: str | Path | None = None):
+        from emoray.train.checkpoint import load_bundle, read_bundle_meta
+
+        if role not in (*ROLES, "all"):
+            raise ConfigError(f"role {role!r}: expected one of {[*ROLES, 'all']}")
+        bundle = resolve_checkpoint(source, cache)
+        stage = read_bundle_meta(bundle).get("stage")
+        if stage not in PREDICTABLE_STAGES:
+            raise ConfigError(f"checkpoint {source}: stage {stage!r} cannot be served; serve the "
+                              f"last stage of a plan (one of {list(PREDICTABLE_STAGES)})")
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, meta = load_bundle(bundle, map_location=dev)
+        self.parts: ModelParts = model_parts(model, meta, incongruence_threshold)
+        self.role = role
+        self.source = str(source)
+        self.bundle = bundle
+        self.meta = meta
+        self.contract = meta["contract"]
+        self.version = _version(bundle)
+        self._prune(role)
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.parts.modalities
+
+    def _prune(self, role: str) -> None:
+        """Drop the weights this role never runs (fusion; JMML's are a few KB)."""
+        model = self.parts.model
+        if role == "all" or self.parts.stage != "fusion":
+            return
+        for m in list(model.encoders):
+            if m != role:
+                del model.encoders[m]
+        if role != "router":
+            model.fusion = None
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` answers: version, classes, and what inputs must look like."""
+        c = self.contract
+        campaign = self.bundle / "campaign.json"
+        return {
+            "version": self.version, "stage": self.parts.stage,
+            "emoray_version": self.meta.get("emoray_version"), "source": self.source,
+            "label_names": list(self.parts.label_names), "modalities": list(self.modalities),
+            "eeg": {"channels": c.eeg.channels, "sfreq": c.eeg.sfreq,
+                    "any_sfreq": True, "any_channel_order": True},
+            "speech": {"sample_rate": c.audio.sample_rate, "any_sample_rate": True},
+            "video": {"n_frames": c.video.n_frames, "size": c.video.size},
+            "segment_seconds": c.segment_seconds, "min_seconds": MIN_SECONDS,
+            "metrics": {k: v for k, v in (self.meta.get("metrics") or {}).items()
+                        if isinstance(v, (int, float, str))},
+            "campaign": json.loads(campaign.read_text()) if campaign.is_file() else None}
+
+    def prepare(self, sample: Mapping[str, Any]) -> Prepared:
+        """Apply the contract to one request's inputs (``{"eeg": EEGInput | None, ...}``).
+
+        Raises DataError/ConfigError naming the field for an input the contract refuses.
+        A modality the model has no encoder for is listed in ``ignored``; a request holding
+        only such modalities is refused.
+        """
+        have = [m for m in MODALITIES if sample.get(m) is not None]
+        usable = [m for m in have if m in self.modalities]
+        if have and not usable:
+            from emoray.errors import DataError
+
+            raise DataError("request", f"the model has no encoder for {have}; it takes "
+                            f"{self.modalities}", kind="layout", field="input")
+        batch = prepare_inputs(self.contract, [sample], "cpu")
+        present = {m: batch[f"{m}_present"].numpy() for m in usable}
+        inputs = {m: {k: batch[k] for k in self.parts.inputs(m)} for m in usable}
+        return Prepared(inputs=inputs, present=present, owner=batch["sample_index"].numpy(),
+                        n_samples=1, ignored=[m for m in have if m not in usable])
+
+    def encode(self, modality: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Encoder output of ``modality`` for the rows of ``tensors`` (float32, CPU)."""
+        return self.parts.encode(modality, tensors)
+
+    def combine(self, encoded: Mapping[str, torch.Tensor], prepared: Prepared) -> Prediction:
+        """The prediction of one prepared request from its modalities' encoder outputs."""
+        (pred,) = self.parts.combine(encoded, prepared.present, prepared.owner, 1)
+        pred.ignored = list(prepared.ignored)
+        return pred
