@@ -120,8 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="tune report: output folder (default STORAGE/NAME/report)")
     _common(p)
 
+    p = sub.add_parser("serve", help="serve a checkpoint on Ray Serve: per-modality encoder "
+                       "deployments behind a FastAPI router (POST /v1/predict)")
+    p.add_argument("checkpoint", nargs="?", help="a bundle, training run or campaign folder, "
+                   "or a storage URI of one (serve.checkpoint)")
+    p.add_argument("--host", help="bind address (serve.host, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
+    p.add_argument("--api-key-env", metavar="VAR", help="require the API key held in this "
+                   "environment variable (X-API-Key header)")
+    p.add_argument("--no-batching", action="store_true", default=None,
+                   help="encoders answer one request at a time (serve.batching=false)")
+    _common(p)
+
+    p = sub.add_parser("predict", help="send real files to a running `emoray serve` and print "
+                       "the prediction")
+    p.add_argument("files", nargs="+", help="EEG (EDF/BDF/FIF), speech (WAV/FLAC), video (MP4, "
+                   "JPEG frames or a folder of them): any non-empty subset")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server (default "
+                   "%(default)s)")
+    p.add_argument("--api-key-env", metavar="VAR", help="send the API key held in this "
+                   "environment variable")
+    p.add_argument("--video-fps", type=float, help="frame rate of JPEG frames")
+    p.add_argument("--json", action="store_true", help="print the full JSON answer")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
+
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    p.add_argument("name", choices=["ingest", "train", "tune"], help="which benchmark")
+    p.add_argument("name", choices=["ingest", "train", "tune", "serve"], help="which benchmark")
+    p.add_argument("--checkpoint", help="bench serve: serve this checkpoint instead of "
+                   "training a tiny model")
     p.add_argument("--features", help="bench train/tune: reuse this preprocess output folder "
                    "instead of generating one")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")
@@ -342,6 +368,65 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("serve")
+def _serve(args: argparse.Namespace) -> int:
+    cfg = _resolve(args, {"serve.checkpoint": args.checkpoint, "serve.host": args.host,
+                          "serve.port": args.port, "serve.api_key_env": args.api_key_env,
+                          "serve.batching": False if args.no_batching else None})
+    from emoray.runtime import init_ray
+    from emoray.serving.app import run
+    from emoray.serving.model import ServedModel
+
+    if not cfg.serve.checkpoint:
+        raise EmorayError("serve needs a CHECKPOINT (or serve.checkpoint in --config)")
+    ServedModel(cfg.serve.checkpoint, role="router", device="cpu")   # fails before Ray starts
+    init_ray(cfg.ray)
+    run(cfg.serve, blocking=True)
+    return 0
+
+
+@_command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from emoray.serving.client import predict_files
+
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise EmorayError(f"--api-key-env: environment variable {args.api_key_env} is "
+                              "unset or empty")
+    answer = predict_files(args.url, args.files, api_key=key, video_fps=args.video_fps,
+                           timeout=args.timeout)
+    print(json.dumps(answer, indent=2) if args.json else format_prediction(answer))
+    return 0
+
+
+def format_prediction(answer: dict[str, Any]) -> str:
+    """A few lines for a person: label, probabilities, per modality, incongruence."""
+    probs = answer.get("probabilities") or {}
+    lines = [f"{answer.get('label')}  (" + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(probs.items(), key=lambda kv: -kv[1])) + ")"]
+    if answer.get("valence") is not None:
+        lines.append(f"valence {answer['valence']:+.2f}  arousal {answer['arousal']:+.2f}")
+    mass = answer.get("attention_mass") or {}
+    for m, own in (answer.get("per_modality") or {}).items():
+        extra = f"  attention {mass[m]:.2f}" if m in mass else ""
+        lines.append(f"  {m:<7} {own['label']}{extra}")
+    conflict = answer.get("incongruence")
+    if conflict:
+        state = "INCONGRUENT" if conflict["flag"] else "congruent"
+        lines.append(f"speech vs EEG: {state} (JS divergence {conflict['score']:.2f}, "
+                     f"threshold {conflict['threshold']:.2f})")
+    if answer.get("ignored"):
+        lines.append(f"ignored (no encoder in this model): {answer['ignored']}")
+    lines.append(f"model {answer.get('stage')} {answer.get('model_version')}, "
+                 f"{answer.get('n_segments')} segment(s)")
+    return "\n".join(lines)
+
+
 def _campaign_folder(name: str, storage_root: str) -> str:
     from emoray import storage
 
@@ -358,6 +443,10 @@ def _bench(args: argparse.Namespace) -> int:
     kwargs = {"features": args.features} if args.features else {}
     if kwargs and args.name == "ingest":
         raise EmorayError("bench ingest: --features applies to `bench train` and `bench tune`")
+    if args.checkpoint:
+        if args.name != "serve":
+            raise EmorayError("bench: --checkpoint applies to `bench serve`")
+        kwargs["checkpoint"] = args.checkpoint
     bench = importlib.import_module(f"emoray.bench.{args.name}")
     bench.run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray, **kwargs)
     return 0

@@ -247,6 +247,10 @@ class AutoscalingConfig(_Strict):
                                            "the autoscaler aims at.")
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    metrics_interval_s: float = Field(2.0, gt=0, description="How often replicas report "
+                                      "their load (Serve's default: 10 s).")
+    look_back_period_s: float = Field(10.0, gt=0, description="Window the load is averaged "
+                                      "over (Serve's default: 30 s).")
 
     @model_validator(mode="after")
     def _ordered(self):

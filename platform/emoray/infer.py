@@ -41,7 +41,6 @@ import torch
 from emoray.data.contract import PreprocessContract
 from emoray.data.features import batch_to_tensors
 from emoray.data.segment import SegmentSettings, _cut
-from emoray.data.transforms import preprocess_audio, preprocess_eeg, preprocess_video
 from emoray.errors import ConfigError, DataError
 from emoray.labels import EAV_VA
 
@@ -202,6 +201,10 @@ def _sample_rows(contract: PreprocessContract, sample: Mapping[str, Any],
         video, seconds = _check_video(video, where)
         if seconds is not None:
             lengths["video"] = seconds
+    # imported here: serving's encoder replicas load this module but never preprocess, and
+    # the transforms pull in MNE, torchaudio and torchvision (seconds per replica start)
+    from emoray.data.transforms import preprocess_audio, preprocess_eeg, preprocess_video
+
     usable = min(lengths.values()) if lengths else seg
     if video is not None and video.fps is None:      # spans the others' time (or a segment)
         video = VideoInput(video.frames, fps=video.frames.shape[0] / usable)

@@ -19,9 +19,9 @@ config's fields). :class:`LocalBackend` runs the same router logic in one proces
 Ray (the benchmark's floor and plain-FastAPI baseline).
 """
 
-from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -82,7 +82,7 @@ class RouterCore:
 
     async def health(self, deep: bool) -> dict[str, Any]:
         return {"status": "ok", "model_version": self.model.version,
-                "modalities": self.model.modalities}
+                "modalities": self.model.modalities, "pid": os.getpid()}
 
 
 def _encoder_rows(model: ServedModel, modality: str,

@@ -1,0 +1,306 @@
+"""A small client of the emoray Serve API: the ``emoray predict`` command's side.
+
+:func:`predict_files` sends real files (EDF/BDF/FIF, WAV/FLAC, MP4, JPEG frames or a folder
+of them) as ``multipart/form-data`` to ``{url}/v1/predict``; :func:`json_request` builds the
+JSON body of in-memory signals (the inverse of :func:`emoray.serving.decode.decode_json`)
+and :func:`post_json` sends it. Refusals come back as :class:`ClientError` carrying the
+server's status, field and message. Importing this module does not import torch.
+
+Examples
+--------
+>>> predict_files("http://127.0.0.1:8000", ["rec.edf", "speech.wav"])  # doctest: +SKIP
+{'label': 'happy', 'probabilities': {...}, ...}
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emoray.errors import DataError, EmorayError
+from emoray.serving.decode import MODALITY_EXTENSIONS
+
+if TYPE_CHECKING:
+    from emoray.infer import EEGInput, SpeechInput, VideoInput
+
+API_KEY_HEADER = "X-API-Key"
+PREDICT_PATH = "/v1/predict"
+_JPEG = (".jpg", ".jpeg")
+_CONTENT_TYPES = {".edf": "application/octet-stream", ".bdf": "application/octet-stream",
+                  ".fif": "application/octet-stream", ".wav": "audio/wav",
+                  ".flac": "audio/flac", ".mp4": "video/mp4", ".jpg": "image/jpeg",
+                  ".jpeg": "image/jpeg"}
+_EXT_MODALITY = {ext: m for m, exts in MODALITY_EXTENSIONS.items() for ext in exts}
+
+
+class ClientError(EmorayError):
+    """A request the server refused or could not be sent.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong, with the server's message when it answered.
+    status : int | None
+        The HTTP status (None when no answer came).
+    field : str | None
+        The request field the server named (``eeg.sfreq``, ``video`` ...).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+def modality_of(path: Path) -> str:
+    """The modality of a file by its extension; a folder (of JPEG frames) is ``video``.
+
+    Raises
+    ------
+    DataError
+        ``unknown_format`` for an extension the server does not take.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "video"
+    ext = path.suffix.lower()
+    if ext not in _EXT_MODALITY:
+        accepted = "; ".join(f"{m}: {', '.join(e)}" for m, e in MODALITY_EXTENSIONS.items())
+        raise DataError(str(path), f"unknown file type {ext or '(none)'!r}; expected {accepted}"
+                        " or a folder of JPEG frames", kind="unknown_format", field="input")
+    return _EXT_MODALITY[ext]
+
+
+def _folder_frames(folder: Path) -> list[Path]:
+    from emoray.io.video import iter_frame_files
+
+    files = list(iter_frame_files(folder))                       # natural order
+    others = [p.name for p in files if p.suffix.lower() not in _JPEG]
+    if others:
+        raise ClientError(f"{folder}: frames {others[:3]} are not JPEG; the server takes "
+                          "JPEG frames only (convert them, or send an MP4)")
+    if not files:
+        raise ClientError(f"{folder}: no .jpg/.jpeg frames in the folder")
+    return files
+
+
+def build_multipart(paths: list[Path], video_fps: float | None = None) -> list[tuple]:
+    """The ``files=`` entries of a ``requests`` multipart POST for ``paths``.
+
+    Parameters
+    ----------
+    paths : list[Path]
+        At most one EEG file and one speech file, and either one MP4, JPEG files (frames in
+        the given order) or one folder of JPEG frames (natural order; its ``fps.txt``
+        gives the frame rate).
+    video_fps : float | None
+        Frame rate of JPEG frames (overrides a folder's ``fps.txt``).
+
+    Returns
+    -------
+    list[tuple]
+        ``(field, (filename, bytes, content_type))`` per file, then
+        ``("video_fps", (None, "25.0"))`` when a frame rate applies.
+
+    Raises
+    ------
+    ClientError
+        Two files of one modality (JPEG frames apart), MP4 mixed with frames, no path,
+        a frame rate without frames.
+    DataError
+        A missing file or an unknown extension.
+    """
+    from emoray.io.video import FPS_FILE, _folder_fps
+
+    if not paths:
+        raise ClientError("no input files given; expected EEG, speech and/or video files")
+    by_modality: dict[str, list[Path]] = {"eeg": [], "speech": [], "video": []}
+    for p in map(Path, paths):
+        modality = modality_of(p)
+        if not p.exists():
+            raise DataError(str(p), "file not found", kind="unreadable", field=modality)
+        by_modality[modality].append(p)
+    for modality in ("eeg", "speech"):
+        if len(by_modality[modality]) > 1:
+            raise ClientError(f"{len(by_modality[modality])} {modality} files "
+                              f"{[str(p) for p in by_modality[modality]]}; send one per "
+                              "request")
+    video = by_modality["video"]
+    fps = _check_fps(video_fps) if video_fps is not None else None
+    if len(video) > 1 and not all(p.suffix.lower() in _JPEG for p in video):
+        raise ClientError(f"video: {[str(p) for p in video]}; expected one MP4, one folder "
+                          "of frames, or JPEG frame files")
+    if video and video[0].is_dir():
+        folder, video = video[0], _folder_frames(video[0])
+        if fps is None and (folder / FPS_FILE).is_file():
+            fps = _folder_fps(folder, 0.0)                  # DataError for a bad fps.txt
+    elif video and video[0].suffix.lower() == ".mp4" and fps is not None:
+        raise ClientError("video_fps applies to JPEG frames; an MP4 carries its own rate")
+    if fps is not None and not video:
+        raise ClientError("video_fps given without video frames")
+    entries: list[tuple] = []
+    for modality, files in (("eeg", by_modality["eeg"]), ("speech", by_modality["speech"]),
+                            ("video", video)):
+        for p in files:
+            entries.append((modality, (p.name, p.read_bytes(),
+                                       _CONTENT_TYPES[p.suffix.lower()])))
+    if fps is not None:
+        entries.append(("video_fps", (None, repr(float(fps)))))
+    return entries
+
+
+def _check_fps(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) <= 0:
+        raise ClientError(f"video_fps: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _endpoint(url: str) -> str:
+    return url.rstrip("/") + PREDICT_PATH
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {API_KEY_HEADER: api_key} if api_key else {}
+
+
+def _send(url: str, timeout: float, **kwargs: Any) -> dict:
+    """POST to ``{url}/v1/predict``; the answer's JSON, or a ClientError."""
+    import requests
+
+    endpoint = _endpoint(url)
+    try:
+        resp = requests.post(endpoint, timeout=timeout, **kwargs)
+    except requests.exceptions.ReadTimeout:
+        raise ClientError(f"no answer from {endpoint} within {timeout:g} s") from None
+    except requests.exceptions.ConnectionError as exc:
+        raise ClientError(f"the emoray endpoint {endpoint} is not reachable ({type(exc).__name__}"
+                          "); start a server with `emoray serve CHECKPOINT` or pass its "
+                          "URL") from None
+    except requests.exceptions.RequestException as exc:      # bad URL, too many redirects
+        raise ClientError(f"cannot send the request to {endpoint}: {exc}") from None
+    try:
+        answer = resp.json()
+    except ValueError:
+        answer = None
+    if resp.status_code >= 400:
+        raise _refused(resp.status_code, answer, resp.text, endpoint)
+    if not isinstance(answer, dict):
+        raise ClientError(f"{endpoint} answered {resp.status_code} with a body that is not "
+                          f"a JSON object: {resp.text[:200]!r}", status=resp.status_code)
+    return answer
+
+
+def _refused(status: int, answer: Any, text: str, endpoint: str) -> ClientError:
+    field, message = None, text[:500] or "(empty body)"
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        field = answer["error"].get("field")
+        message = str(answer["error"].get("message", message))
+    elif isinstance(answer, dict) and "detail" in answer:           # FastAPI's own errors
+        message = str(answer["detail"])
+    hint = f" (send the key in the {API_KEY_HEADER} header)" if status == 401 else ""
+    return ClientError(f"HTTP {status} from {endpoint}: {message}{hint}", status=status,
+                       field=field)
+
+
+def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = None,
+                  video_fps: float | None = None, timeout: float = 60.0) -> dict:
+    """Send files to ``{url}/v1/predict`` as multipart and return the prediction.
+
+    Parameters
+    ----------
+    url : str
+        The server base, e.g. ``"http://127.0.0.1:8000"``.
+    paths : list[str | Path]
+        Files as in :func:`build_multipart`.
+    api_key : str | None
+        Sent in the ``X-API-Key`` header when given.
+    video_fps : float | None
+        Frame rate of JPEG frames.
+    timeout : float
+        Seconds to wait for the answer.
+
+    Returns
+    -------
+    dict
+        The server's JSON answer (label, probabilities, per-modality predictions ...).
+
+    Raises
+    ------
+    ClientError
+        A refusal (status, field and the server's message), an unreachable endpoint, or
+        inputs refused before sending.
+    """
+    files = build_multipart([Path(p) for p in paths], video_fps)
+    return _send(url, timeout, files=files, headers=_headers(api_key))
+
+
+def post_json(url: str, body: dict, *, api_key: str | None = None,
+              timeout: float = 60.0) -> dict:
+    """POST a JSON body (see :func:`json_request`) to ``{url}/v1/predict``."""
+    return _send(url, timeout, json=body, headers=_headers(api_key))
+
+
+def _float_pcm(samples: np.ndarray) -> np.ndarray:
+    """Samples as float in [-1, 1]: integer PCM is scaled by its type's range."""
+    arr = np.asarray(samples)
+    if arr.dtype.kind in "iu":
+        info = np.iinfo(arr.dtype)
+        mid = (int(info.max) + int(info.min) + 1) / 2                 # 0, or 128 for uint8
+        return ((arr.astype(np.float64) - mid) / (int(info.max) + 1 - mid)).astype(np.float32)
+    return arr.astype(np.float32, copy=False)
+
+
+def json_request(eeg: EEGInput | None = None, speech: SpeechInput | None = None,
+                 video: VideoInput | None = None, *, speech_as_file: bool = False,
+                 jpeg_quality: int = 90) -> dict:
+    """The JSON body :func:`~emoray.serving.decode.decode_json` takes, from model inputs.
+
+    Parameters
+    ----------
+    eeg, speech, video : EEGInput | SpeechInput | VideoInput | None
+        Any non-empty subset. Integer PCM speech is scaled to [-1, 1]; video frames
+        ``(N, H, W, 3)`` uint8 are JPEG-encoded (JPEG blobs are sent as they are).
+    speech_as_file : bool
+        Send speech as a base64 WAV file (32-bit float, lossless) instead of samples.
+    jpeg_quality : int
+        JPEG quality of encoded frames.
+
+    Returns
+    -------
+    dict
+        A JSON-able body.
+    """
+    body: dict[str, Any] = {}
+    if eeg is not None:
+        data = np.asarray(eeg.data, dtype=np.float64)                      # (C, T)
+        body["eeg"] = {"data": data.tolist(), "sfreq": float(eeg.sfreq),
+                       "ch_names": [str(n) for n in eeg.ch_names]}
+    if speech is not None:
+        samples = _float_pcm(speech.samples)                               # (T,)
+        if speech_as_file:
+            import soundfile as sf
+
+            buf = io.BytesIO()
+            sf.write(buf, samples, int(speech.sample_rate), format="WAV", subtype="FLOAT")
+            body["speech"] = {"audio_base64": base64.b64encode(buf.getvalue()).decode()}
+        else:
+            body["speech"] = {"samples": samples.tolist(),
+                              "sample_rate": int(speech.sample_rate)}
+    if video is not None:
+        frames = video.frames
+        if isinstance(frames, np.ndarray):
+            from emoray.io.video import encode_jpeg
+
+            blobs = encode_jpeg(frames, quality=jpeg_quality)              # one per frame
+        else:
+            blobs = [bytes(b) for b in frames]
+        body["video"] = {"frames_base64": [base64.b64encode(b).decode() for b in blobs],
+                         "fps": None if video.fps is None else float(video.fps)}
+    if not body:
+        raise ClientError("no modality given; expected at least one of eeg, speech, video")
+    return body

@@ -1,0 +1,369 @@
+"""Ray Serve end to end: real HTTP on a real local Serve, one application deployed once.
+
+The session's tiny fusion bundle, API key on, a 4 MiB body cap, the speech encoder
+autoscaled with short delays, the EEG encoder on two fixed replicas (the replica-kill
+target). The JMML classifier bundle (speech-only path) is served from a ``file://`` URI by
+the same API code on a plain uvicorn server (:class:`emoray.serving.app.LocalBackend`):
+replicas cost seconds each to start on 2 cores, and the Serve transport is covered here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from conftest import wait_for
+from emoray.config import ServeConfig
+from emoray.data.shards import read_metadata, shard_files, unflatten
+from emoray.infer import EEGInput, Predictor, SpeechInput, VideoInput
+from emoray.io.video import decode_jpeg
+from emoray.serving.client import json_request, post_json, predict_files
+
+pytestmark = pytest.mark.integration
+
+KEY_ENV, KEY = "EMORAY_TEST_API_KEY", "s3cret-test-key"
+FAST_SCALE = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+              "upscale_delay_s": 0.5, "downscale_delay_s": 3, "metrics_interval_s": 0.5,
+              "look_back_period_s": 2}
+LEAN = {"num_cpus": 0.05}
+SUBSETS = [("eeg",), ("speech",), ("video",), ("eeg", "speech"), ("eeg", "video"),
+           ("speech", "video"), ("eeg", "speech", "video")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+@pytest.fixture(scope="module")
+def record(eav_features):
+    """One raw trial segment with all three modalities, as model inputs."""
+    rec = pq.read_table(shard_files(eav_features / "rec"))
+    rows = rec.to_pylist()
+    row = next(r for r in rows if r["audio"] is not None and r["eeg"] is not None
+               and r["video"] is not None)
+    names = list(read_metadata(eav_features / "rec")["dataset"]["eeg_channels"])
+    return {"eeg": EEGInput(unflatten(row["eeg"], row["eeg_shape"]), row["eeg_sfreq"], names),
+            "speech": SpeechInput(np.asarray(row["audio"], np.float32), row["audio_rate"]),
+            "video": VideoInput(decode_jpeg(row["video"]), row["video_fps"])}
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, fusion_run):
+    """The fusion application on Serve; shut down after the module."""
+    from ray import serve
+
+    from emoray.serving.app import build_app
+
+    os.environ[KEY_ENV] = KEY
+    port = _free_port()
+    deps = {"router": {"autoscaling": None, **LEAN},
+            "eeg": {"autoscaling": None, "num_replicas": 2, **LEAN},
+            "speech": {"autoscaling": FAST_SCALE, "max_batch_size": 4, **LEAN},
+            "video": {"autoscaling": None, **LEAN}}
+    fusion_cfg = ServeConfig(checkpoint=str(fusion_run["checkpoint"]), port=port,
+                             api_key_env=KEY_ENV, max_body_mb=4.0, deployments=deps)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    t0 = time.monotonic()
+    serve.run(build_app(fusion_cfg), name="fusion", route_prefix="/")
+    print(f"application deployed in {time.monotonic() - t0:.1f} s")
+    yield {"url": f"http://127.0.0.1:{port}", "fusion": fusion_cfg,
+           "bundle": Path(fusion_run["checkpoint"])}
+    serve.shutdown()
+    os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def jmml_http(jmml_run):
+    """The JMML classifier bundle behind the same HTTP API on uvicorn, from a file:// URI."""
+    import uvicorn
+
+    from emoray.serving.api import make_app
+    from emoray.serving.app import LocalBackend
+
+    bundle = Path(jmml_run[0]["stages"]["classifier"]["bundle"]).resolve()
+    backend = LocalBackend({"checkpoint": bundle.as_uri(), "device": "cpu"})
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(backend), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "uvicorn to start")
+    yield {"url": f"http://127.0.0.1:{port}", "bundle": bundle}
+    server.should_exit = True
+    thread.join(10)
+
+
+def _post(url: str, body: dict, key: str | None = KEY, path: str = "/v1/predict"):
+    headers = {"X-API-Key": key} if key else {}
+    return requests.post(url + path, json=body, headers=headers, timeout=60)
+
+
+def _close(a: dict, b: dict, tol: float = 2e-4) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert abs(a[k] - b[k]) < tol, (k, a[k], b[k])
+
+
+def test_health_model_docs_and_auth(served, record):
+    url = served["url"]
+    health = requests.get(url + "/v1/health?deep=true", timeout=30).json()
+    assert health["status"] == "ok"
+    assert health["encoders"] == {"eeg": "ok", "speech": "ok", "video": "ok"}
+
+    refused = requests.get(url + "/v1/model", timeout=30)
+    assert refused.status_code == 401 and refused.json()["error"]["field"] == "X-API-Key"
+    wrong = requests.get(url + "/v1/model", headers={"X-API-Key": "nope"}, timeout=30)
+    assert wrong.status_code == 401
+    info = requests.get(url + "/v1/model", headers={"X-API-Key": KEY}, timeout=30).json()
+    meta = json.loads((served["bundle"] / "bundle.json").read_text())
+    assert info["label_names"] == meta["label_names"] and info["stage"] == "fusion"
+    assert info["eeg"]["channels"] == meta["contract"]["eeg"]["channels"]
+    assert info["speech"]["sample_rate"] == meta["contract"]["audio"]["sample_rate"]
+    assert len(info["version"]) == 12 and info["version"] == health["model_version"]
+    assert _post(url, json_request(speech=record["speech"]), key=None).status_code == 401
+
+    spec = requests.get(url + "/openapi.json", timeout=30).json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(body)
+    assert {"PredictRequest", "EEGJson", "PredictResponse"} <= set(spec["components"]["schemas"])
+    assert requests.get(url + "/docs", timeout=30).status_code == 200
+
+
+def test_every_modality_subset_over_json_matches_in_process(served, record):
+    """Each subset answers 200 with the in-process prediction (JPEG frames on both sides),
+    EEG channels shuffled in the request."""
+    url = served["url"]
+    local = Predictor.from_bundle(served["bundle"], device="cpu")
+    eeg = record["eeg"]
+    order = np.random.default_rng(0).permutation(len(eeg.ch_names))
+    shuffled = EEGInput(eeg.data[order], eeg.sfreq, [eeg.ch_names[i] for i in order])
+    inputs = {"eeg": shuffled, "speech": record["speech"], "video": record["video"]}
+    for subset in SUBSETS:
+        given = {m: inputs[m] for m in subset}
+        body = json_request(**given, speech_as_file=subset == ("speech", "video"))
+        answer = _post(url, body)
+        assert answer.status_code == 200, (subset, answer.text)
+        got = answer.json()
+        assert got["modalities"] == list(subset) and set(got["per_modality"]) == set(subset)
+        frames = body.get("video", {}).get("frames_base64")
+        if frames:                               # the same JPEG bytes the server decoded
+            import base64
+
+            given["video"] = VideoInput([base64.b64decode(f) for f in frames],
+                                        record["video"].fps)
+        expected = local.predict(**given)
+        assert got["label"] == expected.label
+        _close(got["probabilities"], expected.probabilities)
+        _close(got["attention_mass"], expected.attention_mass)
+        for m in subset:
+            _close(got["per_modality"][m]["probabilities"],
+                   expected.per_modality[m].probabilities)
+        assert (got["incongruence"] is not None) == ({"eeg", "speech"} <= set(subset))
+        assert got["valence"] is not None and -1 <= got["valence"] <= 1
+
+
+def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
+    from emoray.io.audio import write_audio
+    from emoray.io.eeg import write_eeg
+    from emoray.io.video import encode_jpeg, write_mp4
+    from emoray.types import EEG, Audio
+
+    eeg, speech, video = record["eeg"], record["speech"], record["video"]
+    for ext in ("edf", "bdf", "fif"):
+        write_eeg(tmp_path / f"rec.{ext}", EEG(data=eeg.data, sfreq=eeg.sfreq,
+                                               ch_names=list(eeg.ch_names), source="test"))
+    for ext in ("wav", "flac"):
+        write_audio(tmp_path / f"rec.{ext}", Audio(samples=speech.samples,
+                                                   sample_rate=speech.sample_rate, source="t"))
+    write_mp4(tmp_path / "rec.mp4", video.frames, video.fps)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, blob in enumerate(encode_jpeg(video.frames)):
+        (frames / f"{i:03d}.jpg").write_bytes(blob)
+    url = served["url"]
+    combos = {("eeg", "speech", "video"): ["rec.edf", "rec.wav", "rec.mp4"],
+              ("eeg", "speech"): ["rec.bdf", "rec.flac"],
+              ("eeg", "video"): ["rec.fif", "frames"], ("speech",): ["rec.flac"]}
+    answers = {}
+    for mods, names in combos.items():
+        answer = predict_files(url, [tmp_path / n for n in names], api_key=KEY,
+                               video_fps=video.fps if "frames" in names else None)
+        assert answer["modalities"] == list(mods), names
+        answers[names[0]] = answer
+    # the same EEG through EDF (16-bit) and FIF (float) predicts nearly the same
+    fif_only = predict_files(url, [tmp_path / "rec.fif"], api_key=KEY)
+    edf_only = predict_files(url, [tmp_path / "rec.edf"], api_key=KEY)
+    _close(fif_only["probabilities"], edf_only["probabilities"], tol=0.05)
+
+    env = dict(os.environ, EMORAY_KEY=KEY)
+    cli = [sys.executable, "-m", "emoray", "predict", "--url", url, "--api-key-env",
+           "EMORAY_KEY"]
+    done = subprocess.run(cli + [str(tmp_path / "rec.wav"), str(tmp_path / "rec.fif")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "speech vs EEG" in done.stdout and fif_only["model_version"] in done.stdout
+    refused = subprocess.run(cli[:-2] + [str(tmp_path / "rec.wav")], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "X-API-Key" in refused.stderr
+    gone = subprocess.run(cli[:4] + ["--url", "http://127.0.0.1:9", str(tmp_path / "rec.wav")],
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 2 and "emoray serve" in gone.stderr
+
+
+def test_jmml_speech_only_path_from_a_uri(jmml_http, record):
+    url = jmml_http["url"]
+    info = requests.get(url + "/v1/model", timeout=30).json()
+    assert info["stage"] == "classifier" and info["modalities"] == ["speech", "eeg"]
+    speech = post_json(url, json_request(speech=record["speech"]))
+    assert speech["path"] == "speech_only" and speech["modalities"] == ["speech"]
+    assert speech["incongruence"] is None and -1 <= speech["valence"] <= 1
+    both = post_json(url, json_request(eeg=record["eeg"], speech=record["speech"],
+                                       video=record["video"]))
+    assert both["path"] == "combined" and both["ignored"] == ["video"]
+    conflict = both["incongruence"]
+    assert 0 <= conflict["score"] <= 1 and conflict["flag"] == (
+        conflict["speech"] != conflict["eeg"] and conflict["score"] >= conflict["threshold"])
+    local = Predictor.from_bundle(jmml_http["bundle"], device="cpu")
+    _close(speech["probabilities"], local.predict(speech=record["speech"]).probabilities)
+    only_video = requests.post(url + "/v1/predict", json=json_request(video=record["video"]),
+                               timeout=30)
+    assert only_video.status_code == 422 and "video" in only_video.json()["error"]["message"]
+
+
+def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, record,
+                                                                     tmp_path):
+    from serve_fuzz import file_bytes, malformed_requests
+
+    url = served["url"]
+    pid = requests.get(url + "/v1/health", timeout=30).json()["pid"]
+    eeg, speech = record["eeg"], record["speech"]
+    short = {"eeg": EEGInput(eeg.data[:, : int(1.2 * eeg.sfreq)], eeg.sfreq, eeg.ch_names),
+             "speech": SpeechInput(speech.samples[: int(1.2 * speech.sample_rate)],
+                                   speech.sample_rate), "video": record["video"]}
+    body = json_request(**short)
+    cap = int(served["fusion"].max_body_mb * (1 << 20))
+    cases = malformed_requests(body, file_bytes(record, tmp_path), KEY, cap, seed=1)
+    assert len(cases) >= 500
+
+    def send(case):
+        label, kwargs = case
+        try:
+            r = requests.post(url + "/v1/predict", timeout=60, **kwargs)
+        except requests.ConnectionError as err:   # the server may close on an over-cap body
+            return label, None, str(err)
+        return label, r.status_code, r.text[:300]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, cases))
+    bad = [(label, status, text) for label, status, text in results
+           if status is None or not 400 <= status < 500]
+    assert not bad, f"{len(bad)} of {len(cases)} malformed requests not refused with 4xx: " \
+                    f"{bad[:8]}"
+    for label, status, text in results:
+        if status != 401 and text.startswith('{"error"'):
+            err = json.loads(text)["error"] if len(text) < 300 else None
+            assert err is None or err["message"], label
+    # still answering, with the same router process (no replica crashed)
+    assert requests.get(url + "/v1/health", timeout=30).json()["pid"] == pid
+    assert _post(url, json_request(speech=record["speech"])).status_code == 200
+
+
+def test_autoscaling_adds_a_speech_replica_under_a_burst_then_removes_it(served, record):
+    url = served["url"]
+    body = json_request(speech=record["speech"])
+    assert _replicas("fusion", "SpeechEncoder") == 1
+    stop, codes = threading.Event(), []
+
+    def client():
+        while not stop.is_set():
+            codes.append(_post(url, body).status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: _replicas("fusion", "SpeechEncoder") >= 2, 90,
+                 "a second SpeechEncoder replica under the burst", poll=0.5)
+        print(f"scaled up after {time.monotonic() - t0:.1f} s of burst")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert codes and set(codes) == {200}
+    t0 = time.monotonic()
+    wait_for(lambda: _replicas("fusion", "SpeechEncoder") == 1, 90,
+             "the SpeechEncoder to scale back to one replica", poll=0.5)
+    print(f"scaled down {time.monotonic() - t0:.1f} s after the burst")
+
+
+def test_killed_encoder_replica_under_load(served, record):
+    """One of the two EEG encoder replicas is killed while 4 clients send EEG + speech:
+    under 1 % of requests fail, answers are whole again within 15 s, and Serve replaces the
+    replica."""
+    import ray
+    from ray.util.state import list_actors
+
+    url = served["url"]
+    body = json_request(eeg=record["eeg"], speech=record["speech"])
+    stop, log, lock = threading.Event(), [], threading.Lock()
+
+    def client():
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                ok = _post(url, body).status_code == 200
+            except requests.RequestException:
+                ok = False
+            with lock:
+                log.append((t, ok))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(3)
+        victims = list_actors(filters=[("class_name", "=", "ServeReplica:fusion:EEGEncoder"),
+                                       ("state", "=", "ALIVE")])
+        assert len(victims) == 2
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(victims[0].name, namespace="serve"), no_restart=True)
+        wait_for(lambda: _replicas("fusion", "EEGEncoder") < 2 or
+                 time.monotonic() - killed_at > 5, 10, "Serve to notice the kill", poll=0.2)
+        replaced = wait_for(lambda: _replicas("fusion", "EEGEncoder") == 2 and
+                            time.monotonic(), 120, "a replacement EEGEncoder replica", poll=0.5)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [t for t, ok in log if not ok]
+    rate = len(failed) / len(log)
+    last_failure = max(failed, default=killed_at) - killed_at
+    print(f"{len(log)} requests, {len(failed)} failed ({100 * rate:.2f} %), last failure "
+          f"{last_failure:.1f} s after the kill, replica replaced after "
+          f"{replaced - killed_at:.1f} s")
+    assert rate < 0.01
+    assert last_failure < 15
+    assert any(ok for t, ok in log if t > killed_at + last_failure)
