@@ -59,27 +59,27 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
     timings = {}
 
     t = time.perf_counter()
-    echo(f"[1/6] synth: {cfg.synth.subjects} subjects x {cfg.synth.trials_per_class} trials "
+    echo(f"[1/7] synth: {cfg.synth.subjects} subjects x {cfg.synth.trials_per_class} trials "
          f"per class x {cfg.synth.seconds:g} s ({cfg.synth.mode}, {cfg.synth.layout}) -> {corpus}")
     write_corpus(cfg.synth, corpus)
     timings["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo("[2/6] starting the embedded local Ray" if not cfg.ray.address
-         else f"[2/6] connecting to Ray at {cfg.ray.address}")
+    echo("[2/7] starting the embedded local Ray" if not cfg.ray.address
+         else f"[2/7] connecting to Ray at {cfg.ray.address}")
     init_ray(cfg.ray)
     timings["ray"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ingest = cfg.ingest.model_copy(update={"source": str(corpus), "output": str(records)})
-    echo(f"[3/6] ingest -> {records}")
+    echo(f"[3/7] ingest -> {records}")
     ingest_report = run_ingest(ingest, echo=echo)
     echo(ingest_text(ingest_report))
     timings["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()
     prep = cfg.preprocess.model_copy(update={"input": str(records), "output": str(features)})
-    echo(f"[4/6] preprocess -> {features}")
+    echo(f"[4/7] preprocess -> {features}")
     prep_report = run_preprocess(prep, echo=echo)
     echo(prep_text(prep_report))
     timings["preprocess"] = time.perf_counter() - t
@@ -94,11 +94,14 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
         echo(format_summary(summary))
         echo(f"  overview: {overview_png(folder)}")
     reports = train_and_evaluate(cfg, features, out / "train", timings, echo)
+    t = time.perf_counter()
+    answers = serve_and_ask(cfg, out / "train" / cfg.train.name, corpus, echo)
+    timings["serve"] = time.perf_counter() - t
     echo("")
     echo("quickstart done in " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
          + f"; resolved config: {out / 'config.yaml'}")
     return {"ingest": ingest_report, "preprocess": prep_report, "summaries": summaries,
-            "reports": reports, "timings": timings}
+            "reports": reports, "answers": answers, "timings": timings}
 
 
 def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
@@ -112,12 +115,12 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
     train = cfg.train.model_copy(update={"features": str(features), "output": str(output)})
     plan_cfg = cfg.model_copy(update={"train": train})
     echo("")
-    echo(f"[5/6] train: {', '.join(train.stages)} (Ray Train) -> {run_dir(plan_cfg)}")
+    echo(f"[5/7] train: {', '.join(train.stages)} (Ray Train) -> {run_dir(plan_cfg)}")
     echo(format_summary(run_plan(plan_cfg, echo=echo)))
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     echo("")
-    echo("[6/6] evaluate: " + "; ".join(
+    echo("[6/7] evaluate: " + "; ".join(
         f"{p} over seeds {s}" + (f" and {f} subject folds" if f else "")
         for p, (s, f) in QUICKSTART_EVAL.items())
         + f" ({QUICKSTART_PARALLEL} plans at a time)")
@@ -129,3 +132,42 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
         echo(format_report(report))
         echo(f"  files: {', '.join(report['files'])}")
     return reports
+
+
+SUBSETS = [("eeg",), ("speech",), ("video",), ("eeg", "speech"), ("eeg", "video"),
+           ("speech", "video"), ("eeg", "speech", "video")]
+
+
+def serve_and_ask(cfg: EmorayConfig, run: Path, corpus: Path, echo=print) -> dict:
+    """Serve the trained run on Ray Serve (``cfg.serve``), send one real trial's files with
+    every modality subset over HTTP, print the answers and shut Serve down."""
+    import csv
+
+    from ray import serve
+
+    from emoray.cli import format_prediction
+    from emoray.serving.app import run as serve_run
+    from emoray.serving.client import predict_files
+
+    with open(corpus / "manifest.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r.get("eeg") and r.get("audio")
+                   and r.get("video"))
+    files = {"eeg": corpus / row["eeg"], "speech": corpus / row["audio"],
+             "video": corpus / row["video"]}
+    settings = cfg.serve.model_copy(update={"checkpoint": str(run)})
+    echo("")
+    echo(f"[7/7] serve: {run} on Ray Serve; one request per modality subset "
+         f"(true label of {row['subject']} trial {row['trial']}: {row['label']})")
+    url = serve_run(settings, echo=echo)
+    answers = {}
+    try:
+        for subset in SUBSETS:
+            answer = predict_files(url, [files[m] for m in subset])
+            answers["+".join(subset)] = answer
+            echo(f"  {'+'.join(subset):<17} -> " + format_prediction(answer).splitlines()[0])
+        echo("  full answer for eeg+speech+video:")
+        echo("    " + format_prediction(answers["eeg+speech+video"]).replace("\n", "\n    "))
+        echo(f"  serve it yourself: emoray serve {run}   (docs at {url}/docs)")
+    finally:
+        serve.shutdown()
+    return answers

@@ -323,7 +323,6 @@ def test_killed_encoder_replica_under_load(served, record):
     under 1 % of requests fail, answers are whole again within 15 s, and Serve replaces the
     replica."""
     import ray
-    from ray.util.state import list_actors
 
     url = served["url"]
     body = json_request(eeg=record["eeg"], speech=record["speech"])
@@ -344,11 +343,12 @@ def test_killed_encoder_replica_under_load(served, record):
         t.start()
     try:
         time.sleep(3)
-        victims = list_actors(filters=[("class_name", "=", "ServeReplica:fusion:EEGEncoder"),
-                                       ("state", "=", "ALIVE")])
-        assert len(victims) == 2
+        victims = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                   if "fusion#EEGEncoder" in a["name"]]
+        assert len(victims) == 2, victims
         killed_at = time.monotonic()
-        ray.kill(ray.get_actor(victims[0].name, namespace="serve"), no_restart=True)
+        ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]),
+                 no_restart=True)
         wait_for(lambda: _replicas("fusion", "EEGEncoder") < 2 or
                  time.monotonic() - killed_at > 5, 10, "Serve to notice the kill", poll=0.2)
         replaced = wait_for(lambda: _replicas("fusion", "EEGEncoder") == 2 and

@@ -76,7 +76,7 @@ class RouterCore:
         outs = await asyncio.gather(*(
             self._encode(m, {k: v.numpy() for k, v in prepared.inputs[m].items()})
             for m in mods))
-        encoded = {m: torch.from_numpy(np.asarray(o)) for m, o in zip(mods, outs)}
+        encoded = {m: torch.from_numpy(np.array(o)) for m, o in zip(mods, outs)}   # own copy
         pred = self.model.combine(encoded, prepared)
         return {**pred.to_dict(), "model_version": self.model.version}
 
