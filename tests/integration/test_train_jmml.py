@@ -27,28 +27,13 @@ from emoray.train.plan import plan_stages, run_plan
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "train" / "jmml-tiny.yaml"
-
 
 @pytest.fixture(scope="module")
 def features(eav_features):
     return eav_features / "feat"
 
 
-@pytest.fixture(scope="module")
-def jmml_run(features, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
-    root = tmp_path_factory.mktemp("jmmlruns")
-    cfg = resolve(TINY, {"train.features": str(features), "train.output": str(root),
-                         "train.name": "tiny"})
-    lines: list[str] = []
-    try:
-        result = run_plan(cfg, echo=lines.append)
-    finally:
-        mp.undo()
-    return result, lines
+# jmml_run: the session fixture in conftest.py (the Serve tests serve its classifier)
 
 
 def test_plan_runs_three_stages_each_feeding_the_next(jmml_run):

@@ -1,0 +1,400 @@
+"""Online inference: the Ray Serve router vs a plain FastAPI server vs the in-process floor.
+
+All three answer the same JSON request (2 s of EEG noise on the checkpoint's channels, 2 s
+of speech noise, 10 RGB frames of 48 x 48) with the same model, on the same machine, in one
+run, at client concurrency 1, 8 and 32 (a thread pool of ``requests`` sessions, a fixed
+request count per cell after a short warm-up):
+
+``router``
+    :func:`emoray.serving.app.build_app` on Ray Serve over HTTP: the FusionRouter ingress
+    and one encoder deployment per modality, every replica reserving 0.1 CPU. Every
+    deployment has a fixed number of replicas (default 2) for all concurrency levels:
+    autoscaling would add replicas only after its look-back window, so the c=32 cell would
+    mostly measure the upscale delay. Run once with ``batching`` on (``@serve.batch`` in
+    the encoders) and once off.
+``fastapi``
+    :func:`emoray.serving.api.make_app` over :class:`~emoray.serving.app.LocalBackend`, one
+    uvicorn process (a subprocess, so the clients do not share its GIL), torch's default
+    threads.
+``floor``
+    ``LocalBackend.predict(decode_json(body))`` in this process: decode, contract and model
+    without HTTP.
+
+``LocalBackend`` has no batching, so ``fastapi`` and ``floor`` run once and stand for both
+settings. Targets: router p50 at c=1 <= 1.15 x floor p50 + 5 ms, and router throughput at
+c=32 >= 2 x fastapi throughput at c=32 (the headline ratio, batching on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from emoray.bench import table, write_result
+from emoray.config import RayConfig
+from emoray.errors import ConfigError
+
+TARGET = 2.0                 # router / fastapi throughput at the highest concurrency
+LATENCY_FACTOR, LATENCY_SLACK_MS = 1.15, 5.0
+CONCURRENCY = (1, 8, 32)
+APP_NAME = "bench"
+
+
+# -- pure arithmetic (no Ray) ---------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks
+    (NumPy's default); NaN for no values."""
+    if not 0 <= q <= 100:
+        raise ConfigError(f"percentile q: expected 0..100, got {q}")
+    xs = sorted(values)
+    if not xs:
+        return math.nan
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def cell_stats(latencies_s: list[float], wall_s: float, errors: int = 0) -> dict[str, Any]:
+    """p50/p95/p99/mean latency (ms) and throughput (answered requests per wall second)."""
+    ms = [x * 1000 for x in latencies_s]
+    return {"n": len(ms), "errors": errors, "wall_s": wall_s,
+            "p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99),
+            "mean": sum(ms) / len(ms) if ms else math.nan,
+            "rps": len(ms) / wall_s if wall_s > 0 else math.nan}
+
+
+def targets(cells: dict[str, dict[int, dict[str, Any]]], low: int, high: int,
+            router: str = "router") -> dict[str, Any]:
+    """Both targets from the cells (``system -> concurrency -> cell_stats``).
+
+    ``latency``: ``router`` p50 at ``low`` vs ``1.15 x floor p50 + 5 ms``; ``throughput``:
+    ``router`` req/s at ``high`` over ``fastapi``'s (pass at >= :data:`TARGET`).
+    """
+    r_p50, f_p50 = cells[router][low]["p50"], cells["floor"][low]["p50"]
+    bound = LATENCY_FACTOR * f_p50 + LATENCY_SLACK_MS
+    r_rps, b_rps = cells[router][high]["rps"], cells["fastapi"][high]["rps"]
+    ratio = r_rps / b_rps if b_rps > 0 else math.nan
+    return {"latency": {"router_p50_ms": r_p50, "floor_p50_ms": f_p50, "bound_ms": bound,
+                        "overhead_ms": r_p50 - f_p50, "pass": bool(r_p50 <= bound)},
+            "throughput": {"router_rps": r_rps, "fastapi_rps": b_rps, "ratio": ratio,
+                           "target": TARGET, "pass": bool(ratio >= TARGET)},
+            "concurrency": {"latency": low, "throughput": high}, "router": router}
+
+
+def rows(cells: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, str]]:
+    """Table rows: one per system and concurrency, with req/s relative to fastapi's."""
+    out = []
+    for system, by_c in cells.items():
+        for c, s in by_c.items():
+            base = cells.get("fastapi", {}).get(c, {}).get("rps", math.nan)
+            out.append({"system": system, "c": str(c), "n": str(s["n"]),
+                        "err": str(s["errors"]), "p50 ms": f"{s['p50']:.1f}",
+                        "p95 ms": f"{s['p95']:.1f}", "p99 ms": f"{s['p99']:.1f}",
+                        "req/s": f"{s['rps']:.1f}",
+                        "vs fastapi": f"{s['rps'] / base:.2f}x" if base > 0 else "-"})
+    return out
+
+
+COLUMNS = ["system", "c", "n", "err", "p50 ms", "p95 ms", "p99 ms", "req/s", "vs fastapi"]
+
+
+def summary_lines(t: dict[str, Any]) -> list[str]:
+    """The two target lines of :func:`targets`' result, each ending PASS or FAIL."""
+    lat, thr = t["latency"], t["throughput"]
+    return [f"latency @c{t['concurrency']['latency']}: {t['router']} p50 "
+            f"{lat['router_p50_ms']:.1f} ms vs bound {lat['bound_ms']:.1f} ms "
+            f"(1.15 x floor {lat['floor_p50_ms']:.1f} + 5) -> "
+            f"{'PASS' if lat['pass'] else 'FAIL'}",
+            f"throughput @c{t['concurrency']['throughput']}: {t['router']} "
+            f"{thr['router_rps']:.1f} req/s / fastapi {thr['fastapi_rps']:.1f} req/s = "
+            f"{thr['ratio']:.2f}x (target >= {TARGET:g}x) -> "
+            f"{'PASS' if thr['pass'] else 'FAIL'}"]
+
+
+# -- load generation ------------------------------------------------------------------------
+
+def drive(send: Callable[[], bool], n: int, concurrency: int, warmup: int = 0
+          ) -> dict[str, Any]:
+    """Send ``n`` requests from ``concurrency`` threads (each loops until the count is
+    spent); ``send()`` returns True for a good answer. Latencies of good answers only."""
+    for _ in range(warmup):
+        send()
+    lock, left, lat, errors = threading.Lock(), [n], [], []
+
+    def worker():
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            t0 = time.perf_counter()
+            ok = send()
+            dt = time.perf_counter() - t0
+            with lock:
+                (lat if ok else errors).append(dt)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    return cell_stats(lat, time.perf_counter() - t0, len(errors))
+
+
+def http_sender(url: str, body: bytes) -> Callable[[], bool]:
+    """POST ``body`` to ``{url}/v1/predict`` on a per-thread ``requests.Session``."""
+    import requests
+
+    local = threading.local()
+    endpoint = url.rstrip("/") + "/v1/predict"
+    headers = {"content-type": "application/json"}
+
+    def send() -> bool:
+        if not hasattr(local, "s"):
+            local.s = requests.Session()
+        try:
+            r = local.s.post(endpoint, data=body, headers=headers, timeout=120)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200 and "label" in r.json()
+
+    return send
+
+
+def floor_sender(backend: Any, body: bytes) -> Callable[[], bool]:
+    from emoray.serving.decode import decode_json
+
+    def send() -> bool:
+        return "label" in asyncio.run(backend.predict(decode_json(body)))
+
+    return send
+
+
+def request_body(checkpoint: str, seed: int = 0) -> bytes:
+    """The JSON request: 2 s of noise per modality, matching the bundle's contract."""
+    import numpy as np
+
+    from emoray.infer import EEGInput, SpeechInput, VideoInput
+    from emoray.serving.client import json_request
+    from emoray.serving.model import ServedModel
+
+    info = ServedModel(checkpoint, role="router", device="cpu").info()
+    rng = np.random.default_rng(seed)
+    kw: dict[str, Any] = {}
+    if "eeg" in info["modalities"]:
+        ch, sf = info["eeg"]["channels"], float(info["eeg"]["sfreq"])
+        kw["eeg"] = EEGInput(rng.normal(0, 20e-6, (len(ch), int(2 * sf))), sf, ch)  # (C, T)
+    if "speech" in info["modalities"]:
+        sr = int(info["speech"]["sample_rate"])
+        kw["speech"] = SpeechInput(rng.uniform(-0.1, 0.1, 2 * sr).astype("float32"), sr)
+    if "video" in info["modalities"]:
+        kw["video"] = VideoInput(rng.integers(0, 256, (10, 48, 48, 3), dtype=np.uint8))
+    return json.dumps(json_request(**kw)).encode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:                       # the OS picks a free port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_up(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if requests.get(url.rstrip("/") + "/v1/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"bench serve: {url} did not come up within {timeout:.0f} s")
+
+
+def bare_server(checkpoint: str, port: int) -> None:
+    """The plain FastAPI server (run in a subprocess by :func:`run_benchmark`)."""
+    import uvicorn
+
+    from emoray.config import ServeConfig
+    from emoray.serving.api import make_app
+    from emoray.serving.app import LocalBackend
+
+    app = make_app(LocalBackend(ServeConfig(checkpoint=checkpoint, device="cpu")))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def tiny_checkpoint(work: Path) -> str:
+    """Synthetic features and a 2-epoch fusion run in ``work``; the run folder."""
+    from emoray.bench.train import make_features
+    from emoray.train.fusion import FusionStageConfig, train_fusion
+
+    feats = make_features(work, True, "serve")
+    cfg = FusionStageConfig(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=1,
+                            cpus_per_worker=0.5, controller_failure_limit=0, max_failures=0,
+                            materialize=True)
+    train_fusion(feats, work / "run", cfg)
+    return str(work / "run")
+
+
+# -- the run --------------------------------------------------------------------------------
+
+def _serve_config(checkpoint: str, batching: bool, replicas: int):
+    from emoray.config import DeploymentConfig, ServeConfig, SERVE_ROLES
+
+    dep = DeploymentConfig(autoscaling=None, num_replicas=replicas, num_cpus=0.1,
+                           max_ongoing_requests=32)
+    return ServeConfig(checkpoint=checkpoint, batching=batching, device="cpu",
+                       deployments={r: dep for r in SERVE_ROLES})
+
+
+def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
+                  ray_cfg: RayConfig | None = None, checkpoint: str | Path | None = None,
+                  requests_per_cell: dict[int, int] | None = None, replicas: int = 2,
+                  **_: Any) -> dict[str, Any]:
+    """Measure every system at every concurrency, print the table, write ``serve.json``.
+
+    Parameters
+    ----------
+    quick : bool
+        Fewer requests per cell (10 / 40 / 40 at c = 1 / 8 / 32; else 50 / 200 / 200).
+    out_dir : str | Path
+        Folder of the JSON result.
+    ray_cfg : RayConfig | None
+        How to start or join Ray (default: an embedded local Ray of 2 CPUs).
+    checkpoint : str | Path | None
+        The model to serve; None trains a tiny fusion model on synthetic features.
+    requests_per_cell : dict[int, int] | None
+        Concurrency -> request count, overriding the defaults.
+    replicas : int
+        Replicas of every Serve deployment (each reserves 0.1 CPU).
+
+    Raises
+    ------
+    ConfigError
+        A bad checkpoint, or a count below 1.
+    """
+    import torch
+    from ray import serve
+
+    from emoray.config import ServeConfig
+    from emoray.runtime import init_ray
+    from emoray.serving.app import LocalBackend, build_app
+    from emoray.serving.model import resolve_checkpoint
+
+    counts = requests_per_cell or ({1: 10, 8: 40, 32: 40} if quick
+                                   else {1: 50, 8: 200, 32: 200})
+    if replicas < 1 or any(v < 1 for v in counts.values()):
+        raise ConfigError(f"bench serve: replicas {replicas} and request counts {counts} "
+                          "must be >= 1")
+    warm = 3 if quick else 10
+    work = Path(tempfile.mkdtemp(prefix="emoray-bench-serve-"))
+    load = {"before": os.getloadavg()}
+    init_ray(ray_cfg or RayConfig(num_cpus=2))
+    cells: dict[str, dict[int, dict[str, Any]]] = {}
+    proc = None
+    try:
+        ckpt = (str(resolve_checkpoint(checkpoint)) if checkpoint is not None
+                else str(resolve_checkpoint(tiny_checkpoint(work))))
+        body = request_body(ckpt)
+        print(f"bench serve: {ckpt}, request {len(body) / 1e3:.0f} kB, counts {counts}",
+              flush=True)
+
+        def measure(system: str, send: Callable[[], bool]) -> None:
+            cells[system] = {}
+            for c, n in counts.items():
+                cells[system][c] = s = drive(send, n, c, warmup=warm)
+                print(f"  {system:<14} c={c:<3} p50 {s['p50']:7.1f} ms  p99 {s['p99']:7.1f} ms"
+                      f"  {s['rps']:6.1f} req/s  ({s['errors']} errors)", flush=True)
+
+        backend = LocalBackend(ServeConfig(checkpoint=ckpt, device="cpu"))
+        measure("floor", floor_sender(backend, body))
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-c", "from emoray.bench.serve import "
+                                 f"bare_server; bare_server({ckpt!r}, {port})"])
+        _wait_up(f"http://127.0.0.1:{port}", 120, lambda: proc.poll() is None)
+        measure("fastapi", http_sender(f"http://127.0.0.1:{port}", body))
+        proc.terminate()
+        proc.wait(30)
+        proc = None
+        sport = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": sport})
+        for batching in (True, False):
+            t0 = time.monotonic()
+            serve.run(build_app(_serve_config(ckpt, batching, replicas)), name=APP_NAME,
+                      route_prefix="/", blocking=False,
+                      logging_config={"enable_access_log": False, "log_level": "WARNING"})
+            _wait_up(f"http://127.0.0.1:{sport}", 120)
+            print(f"bench serve: router (batching {'on' if batching else 'off'}) up in "
+                  f"{time.monotonic() - t0:.1f} s", flush=True)
+            measure("router+batch" if batching else "router", http_sender(
+                f"http://127.0.0.1:{sport}", body))
+            serve.delete(APP_NAME)
+        env = {"cpus": os.cpu_count(), "torch_threads_driver": torch.get_num_threads(),
+               "torch_threads_replica": 1, "replicas": replicas, "replica_num_cpus": 0.1,
+               "ray_cpus": ray_cfg.num_cpus if ray_cfg else 2}
+    finally:
+        if proc is not None:
+            proc.kill()
+        try:
+            serve.shutdown()
+        except Exception as err:     # teardown must not hide the run's own error
+            print(f"bench serve: serve.shutdown failed: {err}")
+        shutil.rmtree(work, ignore_errors=True)
+    load["after"] = os.getloadavg()
+    info = dict(quick=quick, checkpoint=ckpt, request_bytes=len(body), counts=counts,
+                warmup=warm, environment=env, loadavg=load)
+    return report(cells, out_dir, info)
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats -> None (JSON has no NaN/inf), recursively; tuples -> lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return {str(k): _json_safe(v) for k, v in value.items()} if isinstance(value, dict) \
+        else value
+
+
+NOTE = ("floor and fastapi use LocalBackend, which has no batching: one row each stands for "
+        "batching on and off. Every Serve deployment (router, one encoder per modality) has "
+        "a fixed {replicas} replicas of 0.1 CPU at every concurrency (autoscaling would "
+        "only react after its look-back window); replicas run torch with 1 thread, the "
+        "fastapi process with torch's default threads.")
+
+
+def report(cells: dict[str, dict[int, dict[str, Any]]], out_dir: str | Path,
+           info: dict[str, Any]) -> dict[str, Any]:
+    """Print the table, the note and both targets, write the JSON; returns the figures."""
+    low, high = min(cells["floor"]), max(cells["floor"])
+    result = {"batching": targets(cells, low, high, "router+batch"),
+              "no_batching": targets(cells, low, high, "router")}
+    print(table(rows(cells), COLUMNS))
+    print("note: " + NOTE.format(replicas=info["environment"]["replicas"]))
+    for key, t in result.items():
+        for line in summary_lines(t):
+            print(f"[{key}] {line}")
+    ratio = result["batching"]["throughput"]["ratio"]
+    details = dict(info, cells={s: {str(c): v for c, v in by.items()} for s, by in
+                                cells.items()}, targets=result,
+                   note=NOTE.format(replicas=info["environment"]["replicas"]))
+    safe = _json_safe(details)
+    path = write_result(out_dir, "serve", round(ratio, 3) if math.isfinite(ratio) else None,
+                        TARGET, safe)
+    print(f"wrote {path}")
+    print(f"serve: ratio {ratio:.2f} (target {TARGET})")
+    return dict(targets=result, cells=cells, path=str(path))

@@ -1,0 +1,116 @@
+"""The arithmetic and the printed report of `emoray bench serve` on handmade cells (no Ray):
+percentiles, per-cell stats, both targets, the table and the JSON result."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from emoray.bench.serve import (COLUMNS, cell_stats, drive, percentile, report, rows,
+                                summary_lines, targets)
+from emoray.bench import table
+from emoray.errors import ConfigError
+
+
+@pytest.mark.parametrize("q", [0, 25, 50, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q):
+    xs = [7.0, 1.0, 3.5, 10.0, 2.0, 2.0, 9.25]
+    assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+
+
+def test_percentile_edges():
+    assert percentile([4.0], 99) == 4.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ConfigError, match="0..100"):
+        percentile([1.0], 101)
+
+
+def test_cell_stats_in_ms_and_requests_per_second():
+    s = cell_stats([0.010, 0.020, 0.030, 0.040], wall_s=0.5, errors=1)
+    assert s["n"] == 4 and s["errors"] == 1
+    assert s["p50"] == pytest.approx(25.0)
+    assert s["mean"] == pytest.approx(25.0)
+    assert s["p99"] == pytest.approx(39.7)
+    assert s["rps"] == pytest.approx(8.0)            # answered requests only
+
+
+def _cell(p50: float, rps: float) -> dict:
+    return {"n": 10, "errors": 0, "wall_s": 1.0, "p50": p50, "p95": p50 * 2,
+            "p99": p50 * 3, "mean": p50, "rps": rps}
+
+
+def _cells(router_p50: float, router_rps: float) -> dict:
+    return {"floor": {1: _cell(20.0, 50.0), 32: _cell(30.0, 60.0)},
+            "fastapi": {1: _cell(25.0, 40.0), 32: _cell(300.0, 10.0)},
+            "router+batch": {1: _cell(router_p50, 30.0), 32: _cell(100.0, router_rps)},
+            "router": {1: _cell(40.0, 20.0), 32: _cell(200.0, 15.0)}}
+
+
+def test_targets_pass_at_the_bounds():
+    # bound = 1.15 * 20 + 5 = 28 ms; ratio 20 / 10 = 2.0
+    t = targets(_cells(28.0, 20.0), 1, 32, "router+batch")
+    assert t["latency"]["bound_ms"] == pytest.approx(28.0)
+    assert t["latency"]["overhead_ms"] == pytest.approx(8.0)
+    assert t["latency"]["pass"] and t["throughput"]["pass"]
+    assert t["throughput"]["ratio"] == pytest.approx(2.0)
+
+
+def test_targets_fail_just_past_the_bounds():
+    t = targets(_cells(28.1, 19.9), 1, 32, "router+batch")
+    assert not t["latency"]["pass"] and not t["throughput"]["pass"]
+    t = targets(_cells(28.0, 20.0), 1, 32, "router")    # the unbatched row: 40 ms, 1.5x
+    assert not t["latency"]["pass"]
+    assert t["throughput"]["ratio"] == pytest.approx(1.5)
+
+
+def test_table_rows_and_ratio_column():
+    text = table(rows(_cells(28.0, 20.0)), COLUMNS)
+    lines = text.splitlines()
+    assert lines[0].split() == ["system", "c", "n", "err", "p50", "ms", "p95", "ms", "p99",
+                                "ms", "req/s", "vs", "fastapi"]
+    assert len(lines) == 2 + 8                     # header, rule, 4 systems x 2 levels
+    batch32 = next(ln for ln in lines if ln.startswith("router+batch") and " 32 " in ln)
+    assert batch32.split()[-1] == "2.00x" and "20.0" in batch32.split()
+
+
+def test_summary_lines_say_pass_or_fail():
+    good, bad = (summary_lines(targets(_cells(p, r), 1, 32, "router+batch"))
+                 for p, r in ((28.0, 20.0), (50.0, 5.0)))
+    assert all(ln.endswith("PASS") for ln in good)
+    assert all(ln.endswith("FAIL") for ln in bad)
+    assert "2.00x" in good[1] and "bound 28.0 ms" in good[0]
+
+
+def test_report_writes_json_with_targets(tmp_path, capsys):
+    cells = _cells(28.0, 20.0)
+    cells["fastapi"][1]["p99"] = math.nan                # not JSON: written as null
+    info = {"quick": True, "environment": {"cpus": 2, "replicas": 2}}
+    out = report(cells, tmp_path, info)
+    doc = json.loads((tmp_path / "serve.json").read_text())
+    assert doc["name"] == "serve" and doc["ratio"] == 2.0 and doc["target"] == 2.0
+    assert doc["details"]["targets"]["batching"]["throughput"]["pass"] is True
+    assert doc["details"]["cells"]["fastapi"]["1"]["p99"] is None
+    assert out["targets"]["no_batching"]["throughput"]["ratio"] == pytest.approx(1.5)
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("serve: ratio 2.00 (target 2.0)")
+    assert "no batching" in printed
+
+
+def test_drive_counts_every_request_once_and_errors_apart():
+    seen, lock = [], threading.Lock()
+
+    def send():
+        with lock:
+            seen.append(1)
+            k = len(seen)
+        time.sleep(0.002)
+        return k % 5 != 0                           # every fifth request fails
+
+    s = drive(send, 20, 4, warmup=0)
+    assert len(seen) == 20 and s["n"] + s["errors"] == 20 and s["errors"] == 4
+    assert s["p50"] >= 2.0 and s["rps"] > 0
