@@ -49,11 +49,14 @@ def test_config_errors_are_one_line_not_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_synth_ingest_inspect_from_the_command_line(tmp_path):
+def test_synth_ingest_inspect_from_the_command_line(tmp_path, capsys):
+    # synth and inspect need no Ray: called in-process (the same command lines, without an
+    # interpreter start-up each; ``python -m emoray`` itself runs in the help test). ingest
+    # runs as its own process: it starts its own embedded Ray (--num-cpus), as a user's does.
     corpus, rec = tmp_path / "corpus", tmp_path / "rec"
-    res = _run("synth", str(corpus), "--layout", "eav", "--subjects", "1",
-               "--trials-per-class", "1", "--seconds", "4", "--set", "synth.video_size=32")
-    assert res.returncode == 0, res.stderr
+    code = main(["synth", str(corpus), "--layout", "eav", "--subjects", "1",
+                 "--trials-per-class", "1", "--seconds", "4", "--set", "synth.video_size=32"])
+    assert code == 0, capsys.readouterr().err
     assert yaml.safe_load((corpus / "config.yaml").read_text())["synth"]["layout"] == "eav"
     res = _run("ingest", str(corpus), "--layout", "eav", "--out", str(rec), "--num-cpus", "2",
                "--segment-seconds", "2", "--set", "ingest.options.task=both")
@@ -61,6 +64,8 @@ def test_synth_ingest_inspect_from_the_command_line(tmp_path):
     assert "5 found = 5 ingested + 0 rejected (reconciled)" in res.stdout
     saved = yaml.safe_load((rec / "config.yaml").read_text())
     assert saved["ingest"]["options"] == {"task": "both"} and saved["ingest"]["layout"] == "eav"
-    res = _run("inspect", str(rec), "--png", str(tmp_path / "o.png"))
-    assert res.returncode == 0, res.stderr
-    assert "10 records from 5 trials" in res.stdout and Path(tmp_path / "o.png").exists()
+    capsys.readouterr()
+    code = main(["inspect", str(rec), "--png", str(tmp_path / "o.png")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "10 records from 5 trials" in printed.out and Path(tmp_path / "o.png").exists()

@@ -130,7 +130,7 @@ def test_nonparallel_data_pairs_by_label(jmml_run, features, tmp_path, monkeypat
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
     split_feats = _nonparallel_copy(features, tmp_path / "nonparallel")
     # few speech records survive (listening trials have none): one worker, small k
-    fast = dict(epochs=2, batch_size=6, k=2, hidden=16, num_workers=1, cpus_per_worker=0.25,
+    fast = dict(epochs=1, batch_size=6, k=2, hidden=16, num_workers=1, cpus_per_worker=0.25,
                 max_failures=0, controller_failure_limit=0, materialize=True)
     intra = jmml_run[0]["stages"]["intra"]["bundle"]
     inter = train_inter(split_feats, tmp_path / "runs", fast, init=intra)

@@ -7,8 +7,8 @@ predictable: Adam with a learning rate of 1.0 blows the loss up within the first
 above the other point's, so ASHA stops it at its first rung. (A tiny learning rate does not
 do: a good rate can raise the loss in the first epoch on this little data.) The driver is
 killed by SIGKILL while the third trial trains; ``--resume``
-finishes the campaign without re-running the two finished trials; ``tune report`` tabulates
-and plots it; the promoted ``best`` bundle predicts from raw signals.
+finishes the campaign without re-running the two finished trials; ``tune report`` (called
+in-process) tabulates and plots it; the promoted ``best`` bundle predicts from raw signals.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from conftest import wait_for  # tests/ is on sys.path under pytest
+from emoray.cli import main
 from emoray.data.shards import read_metadata, shard_files, unflatten
 from emoray.errors import ConfigError
 from emoray.tune.campaign import prepare, resolve_campaign
@@ -81,7 +82,8 @@ def _checkpoints(work: Path, trial: str) -> list[str]:
     return sorted(p.name for p in (work / trial / "fusion").glob("checkpoint_*"))
 
 
-def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tmp_path):
+def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tmp_path,
+                                                   capsys):
     from emoray.infer import EEGInput, Predictor, SpeechInput
 
     address = ray_cluster.get_runtime_context().gcs_address      # RAY.md trap 8
@@ -135,11 +137,13 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
         assert _checkpoints(work, trial) == names
 
     # the report: every trial in the printed table, the CSV and the Parquet file; 4 plots
-    report = subprocess.run(_cli("report", NAME, "--storage", str(storage)), cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=120)
-    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    # (in-process: the same command line, without another interpreter start-up)
+    capsys.readouterr()
+    code = main(["tune", "report", NAME, "--storage", str(storage)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out[-3000:] + printed.err[-3000:]
     for trial in after["trial_id"]:
-        assert trial in report.stdout
+        assert trial in printed.out
     csv = pd.read_csv(exp / "report" / "trials.csv")
     table = pq.read_table(exp / "report" / "trials.parquet").to_pandas()
     assert sorted(csv["trial_id"]) == sorted(table["trial_id"]) == sorted(after["trial_id"])
