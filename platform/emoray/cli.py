@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
 
+    from emoray.cluster.commands import add_parsers as add_cluster_parsers
+    add_cluster_parsers(sub)
+
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
     p.add_argument("name", choices=["ingest", "train", "tune", "serve"], help="which benchmark")
     p.add_argument("--checkpoint", help="bench serve: serve this checkpoint instead of "
@@ -450,6 +453,20 @@ def _bench(args: argparse.Namespace) -> int:
     bench = importlib.import_module(f"emoray.bench.{args.name}")
     bench.run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray, **kwargs)
     return 0
+
+
+@_command("submit")
+def _submit(args: argparse.Namespace) -> int:
+    from emoray.cluster.commands import run_submit
+
+    return run_submit(args)
+
+
+@_command("jobs")
+def _jobs(args: argparse.Namespace) -> int:
+    from emoray.cluster.commands import run_jobs
+
+    return run_jobs(args)
 
 
 def main(argv: list[str] | None = None) -> int:

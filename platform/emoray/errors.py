@@ -47,3 +47,7 @@ class DataError(EmorayError):
         where = self.path or "<no file>"
         what = f" [{field}]" if field else ""
         super().__init__(f"{where}{what}: {reason}")
+
+
+class ClusterError(EmorayError):
+    """A Ray cluster cannot be reached, refuses the credentials, or rejects a job."""

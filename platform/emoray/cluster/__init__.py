@@ -1,0 +1,1 @@
+"""Running emoray on Ray clusters: job submission, KubeRay manifests."""

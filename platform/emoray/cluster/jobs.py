@@ -1,0 +1,340 @@
+"""Ray Jobs from the client side: connect, submit an emoray job, follow it, manage jobs.
+
+A job is one of the ``jobs/`` entrypoints (``python jobs/train.py ARGS`` ...) run on a
+cluster through the Ray Jobs API (``JobSubmissionClient``, the dashboard's port 8265). Its
+runtime environment uploads the working directory (the repo: ``jobs/``, ``configs/``) and the
+``emoray`` package (``py_modules``), both checked by :mod:`emoray.cluster.upload` first.
+
+Every way of getting this wrong fails before or at submission with a
+:class:`~emoray.errors.ClusterError` or :class:`~emoray.errors.ConfigError`, never a hang:
+an unreachable address (a bounded TCP connect first), a missing or wrong token, a
+``--config`` that is not in the uploaded tree, an upload over the dashboard's limit.
+
+Token auth: the token is read from ``--token-file``, else ``RAY_AUTH_TOKEN``, else the file
+named by ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token`` (Ray's own order). It is sent
+only to a cluster that asks for one (the first request goes without), so a local token is
+never handed to a cluster that does not use auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import urlparse
+
+from emoray.cluster.upload import (DEFAULT_EXCLUDES, UPLOAD_LIMIT, check_size, in_upload,
+                                   list_package, ray_default_excludes)
+from emoray.errors import ClusterError, ConfigError
+
+#: ``emoray submit KIND`` -> the entrypoint script, relative to the working directory
+ENTRYPOINTS = {"train": "jobs/train.py", "tune": "jobs/tune.py", "ingest": "jobs/ingest.py",
+               "preprocess": "jobs/preprocess.py", "evaluate": "jobs/evaluate.py"}
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 15.0
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+def job_address(address: str | None) -> str:
+    """The dashboard URL: ``address``, else ``RAY_API_SERVER_ADDRESS`` or an http(s)
+    ``RAY_ADDRESS`` (Ray's own variables), else :data:`DEFAULT_ADDRESS`."""
+    if not address:
+        env = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
+        address = env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+    if "://" not in address:
+        address = "http://" + address
+    url = urlparse(address)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"--address: {address!r} is not a dashboard URL; expected "
+                          "http://HOST:8265")
+    return address.rstrip("/")
+
+
+def find_token(token_file: str | Path | None = None) -> tuple[str | None, str]:
+    """The Ray auth token and where it came from, or ``(None, "")``."""
+    def read(path: Path, what: str) -> str:
+        try:
+            token = path.expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read the token file {path}: "
+                              f"{exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError(f"{what}: the token file {path} is empty")
+        return token
+
+    if token_file:
+        return read(Path(token_file), "--token-file"), f"--token-file {token_file}"
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+        return read(path, "RAY_AUTH_TOKEN_PATH"), str(path)
+    default = Path.home() / ".ray" / "auth_token"
+    if default.is_file():
+        return read(default, "~/.ray/auth_token"), str(default)
+    return None, ""
+
+
+def _reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    url = urlparse(address)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+    raise ClusterError(f"cannot reach the Ray dashboard at {address} ({why} after at most "
+                       f"{timeout:.0f} s): is the cluster up, is this its dashboard port "
+                       "(8265 by default), and is it forwarded to this machine?")
+
+
+def _needs_token(address: str) -> bool:
+    import requests
+
+    try:
+        r = requests.get(address + "/api/jobs/", timeout=REQUEST_TIMEOUT_S)
+    except requests.Timeout:
+        raise ClusterError(f"{address} accepted the connection but did not answer within "
+                           f"{REQUEST_TIMEOUT_S:.0f} s: is this the Ray dashboard's port "
+                           "(8265 by default)?") from None
+    except requests.RequestException as exc:
+        raise ClusterError(f"the Ray dashboard at {address} did not answer: {exc}") from None
+    if r.status_code == 404:
+        raise ClusterError(f"{address} answered but is not a Ray dashboard with the Jobs API "
+                           "(HTTP 404 on /api/jobs/): check the address and port (8265 by "
+                           "default)")
+    return r.status_code == 401
+
+
+def connect(address: str | None = None, token_file: str | Path | None = None):
+    """A ``JobSubmissionClient`` for the cluster at ``address`` (see :func:`job_address`),
+    with the token when the cluster wants one.
+
+    Raises
+    ------
+    ClusterError
+        Unreachable, not a Ray dashboard, token needed but none found, or token refused.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    address = job_address(address)
+    _reachable(address)
+    headers: dict[str, str] = {}
+    if token_file or _needs_token(address):
+        token, source = find_token(token_file)
+        if token is None:
+            raise ClusterError(
+                f"the Ray cluster at {address} requires a token (token auth is on) and none "
+                "was found: pass --token-file FILE, or set RAY_AUTH_TOKEN / "
+                "RAY_AUTH_TOKEN_PATH, or put it in ~/.ray/auth_token (`ray get-auth-token` "
+                "on the head prints it)")
+        headers["Authorization"] = f"Bearer {token}"
+    else:
+        source = ""
+    try:
+        client = JobSubmissionClient(address, headers=headers)
+        client.list_jobs()          # the version check does not need auth; this does
+    except Exception as exc:        # noqa: BLE001 - Ray raises several unrelated types
+        raise _cluster_error(exc, address, source) from None
+    return client
+
+
+def _cluster_error(exc: Exception, address: str, source: str) -> ClusterError:
+    text = str(exc)
+    if type(exc).__name__ == "AuthenticationError" or "Authentication" in text:
+        return ClusterError(f"the Ray cluster at {address} refused the token from {source} "
+                            "(403: wrong token for this cluster); check it with "
+                            "`ray get-auth-token` on the head")
+    if isinstance(exc, ConnectionError):
+        return ClusterError(f"cannot talk to the Ray dashboard at {address}: {text}")
+    return ClusterError(f"the Ray dashboard at {address} answered with an error: "
+                        f"{text.strip()[:500]}")
+
+
+# -- submitting ----------------------------------------------------------------------------
+
+@dataclass
+class JobSpec:
+    """One emoray job, ready to submit (see :func:`prepare`)."""
+
+    kind: str
+    args: list[str]
+    working_dir: Path
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    submission_id: str
+    upload_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def find_working_dir(start: str | Path | None = None) -> Path:
+    """The repo root holding ``jobs/``: ``start`` (default the current folder) or a parent
+    of it, else the checkout the ``emoray`` package was installed from (editable)."""
+    here = Path(start or Path.cwd()).resolve()
+    candidates = [here, *here.parents]
+    if start is None:
+        candidates.append(Path(__file__).resolve().parents[3])
+    for folder in candidates:
+        if (folder / "jobs" / "train.py").is_file():
+            return folder
+    raise ConfigError(f"--working-dir: no jobs/ folder in {here} or above; run from an emoray "
+                      "checkout or pass --working-dir REPO")
+
+
+def _package_dir() -> Path:
+    import emoray
+
+    return Path(emoray.__file__).resolve().parent
+
+
+def _check_job_args(kind: str, args: list[str], working_dir: Path, upload) -> list[str]:
+    """Parse the job's arguments as the cluster will, and resolve its config here, so that
+    mistakes surface before anything is uploaded. Returns notes for the user."""
+    import contextlib
+    import io
+
+    from emoray.cli import build_parser
+    from emoray.config import resolve
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            ns = build_parser().parse_args([kind, *args])
+    except SystemExit:
+        last = err.getvalue().strip().splitlines()[-1:] or ["invalid arguments"]
+        raise ConfigError(f"the {kind} job's arguments: {last[0]}") from None
+    notes: list[str] = []
+    config = getattr(ns, "config", None)
+    if config:
+        local = Path(config)
+        if local.is_absolute():
+            if in_upload(upload, local):
+                notes.append(f"--config {config} is uploaded; consider the relative path")
+            else:
+                notes.append(f"--config {config} is an absolute path outside the upload: "
+                             "the cluster must have that file")
+                return notes
+            local = local.resolve().relative_to(working_dir)
+        elif not in_upload(upload, local):
+            where = ("is excluded from the upload (.gitignore, .rayignore or --exclude)"
+                     if (working_dir / local).exists() else "does not exist")
+            raise ConfigError(f"--config {config}: {where} in the uploaded tree "
+                              f"{working_dir}; the job runs in that tree on the cluster")
+        cwd = Path.cwd()
+        try:
+            os.chdir(working_dir)   # relative paths inside the config resolve as on the cluster
+            if kind == "tune":
+                from emoray.tune.campaign import resolve_campaign
+                resolve_campaign(local, {}, ns.overrides)
+            else:
+                resolve(local, {}, ns.overrides)
+        finally:
+            os.chdir(cwd)
+    return notes
+
+
+def prepare(kind: str, args: list[str], *, working_dir: str | Path | None = None,
+            excludes: Iterable[str] = (), env: dict[str, str] | None = None,
+            upload_package: bool = True, submission_id: str | None = None,
+            limit: int = UPLOAD_LIMIT) -> JobSpec:
+    """Check and assemble a job; nothing is sent. See the module docstring for the checks."""
+    if kind not in ENTRYPOINTS:
+        raise ConfigError(f"job kind {kind!r}: expected one of {', '.join(ENTRYPOINTS)}")
+    root = find_working_dir(working_dir) if working_dir is None else Path(working_dir).resolve()
+    if working_dir is not None and not (root / ENTRYPOINTS[kind]).is_file():
+        raise ConfigError(f"--working-dir {working_dir}: no {ENTRYPOINTS[kind]} in it")
+    excludes = [*DEFAULT_EXCLUDES, *excludes]
+    wd_excludes = ray_default_excludes() + excludes         # as Ray packs a working_dir
+    upload = list_package(root, wd_excludes)
+    if ENTRYPOINTS[kind] not in upload.files:
+        raise ConfigError(f"{ENTRYPOINTS[kind]} is excluded from the upload of {root}")
+    size = check_size(upload, "working_dir", limit)
+    runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": excludes}
+    if upload_package:
+        pkg = _package_dir()
+        package = list_package(pkg, excludes)       # Ray applies the same excludes here
+        missing = sorted(rel for rel in (p.relative_to(pkg).as_posix() for p in
+                                         pkg.rglob("*.py") if "__pycache__" not in p.parts)
+                         if rel not in package.files)
+        if missing:
+            raise ConfigError(f"--exclude: the excludes apply to the emoray package too "
+                              f"(py_modules) and would leave out {', '.join(missing[:5])}")
+        size += check_size(package, "py_modules", limit)
+        runtime_env["py_modules"] = [str(pkg)]
+    if env:
+        runtime_env["env_vars"] = dict(env)
+    notes = _check_job_args(kind, list(args), root, upload)
+    sid = submission_id or f"emoray-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-" \
+                           f"{secrets.token_hex(3)}"
+    entry = shlex.join(["python", ENTRYPOINTS[kind], *args])
+    return JobSpec(kind, list(args), root, entry, runtime_env, sid, size, notes)
+
+
+def submit(client, spec: JobSpec) -> str:
+    """Submit ``spec``; returns its submission id."""
+    from emoray import __version__
+
+    try:
+        return client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env,
+                                 submission_id=spec.submission_id,
+                                 metadata={"emoray_kind": spec.kind,
+                                           "emoray_version": __version__})
+    except Exception as exc:        # noqa: BLE001 - Ray raises RuntimeError, ValueError ...
+        raise ClusterError(f"submitting {spec.submission_id}: {str(exc).strip()[:800]}") \
+            from None
+
+
+# -- following and managing ----------------------------------------------------------------
+
+def follow(client, job_id: str, echo: Callable[[str], None] = print,
+           poll_s: float = 1.0) -> str:
+    """Stream a job's log lines to ``echo`` until it ends; returns its final status."""
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            for line in chunk.splitlines():
+                echo(line)
+
+    try:
+        asyncio.run(tail())
+    except Exception as exc:        # noqa: BLE001 - a dropped log stream is not the job's end
+        echo(f"(log stream ended early: {exc}; waiting for the job's status)")
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
+
+
+def info(client, job_id: str):
+    """The job's ``JobDetails``; :class:`ClusterError` naming it if there is no such job."""
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as exc:
+        raise ClusterError(f"job {job_id}: no such job on {client.get_address()} "
+                           f"({str(exc).strip()[:200]})") from None
+
+
+def log_tail(client, job_id: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of a job's log."""
+    text = client.get_job_logs(job_id)
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def describe(job) -> str:
+    """One line for a job: id, status, kind, age, message."""
+    start = (job.start_time or 0) / 1000
+    took = ((job.end_time or time.time() * 1000) / 1000 - start) if start else 0.0
+    kind = (job.metadata or {}).get("emoray_kind", "-")
+    ident = job.submission_id or job.job_id or "-"
+    message = (job.message or "").strip().splitlines()
+    return (f"{ident:<40} {str(job.status.value if hasattr(job.status, 'value') else job.status):<10}"
+            f" {kind:<10} {took:8.1f} s  {message[0][:80] if message else ''}")
