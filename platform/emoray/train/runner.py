@@ -14,14 +14,14 @@ import contextvars
 import math
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emoray.config import TRAIN_FRACTION, SplitConfig
 from emoray.data.features import read_features
@@ -31,7 +31,16 @@ _ID_COLUMNS = ["record_id", "subject", "session", "trial", "segment", "label"]
 
 
 class StageCommon(BaseModel):
-    """Settings every stage has: optimisation basics and the Ray Train scaling."""
+    """Settings every stage has: optimisation basics and the Ray Train scaling.
+
+    Placement on a multi-node cluster: each Train worker asks for ``cpus_per_worker``
+    CPUs plus ``worker_resources`` (custom resources of the nodes meant to train, e.g.
+    ``{"trainer": 1}`` when the worker nodes are started with that resource, so no worker
+    lands on the head); ``placement_strategy`` is the strategy of the workers' placement
+    group: ``PACK`` (Ray's default: as few nodes as fit), ``SPREAD`` (different nodes
+    where possible), ``STRICT_SPREAD`` (every worker on its own node, or the stage waits)
+    or ``STRICT_PACK`` (all on one node).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,8 +54,19 @@ class StageCommon(BaseModel):
     seed: int = 0
     max_failures: int = Field(1, ge=-1)
     controller_failure_limit: int = Field(-1, ge=-1)  # tests: 0 (RAY.md trap 4)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    worker_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     materialize: bool = False    # cache the split datasets in the object store (small data)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"   # Ray Train's own
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_only(cls, v: dict[str, float]) -> dict[str, float]:
+        builtin = [k for k in v if k.upper() in ("CPU", "GPU")]
+        if builtin:
+            raise ValueError(f"{builtin} are set by cpus_per_worker and use_gpu; "
+                             "worker_resources holds custom resources only")
+        return v
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -209,8 +229,10 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
     trainer = TorchTrainer(
         loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.worker_resources},
+            placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=name, storage_path=str(Path(run_dir).resolve()),
             failure_config=FailureConfig(max_failures=cfg.max_failures,
