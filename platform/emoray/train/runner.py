@@ -50,7 +50,7 @@ class StageCommon(BaseModel):
     batch_size: int = Field(16, gt=0)
     num_workers: int = Field(2, gt=0)
     cpus_per_worker: float = Field(0.5, gt=0)     # RAY.md trap 2: leave CPUs to Ray Data
-    use_gpu: bool | None = None                   # None: torch.cuda.is_available()
+    use_gpu: bool | None = None     # None: this machine or the cluster has GPUs (gpu_auto)
     seed: int = 0
     max_failures: int = Field(1, ge=-1)
     controller_failure_limit: int = Field(-1, ge=-1)  # tests: 0 (RAY.md trap 4)
@@ -214,6 +214,17 @@ def run_callbacks(*callbacks: Any):
         _CALLBACKS.reset(token)
 
 
+def gpu_auto() -> bool:
+    """``use_gpu: null``: train on GPUs when the driver's machine has CUDA or the cluster
+    has GPU nodes now (a driver on a GPU-less head of a GPU cluster). A GPU group scaled to
+    zero shows no GPUs yet: set ``use_gpu: true`` there (the train RayJob does)."""
+    import ray
+
+    if torch.cuda.is_available():
+        return True
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
 def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: StageCommon,
               datasets: dict[str, Any], run_dir: str | Path, name: str,
               datasets_to_split: list[str]) -> dict[str, Any]:
@@ -226,7 +237,7 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
                            RunConfig, ScalingConfig)
     from ray.train.torch import TorchTrainer
 
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
+    use_gpu = gpu_auto() if cfg.use_gpu is None else cfg.use_gpu
     trainer = TorchTrainer(
         loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(
