@@ -51,7 +51,7 @@ def test_the_working_dir_upload_holds_code_and_configs_not_outputs(tmp_path):
     assert {"jobs/train.py", "jobs/tune.py", TINY, "serve/config.yaml"} <= set(upload.files)
     for rel in upload.files:
         top = rel.split("/", 1)[0]
-        assert top not in {"runs", "data", "platform", "tests", ".git", ".venv"}, rel
+        assert top not in {"runs", "data", "platform", "tests", "k8s", ".git", ".venv"}, rel
         assert not rel.endswith((".parquet", ".pyc")), rel
     assert upload.size < 5 * 1024 ** 2
 

@@ -1,6 +1,6 @@
 """The KubeRay manifests under k8s/ and the image's Dockerfile, checked offline.
 
-Every manifest validates against the KubeRay CRDs (../shared/kuberay/crds) made strict;
+Every manifest validates against the KubeRay CRDs (k8s/crds) made strict;
 broken copies are refused with the path of the bad field (so the strictness itself is
 tested); serveConfigV2 is serve/config.yaml in substance; versions, images, entrypoints,
 configs and the Serve import path agree with the repo. No cluster, no Ray started.

@@ -59,9 +59,9 @@ _ANY_KIND = {"type": "object", "required": ["metadata"], "properties": {"metadat
 
 
 def default_crd_dir() -> Path:
-    """``EMORAY_KUBERAY_CRDS``, else ``../shared/kuberay/crds`` next to the repo root."""
+    """``EMORAY_KUBERAY_CRDS``, else the CRDs kept in the repo (``k8s/crds``)."""
     env = os.environ.get("EMORAY_KUBERAY_CRDS")
-    return Path(env) if env else _REPO.parent / "shared" / "kuberay" / "crds"
+    return Path(env) if env else _REPO / "k8s" / "crds"
 
 
 def strict_schema(schema: Any) -> Any:

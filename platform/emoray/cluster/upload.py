@@ -35,7 +35,7 @@ UPLOAD_LIMIT = 100 * 1024 ** 2
 #: keeps ``/data/`` and ``/runs/`` out). Ray applies ONE excludes list to the working
 #: directory and to every py_module, each relative to its own root: so no pattern here may
 #: match inside the package (``/data`` would drop ``emoray/data/``; a test checks).
-DEFAULT_EXCLUDES = ("/runs", "/benchmarks/results", "/platform", "/tests", "*.pyc",
+DEFAULT_EXCLUDES = ("/runs", "/benchmarks/results", "/platform", "/tests", "/k8s", "*.pyc",
                     "*.egg-info", "*.parquet", ".pytest_cache")
 
 

@@ -125,3 +125,17 @@ def unflatten(values: list[float] | np.ndarray | None, shape: list[int] | tuple,
     if values is None:
         return None
     return np.asarray(values, dtype=dtype).reshape(tuple(shape))
+
+
+def keep_ids(ds, ids: set[str]):
+    """Rows of the Ray Dataset ``ds`` whose ``record_id`` is in ``ids`` (vectorised, on the
+    Ray Data side). The filter lives here, in a module without torch, because each Ray Data
+    task process imports the module of the function it runs."""
+    return ds.map_batches(_filter_ids, fn_kwargs={"ids": sorted(ids)},
+                          batch_format="pyarrow", zero_copy_batch=True)
+
+
+def _filter_ids(batch: pa.Table, ids: list[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch["record_id"], value_set=pa.array(ids, pa.string())))

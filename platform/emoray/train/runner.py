@@ -18,13 +18,13 @@ from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emoray.config import TRAIN_FRACTION, SplitConfig
 from emoray.data.features import read_features
+from emoray.data.shards import keep_ids
 from emoray.errors import ConfigError, DataError
 
 _ID_COLUMNS = ["record_id", "subject", "session", "trial", "segment", "label"]
@@ -138,16 +138,6 @@ def split_records(files: list[Path], split: SplitConfig | None,
         raise DataError(source, f"the {split.protocol} split gives {len(train)} train and "
                         f"{len(val)} val records; need both non-empty", kind="label")
     return train, val
-
-
-def keep_ids(ds, ids: set[str]):
-    """Rows of ``ds`` whose ``record_id`` is in ``ids`` (vectorised, on the Ray Data side)."""
-    return ds.map_batches(_filter_ids, fn_kwargs={"ids": sorted(ids)},
-                          batch_format="pyarrow", zero_copy_batch=True)
-
-
-def _filter_ids(batch: pa.Table, ids: list[str]) -> pa.Table:
-    return batch.filter(pc.is_in(batch["record_id"], value_set=pa.array(ids, pa.string())))
 
 
 def split_datasets(features: Path, columns: list[str], train_ids: set[str],
