@@ -58,16 +58,14 @@ import pytest
 
 from conftest import wait_for  # tests/ is on sys.path under pytest
 from emoray.train.plan import read_state
-from test_train_faults import _committed, _gone, _history, _ray_processes
+from test_train_faults import (REPO, TINY, WORKERS, _committed, _gone, _history,
+                               _ray_processes)
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / "configs" / "train" / "fusion-tiny.yaml")
 NAME = "multinode"
 #: enough epochs (0.4-1 s each here) that the stage is still training when its node goes
 EPOCHS = 6
-WORKERS = 2                    # fusion-tiny.yaml's num_workers
 TRAINER = "emoray_trainer"     # custom resource of the worker nodes
 TRAINER_SLOTS = 2              # per worker node: PACK could put both workers on one
 #: the head: driver-side Ray Data tasks and the Train controller, no resource TRAINER. Its
