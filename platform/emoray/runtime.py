@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from emoray.config import RayConfig
+from emoray.errors import ClusterError
+
+#: seconds a TCP connect to an explicit cluster address may take before emoray gives up
+#: (Ray itself retries an unreachable GCS for a minute or more, printing warnings)
+CONNECT_TIMEOUT_S = 5.0
 
 
 def init_ray(cfg: RayConfig | None = None) -> None:
@@ -26,6 +32,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     address = cfg.address or os.environ.get("RAY_ADDRESS")   # set inside a Ray Job
     if address:
+        check_reachable(address)
         ray.init(address=address, **kwargs)
         return
     if cfg.include_dashboard is not None:
@@ -34,6 +41,35 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 1024 * 1024
     ray.init(num_cpus=cfg.num_cpus, **kwargs)
+
+
+def connect_fails(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to ``host:port`` fails within ``timeout`` s, or None if it opens."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds, with a clear :class:`ClusterError`, when the head at
+    ``address`` (``HOST:PORT`` of its GCS, or ``ray://HOST:PORT`` of its Ray Client server)
+    does not accept a TCP connection. ``auto`` and ``local`` are left to Ray."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address}: expected HOST:PORT of the head's GCS (port "
+                           "6379 by default, as `ray start --head` prints it), ray://HOST:PORT, "
+                           "or auto")
+    why = connect_fails(host.strip("[]"), int(port), timeout)
+    if why is None:
+        return
+    raise ClusterError(f"cannot reach the Ray cluster at {address} ({why} after at most "
+                       f"{timeout:.0f} s): is the head up, and is this its GCS port (6379 by "
+                       "default; the dashboard's 8265 is for `emoray submit`)?")
 
 
 def shutdown_ray() -> None:

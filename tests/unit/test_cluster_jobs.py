@@ -19,6 +19,7 @@ from emoray.cluster.jobs import (ENTRYPOINTS, connect, find_token, find_working_
 from emoray.cluster.upload import (DEFAULT_EXCLUDES, UPLOAD_LIMIT, in_upload, list_package,
                                    ray_default_excludes)
 from emoray.errors import ClusterError, ConfigError
+from emoray.runtime import check_reachable
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "configs/train/fusion-tiny.yaml"
@@ -163,6 +164,22 @@ def test_unreachable_addresses_fail_fast_with_a_clear_message(capsys, monkeypatc
     assert "cannot reach the Ray dashboard" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="not a dashboard URL"):
         job_address("ftp://head:8265")
+
+
+def test_a_driver_address_that_does_not_answer_fails_fast():
+    # `emoray train|tune|... --address HOST:PORT`: Ray alone would retry the GCS for minutes
+    t0 = time.perf_counter()
+    for address in (f"127.0.0.1:{_closed_port()}", f"ray://127.0.0.1:{_closed_port()}"):
+        with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at .*GCS port"):
+            check_reachable(address)
+    assert time.perf_counter() - t0 < 15
+    with pytest.raises(ClusterError, match=r"--address head:8265x: expected HOST:PORT"):
+        check_reachable("head:8265x")
+    with socket.socket() as listening:               # a port that accepts: no error
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
+    check_reachable("auto")                          # left to Ray
 
 
 def test_tokens_are_found_in_rays_order(tmp_path, monkeypatch):

@@ -22,7 +22,6 @@ import asyncio
 import os
 import secrets
 import shlex
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,13 @@ from urllib.parse import urlparse
 from emoray.cluster.upload import (DEFAULT_EXCLUDES, UPLOAD_LIMIT, check_size, in_upload,
                                    list_package, ray_default_excludes)
 from emoray.errors import ClusterError, ConfigError
+from emoray.runtime import CONNECT_TIMEOUT_S, connect_fails
 
 #: ``emoray submit KIND`` -> the entrypoint script, relative to the working directory
 ENTRYPOINTS = {"train": "jobs/train.py", "tune": "jobs/tune.py", "ingest": "jobs/ingest.py",
                "preprocess": "jobs/preprocess.py", "evaluate": "jobs/evaluate.py"}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
 
 
@@ -87,11 +86,9 @@ def find_token(token_file: str | Path | None = None) -> tuple[str | None, str]:
 def _reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     url = urlparse(address)
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return
-    except OSError as exc:
-        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+    why = connect_fails(url.hostname, port, timeout)
+    if why is None:
+        return
     raise ClusterError(f"cannot reach the Ray dashboard at {address} ({why} after at most "
                        f"{timeout:.0f} s): is the cluster up, is this its dashboard port "
                        "(8265 by default), and is it forwarded to this machine?")
