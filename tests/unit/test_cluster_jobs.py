@@ -19,7 +19,7 @@ from emoray.cluster.jobs import (ENTRYPOINTS, connect, find_token, find_working_
 from emoray.cluster.upload import (DEFAULT_EXCLUDES, UPLOAD_LIMIT, in_upload, list_package,
                                    ray_default_excludes)
 from emoray.errors import ClusterError, ConfigError
-from emoray.runtime import check_reachable
+from emoray.runtime import check_reachable, embedded_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "configs/train/fusion-tiny.yaml"
@@ -180,6 +180,21 @@ def test_a_driver_address_that_does_not_answer_fails_fast():
         listening.listen(1)
         check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
     check_reachable("auto")                          # left to Ray
+
+
+def test_embedded_settings_yield_to_the_users(monkeypatch):
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    monkeypatch.setattr(ctx, "use_datasource_v2", ctx.use_datasource_v2)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")        # the user asked for V2
+    embedded_defaults()
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert os.environ["RAY_DATA_USE_DATASOURCE_V2"] == "1" and ctx.use_datasource_v2
+    monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "0")
+    embedded_defaults()
+    assert not ctx.use_datasource_v2          # ray.data already imported: its context too
 
 
 def test_tokens_are_found_in_rays_order(tmp_path, monkeypatch):
