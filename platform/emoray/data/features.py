@@ -40,7 +40,14 @@ def read_features(folder: str | Path, columns: list[str] | None = None):
     import ray.data
 
     feature_metadata(folder)
-    return ray.data.read_parquet([str(f) for f in shard_files(folder)], columns=columns)
+    # Ray Data's V1 reader (the embedded Ray's) samples the files first, with a progress bar
+    # of its own per read: stages print their own progress lines instead
+    ctx = ray.data.DataContext.get_current()
+    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+    try:
+        return ray.data.read_parquet([str(f) for f in shard_files(folder)], columns=columns)
+    finally:
+        ctx.enable_progress_bars = bars
 
 
 def _stack(values: np.ndarray, shape: tuple[int, ...], dtype: np.dtype,
