@@ -35,6 +35,33 @@ def test_batches_become_tensors_with_presence_masks(eav_features):
     assert 0 < sum(speech_present) < rows            # both tasks are there
 
 
+def test_both_ray_data_parquet_readers_give_the_same_split(eav_features):
+    """The embedded Ray (and this session) reads with Ray Data's V1 Parquet reader; a joined
+    cluster with Ray's default, V2. The stages' split reads the same rows with either."""
+    import ray.data
+
+    from emoray.data.shards import shard_files
+    from emoray.train.runner import split_datasets, within_subject_split
+
+    feat = eav_features / "feat"
+    train_ids, val_ids = within_subject_split(shard_files(feat))
+    ctx = ray.data.DataContext.get_current()
+    seen = {}
+    before = ctx.use_datasource_v2
+    try:
+        for v2 in (False, True):
+            ctx.use_datasource_v2 = v2
+            parts = split_datasets(feat, ["record_id", "label", "eeg_de"], train_ids, val_ids,
+                                   materialize=False)
+            seen[v2] = {k: sorted((r["record_id"], r["label"], len(r["eeg_de"]))
+                                  for r in ds.take_all()) for k, ds in parts.items()}
+    finally:
+        ctx.use_datasource_v2 = before
+    assert seen[False] == seen[True]
+    assert {r[0] for r in seen[True]["train"]} == train_ids
+    assert {r[0] for r in seen[True]["val"]} == val_ids
+
+
 def test_record_shards_are_refused(eav_features):
     with pytest.raises(DataError, match="expected feature shards"):
         feature_metadata(eav_features / "rec")

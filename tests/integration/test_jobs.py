@@ -34,6 +34,7 @@ import requests
 
 from conftest import wait_for  # tests/ is on sys.path under pytest
 from emoray.cli import main
+from emoray.runtime import EMBEDDED_ENV
 from emoray.train import read_bundle_meta
 from emoray.train.plan import read_state
 
@@ -108,6 +109,7 @@ def _start_head(logs: Path, auth: bool) -> Head:
     head = Head(f"http://127.0.0.1:{dash}", token, None, temp_dir, log)   # type: ignore[arg-type]
     env = head.env()
     env["RAY_AUTH_MODE"] = "token" if auth else "disabled"
+    env.update(EMBEDDED_ENV)        # as the session's Ray (tests/conftest.py)
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
            "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
