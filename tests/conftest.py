@@ -26,12 +26,11 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # The session's Ray, and the Ray heads the cluster tests start, get what emoray's embedded
 # Ray gets (emoray.runtime.EMBEDDED_ENV: no Train preemption watcher, Ray Data's V1 Parquet
-# reader; 18 min 17 s -> 13 min 31 s for the suite). Ray's default V2 reader, which a joined
-# cluster uses, is compared with V1 in test_features.py.
-from emoray.runtime import EMBEDDED_ENV  # noqa: E402
+# reader; the suite went from 18 min 17 s to 13.5-14.3 min). Ray's default V2 reader, which a
+# joined cluster uses, is compared with V1 in test_features.py.
+from emoray.runtime import embedded_defaults  # noqa: E402
 
-for _key, _value in EMBEDDED_ENV.items():
-    os.environ.setdefault(_key, _value)
+embedded_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     address = cfg.address or os.environ.get("RAY_ADDRESS")   # set inside a Ray Job
     if address:
-        check_reachable(address)
+        check_reachable(address, source="--address" if cfg.address else "RAY_ADDRESS")
         ray.init(address=address, **kwargs)
         return
     embedded_defaults()
@@ -73,24 +73,26 @@ def connect_fails(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> s
         return "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S,
+                    source: str = "--address") -> None:
     """Fail within ``timeout`` seconds, with a clear :class:`ClusterError`, when the head at
     ``address`` (``HOST:PORT`` of its GCS, or ``ray://HOST:PORT`` of its Ray Client server)
-    does not accept a TCP connection. ``auto`` and ``local`` are left to Ray."""
+    does not accept a TCP connection. ``auto`` and ``local`` are left to Ray. ``source``
+    names where the address came from (``--address``, ``RAY_ADDRESS``) in the error."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[1] if "://" in address else address
     host, _, port = hostport.rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise ClusterError(f"--address {address}: expected HOST:PORT of the head's GCS (port "
+        raise ClusterError(f"{source} {address}: expected HOST:PORT of the head's GCS (port "
                            "6379 by default, as `ray start --head` prints it), ray://HOST:PORT, "
                            "or auto")
     why = connect_fails(host.strip("[]"), int(port), timeout)
     if why is None:
         return
-    raise ClusterError(f"cannot reach the Ray cluster at {address} ({why} after at most "
-                       f"{timeout:.0f} s): is the head up, and is this its GCS port (6379 by "
-                       "default; the dashboard's 8265 is for `emoray submit`)?")
+    raise ClusterError(f"cannot reach the Ray cluster at {address} (from {source}; {why} "
+                       f"after at most {timeout:.0f} s): is the head up, and is this its GCS "
+                       "port (6379 by default; the dashboard's 8265 is for `emoray submit`)?")
 
 
 def shutdown_ray() -> None:
