@@ -270,7 +270,10 @@ class DeploymentConfig(_Strict):
     num_cpus: float = Field(0.25, ge=0, description="CPUs each replica reserves.")
     num_gpus: float = Field(0.0, ge=0)
     max_batch_size: int = Field(8, ge=1, description="@serve.batch size (encoders).")
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a batch's first request waits for others; 0: "
+        "only those already queued (batches still grow under load, from the requests "
+        "that queue while one batch runs, and a lone request waits for nothing).")
 
 
 SERVE_ROLES = ("router", "eeg", "speech", "video")

@@ -109,7 +109,7 @@ def jmml_http(jmml_run):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, 30, "uvicorn to start")
-    yield {"url": f"http://127.0.0.1:{port}", "bundle": bundle}
+    yield {"url": f"http://127.0.0.1:{port}", "bundle": bundle, "backend": backend}
     server.should_exit = True
     thread.join(10)
 
@@ -117,6 +117,17 @@ def jmml_http(jmml_run):
 def _post(url: str, body: dict, key: str | None = KEY, path: str = "/v1/predict"):
     headers = {"X-API-Key": key} if key else {}
     return requests.post(url + path, json=body, headers=headers, timeout=60)
+
+
+def _steps(answer: requests.Response) -> dict[str, float]:
+    """The answer's Server-Timing steps (ms), checked for sense."""
+    from emoray.bench.serve import parse_server_timing
+
+    steps = parse_server_timing(answer.headers["server-timing"])
+    assert all(v >= 0 for v in steps.values()), steps
+    assert steps["total"] >= steps["decode"] + steps["prepare"] + steps["combine"], steps
+    assert steps["total"] <= answer.elapsed.total_seconds() * 1000 + 1, steps
+    return steps
 
 
 def _close(a: dict, b: dict, tol: float = 2e-4) -> None:
@@ -166,6 +177,8 @@ def test_every_modality_subset_over_json_matches_in_process(served, record):
         assert answer.status_code == 200, (subset, answer.text)
         got = answer.json()
         assert got["modalities"] == list(subset) and set(got["per_modality"]) == set(subset)
+        assert set(_steps(answer)) == {"read", "decode", "prepare", "combine", "total",
+                                       *subset}       # one encoder call per modality
         frames = body.get("video", {}).get("frames_base64")
         if frames:                               # the same JPEG bytes the server decoded
             import base64
@@ -249,6 +262,27 @@ def test_jmml_speech_only_path_from_a_uri(jmml_http, record):
     only_video = requests.post(url + "/v1/predict", json=json_request(video=record["video"]),
                                timeout=30)
     assert only_video.status_code == 422 and "video" in only_video.json()["error"]["message"]
+
+
+def test_plain_server_batches_concurrent_requests_without_changing_answers(jmml_http,
+                                                                           record):
+    """LocalBackend (the benchmark's FastAPI baseline) batches encoder calls per modality
+    (MicroBatcher): concurrent answers equal the lone answer, every call went through it."""
+    url, batchers = jmml_http["url"], jmml_http["backend"].batchers
+    body = json_request(eeg=record["eeg"], speech=record["speech"])
+    alone = requests.post(url + "/v1/predict", json=body, timeout=60)
+    assert alone.status_code == 200
+    assert set(_steps(alone)) == {"read", "decode", "prepare", "speech", "eeg", "combine",
+                                  "total"}
+    before = {m: sum(b.sizes) for m, b in batchers.items()}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: requests.post(url + "/v1/predict", json=body,
+                                                        timeout=60), range(16)))
+    assert [a.status_code for a in answers] == [200] * 16
+    for a in answers:
+        _close(a.json()["probabilities"], alone.json()["probabilities"], tol=1e-5)
+    assert {m: sum(b.sizes) - before[m] for m, b in batchers.items()} == {"speech": 16,
+                                                                          "eeg": 16}
 
 
 def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, record,

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from emoray.bench.serve import (COLUMNS, cell_stats, drive, percentile, report, rows,
-                                summary_lines, targets)
+from emoray.bench.serve import (COLUMNS, baseline, cell_stats, drive, noop_lines,
+                                parse_server_timing, percentile, report, rows, step_medians,
+                                step_rows, summary_lines, targets)
 from emoray.bench import table
 from emoray.errors import ConfigError
 
@@ -98,7 +99,51 @@ def test_report_writes_json_with_targets(tmp_path, capsys):
     assert out["targets"]["no_batching"]["throughput"]["ratio"] == pytest.approx(1.5)
     printed = capsys.readouterr().out
     assert printed.rstrip().endswith("serve: ratio 2.00 (target 2.0)")
-    assert "no batching" in printed
+    assert "[no_batching] throughput" in printed and "where the time goes at c=1" in printed
+
+
+def _with_batched_baselines() -> dict:
+    cells = _cells(28.0, 20.0)
+    cells["floor+batch"] = {1: _cell(10.0, 90.0), 32: _cell(15.0, 95.0)}
+    cells["fastapi+batch"] = {1: _cell(12.0, 80.0), 32: _cell(80.0, 40.0)}
+    return cells
+
+
+def test_targets_compare_like_with_like_batching():
+    cells = _with_batched_baselines()
+    assert baseline(cells, "fastapi", "router+batch") == "fastapi+batch"
+    assert baseline(cells, "fastapi", "router") == "fastapi"
+    assert baseline(_cells(28.0, 20.0), "floor", "router+batch") == "floor"   # not measured
+    t = targets(cells, 1, 32, "router+batch")
+    assert t["baselines"] == {"floor": "floor+batch", "fastapi": "fastapi+batch"}
+    assert t["latency"]["bound_ms"] == pytest.approx(1.15 * 10.0 + 5.0)     # floor+batch
+    assert t["throughput"]["ratio"] == pytest.approx(20.0 / 40.0)
+    assert not t["throughput"]["pass"]
+    assert "fastapi+batch 40.0 req/s" in summary_lines(t)[1]
+    batch32 = next(r for r in rows(cells) if r["system"] == "router+batch" and r["c"] == "32")
+    assert batch32["vs fastapi"] == "0.50x"                # against fastapi+batch
+
+
+def test_server_timing_parse_and_medians():
+    assert parse_server_timing("read;dur=0.4, decode;dur=21.25,eeg;desc=x;dur=9") == {
+        "read": 0.4, "decode": 21.25, "eeg": 9.0}
+    assert parse_server_timing("") == {}
+    assert parse_server_timing("miss, bad;dur=abc, ok;dur=1") == {"ok": 1.0}
+    med = step_medians([{"a": 1.0, "b": 5.0}, {"a": 3.0}, {"a": 2.0, "b": 7.0}])
+    assert med == {"a": 2.0, "b": 6.0} and list(med) == ["a", "b"]
+
+
+def test_step_rows_and_noop_lines():
+    cells = _cells(28.0, 20.0)
+    cells["router+batch"][1]["steps"] = {"read": 9.5, "prepare": 60.0, "eeg": 20.25,
+                                         "total": 120.0}
+    text = table(step_rows(cells, 1), ["system", "read", "prepare", "eeg", "video",
+                                       "total", "client p50"])
+    line = next(ln for ln in text.splitlines() if ln.startswith("router+batch"))
+    assert line.split()[1:] == ["9.5", "60.0", "20.2", "-", "120.0", "28.0"]
+    assert noop_lines({}) == []
+    (msg,) = noop_lines({"health_ms": 10.0, "deep_health_ms": 31.5, "encoder_fanout_ms": 21.5})
+    assert "10.0 ms" in msg and "21.5 ms" in msg and "31.5 ms" in msg
 
 
 def test_drive_counts_every_request_once_and_errors_apart():

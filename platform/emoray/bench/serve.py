@@ -3,26 +3,32 @@
 All three answer the same JSON request (2 s of EEG noise on the checkpoint's channels, 2 s
 of speech noise, 10 RGB frames of 48 x 48) with the same model, on the same machine, in one
 run, at client concurrency 1, 8 and 32 (a thread pool of ``requests`` sessions, a fixed
-request count per cell after a short warm-up):
+request count per cell after a short warm-up), each with batching on and off:
 
 ``router``
     :func:`emoray.serving.app.build_app` on Ray Serve over HTTP: the FusionRouter ingress
     and one encoder deployment per modality, every replica reserving 0.1 CPU. Every
     deployment has a fixed number of replicas (default 2) for all concurrency levels:
     autoscaling would add replicas only after its look-back window, so the c=32 cell would
-    mostly measure the upscale delay. Run once with ``batching`` on (``@serve.batch`` in
-    the encoders) and once off.
+    mostly measure the upscale delay. Batching is ``@serve.batch`` in the encoders.
 ``fastapi``
     :func:`emoray.serving.api.make_app` over :class:`~emoray.serving.app.LocalBackend`, one
     uvicorn process (a subprocess, so the clients do not share its GIL), torch's default
-    threads.
+    threads, encoders in worker threads; batching is
+    :class:`~emoray.serving.batching.MicroBatcher` with the same batch size and wait.
 ``floor``
-    ``LocalBackend.predict(decode_json(body))`` in this process: decode, contract and model
-    without HTTP.
+    ``LocalBackend.predict(decode_json(body))`` in this process, on one event loop that the
+    client threads submit to: decode, contract and model without HTTP.
 
-``LocalBackend`` has no batching, so ``fastapi`` and ``floor`` run once and stand for both
-settings. Targets: router p50 at c=1 <= 1.15 x floor p50 + 5 ms, and router throughput at
-c=32 >= 2 x fastapi throughput at c=32 (the headline ratio, batching on).
+Targets (like with like: the batching rows against the batching baselines): router p50 at
+c=1 <= 1.15 x floor p50 + 5 ms, and router throughput at c=32 >= 2 x fastapi throughput at
+c=32 (the headline ratio, batching on).
+
+Where the time goes: the HTTP servers answer a ``Server-Timing`` header (read, decode,
+prepare, one entry per encoder call, combine, total); the medians at each concurrency go
+into the JSON and the c=1 ones into a second table. Serve's own cost on the machine is
+measured without model work: ``GET /v1/health`` (client -> proxy -> router -> client) and
+``?deep=true`` (the same plus a concurrent ping of every encoder deployment).
 """
 
 from __future__ import annotations
@@ -77,30 +83,42 @@ def cell_stats(latencies_s: list[float], wall_s: float, errors: int = 0) -> dict
             "rps": len(ms) / wall_s if wall_s > 0 else math.nan}
 
 
+def baseline(cells: dict[str, Any], name: str, system: str) -> str:
+    """The ``name`` baseline (floor, fastapi) with the same batching as ``system``:
+    ``name+batch`` for a ``+batch`` system when measured, else ``name``."""
+    batched = f"{name}+batch"
+    return batched if system.endswith("+batch") and batched in cells else name
+
+
 def targets(cells: dict[str, dict[int, dict[str, Any]]], low: int, high: int,
             router: str = "router") -> dict[str, Any]:
     """Both targets from the cells (``system -> concurrency -> cell_stats``).
 
     ``latency``: ``router`` p50 at ``low`` vs ``1.15 x floor p50 + 5 ms``; ``throughput``:
-    ``router`` req/s at ``high`` over ``fastapi``'s (pass at >= :data:`TARGET`).
+    ``router`` req/s at ``high`` over ``fastapi``'s (pass at >= :data:`TARGET`); floor and
+    fastapi with the router's batching (:func:`baseline`).
     """
-    r_p50, f_p50 = cells[router][low]["p50"], cells["floor"][low]["p50"]
+    floor, fastapi = baseline(cells, "floor", router), baseline(cells, "fastapi", router)
+    r_p50, f_p50 = cells[router][low]["p50"], cells[floor][low]["p50"]
     bound = LATENCY_FACTOR * f_p50 + LATENCY_SLACK_MS
-    r_rps, b_rps = cells[router][high]["rps"], cells["fastapi"][high]["rps"]
+    r_rps, b_rps = cells[router][high]["rps"], cells[fastapi][high]["rps"]
     ratio = r_rps / b_rps if b_rps > 0 else math.nan
     return {"latency": {"router_p50_ms": r_p50, "floor_p50_ms": f_p50, "bound_ms": bound,
                         "overhead_ms": r_p50 - f_p50, "pass": bool(r_p50 <= bound)},
             "throughput": {"router_rps": r_rps, "fastapi_rps": b_rps, "ratio": ratio,
                            "target": TARGET, "pass": bool(ratio >= TARGET)},
-            "concurrency": {"latency": low, "throughput": high}, "router": router}
+            "concurrency": {"latency": low, "throughput": high}, "router": router,
+            "baselines": {"floor": floor, "fastapi": fastapi}}
 
 
 def rows(cells: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, str]]:
-    """Table rows: one per system and concurrency, with req/s relative to fastapi's."""
+    """Table rows: one per system and concurrency, with req/s relative to fastapi's (with
+    the same batching)."""
     out = []
     for system, by_c in cells.items():
+        fastapi = baseline(cells, "fastapi", system)
         for c, s in by_c.items():
-            base = cells.get("fastapi", {}).get(c, {}).get("rps", math.nan)
+            base = cells.get(fastapi, {}).get(c, {}).get("rps", math.nan)
             out.append({"system": system, "c": str(c), "n": str(s["n"]),
                         "err": str(s["errors"]), "p50 ms": f"{s['p50']:.1f}",
                         "p95 ms": f"{s['p95']:.1f}", "p99 ms": f"{s['p99']:.1f}",
@@ -115,12 +133,14 @@ COLUMNS = ["system", "c", "n", "err", "p50 ms", "p95 ms", "p99 ms", "req/s", "vs
 def summary_lines(t: dict[str, Any]) -> list[str]:
     """The two target lines of :func:`targets`' result, each ending PASS or FAIL."""
     lat, thr = t["latency"], t["throughput"]
+    base = t.get("baselines", {"floor": "floor", "fastapi": "fastapi"})
     return [f"latency @c{t['concurrency']['latency']}: {t['router']} p50 "
             f"{lat['router_p50_ms']:.1f} ms vs bound {lat['bound_ms']:.1f} ms "
-            f"(1.15 x floor {lat['floor_p50_ms']:.1f} + 5) -> "
+            f"(1.15 x {base['floor']} {lat['floor_p50_ms']:.1f} + 5) -> "
             f"{'PASS' if lat['pass'] else 'FAIL'}",
             f"throughput @c{t['concurrency']['throughput']}: {t['router']} "
-            f"{thr['router_rps']:.1f} req/s / fastapi {thr['fastapi_rps']:.1f} req/s = "
+            f"{thr['router_rps']:.1f} req/s / {base['fastapi']} {thr['fastapi_rps']:.1f} "
+            "req/s = "
             f"{thr['ratio']:.2f}x (target >= {TARGET:g}x) -> "
             f"{'PASS' if thr['pass'] else 'FAIL'}"]
 
@@ -154,8 +174,32 @@ def drive(send: Callable[[], bool], n: int, concurrency: int, warmup: int = 0
     return cell_stats(lat, time.perf_counter() - t0, len(errors))
 
 
-def http_sender(url: str, body: bytes) -> Callable[[], bool]:
-    """POST ``body`` to ``{url}/v1/predict`` on a per-thread ``requests.Session``."""
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``read;dur=0.4, decode;dur=21.3`` -> ``{"read": 0.4, "decode": 21.3}`` (entries
+    without a duration are skipped)."""
+    out = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if name and key == "dur":
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
+
+
+def step_medians(steps: list[dict[str, float]]) -> dict[str, float]:
+    """The median of every step over the requests that timed it (first-seen order)."""
+    names = list(dict.fromkeys(k for one in steps for k in one))
+    return {k: percentile([one[k] for one in steps if k in one], 50) for k in names}
+
+
+def http_sender(url: str, body: bytes, steps: list[dict[str, float]] | None = None
+                ) -> Callable[[], bool]:
+    """POST ``body`` to ``{url}/v1/predict`` on a per-thread ``requests.Session``; the
+    ``Server-Timing`` of every good answer is appended to ``steps``."""
     import requests
 
     local = threading.local()
@@ -169,18 +213,54 @@ def http_sender(url: str, body: bytes) -> Callable[[], bool]:
             r = local.s.post(endpoint, data=body, headers=headers, timeout=120)
         except requests.RequestException:
             return False
-        return r.status_code == 200 and "label" in r.json()
+        ok = r.status_code == 200 and "label" in r.json()
+        if ok and steps is not None:
+            steps.append(parse_server_timing(r.headers.get("server-timing", "")))
+        return ok
 
     return send
 
 
-def floor_sender(backend: Any, body: bytes) -> Callable[[], bool]:
+def floor_sender(backend: Any, body: bytes, loop: asyncio.AbstractEventLoop,
+                 steps: list[dict[str, float]] | None = None) -> Callable[[], bool]:
+    """Decode ``body`` in the calling thread, then ``backend.predict`` on ``loop`` (one
+    event loop for every client thread, as in a server, so batching can form)."""
+    from emoray.serving.api import Timings
     from emoray.serving.decode import decode_json
 
     def send() -> bool:
-        return "label" in asyncio.run(backend.predict(decode_json(body)))
+        timings = Timings()
+        with timings.step("total"):
+            with timings.step("decode"):
+                inputs = decode_json(body)
+            answer = asyncio.run_coroutine_threadsafe(backend.predict(inputs, timings),
+                                                      loop).result()
+        if steps is not None:
+            steps.append(timings.ms)
+        return "label" in answer
 
     return send
+
+
+def noop_latency(url: str, n: int) -> dict[str, float]:
+    """Serve's own cost without model work, p50 over ``n`` requests each: ``health`` (client
+    -> proxy -> router -> client) and ``deep_health`` (plus one concurrent ping of every
+    encoder deployment from the router)."""
+    import requests
+
+    out = {}
+    with requests.Session() as session:
+        for key, path in (("health_ms", "/v1/health"), ("deep_health_ms",
+                                                         "/v1/health?deep=true")):
+            lat = []
+            for i in range(n + 3):                     # 3 warm-up requests
+                t0 = time.perf_counter()
+                session.get(url.rstrip("/") + path, timeout=60).raise_for_status()
+                if i >= 3:
+                    lat.append((time.perf_counter() - t0) * 1000)
+            out[key] = percentile(lat, 50)
+    out["encoder_fanout_ms"] = out["deep_health_ms"] - out["health_ms"]
+    return out
 
 
 def request_body(checkpoint: str, seed: int = 0) -> bytes:
@@ -225,16 +305,18 @@ def _wait_up(url: str, timeout: float, alive: Callable[[], bool] = lambda: True)
     raise RuntimeError(f"bench serve: {url} did not come up within {timeout:.0f} s")
 
 
-def bare_server(checkpoint: str, port: int) -> None:
-    """The plain FastAPI server (run in a subprocess by :func:`run_benchmark`)."""
+def bare_server(checkpoint: str, port: int, batching: bool = False,
+                replicas: int = 1) -> None:
+    """The plain FastAPI server (run in a subprocess by :func:`run_benchmark`), with the
+    batch size and wait of the Serve run."""
     import uvicorn
 
-    from emoray.config import ServeConfig
     from emoray.serving.api import make_app
     from emoray.serving.app import LocalBackend
 
-    app = make_app(LocalBackend(ServeConfig(checkpoint=checkpoint, device="cpu")))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    cfg = _serve_config(checkpoint, batching, replicas)
+    uvicorn.run(make_app(LocalBackend(cfg)), host="127.0.0.1", port=port,
+                log_level="warning")
 
 
 def tiny_checkpoint(work: Path) -> str:
@@ -290,7 +372,6 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     import torch
     from ray import serve
 
-    from emoray.config import ServeConfig
     from emoray.runtime import init_ray
     from emoray.serving.app import LocalBackend, build_app
     from emoray.serving.model import resolve_checkpoint
@@ -305,7 +386,11 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     load = {"before": os.getloadavg()}
     init_ray(ray_cfg or RayConfig(num_cpus=2))
     cells: dict[str, dict[int, dict[str, Any]]] = {}
+    noop: dict[str, float] = {}
     proc = None
+    loop = asyncio.new_event_loop()          # the floor's "server" loop
+    loop_thread = threading.Thread(target=loop.run_forever, name="bench-floor", daemon=True)
+    loop_thread.start()
     try:
         ckpt = (str(resolve_checkpoint(checkpoint)) if checkpoint is not None
                 else str(resolve_checkpoint(tiny_checkpoint(work))))
@@ -313,39 +398,59 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         print(f"bench serve: {ckpt}, request {len(body) / 1e3:.0f} kB, counts {counts}",
               flush=True)
 
-        def measure(system: str, send: Callable[[], bool]) -> None:
+        def measure(system: str, make_send: Callable[[list], Callable[[], bool]]) -> None:
             cells[system] = {}
             for c, n in counts.items():
-                cells[system][c] = s = drive(send, n, c, warmup=warm)
+                steps: list[dict[str, float]] = []
+                send = make_send(steps)
+                for _ in range(warm):
+                    send()
+                steps.clear()
+                cells[system][c] = s = drive(send, n, c)
+                s["steps"] = step_medians(steps)
                 print(f"  {system:<14} c={c:<3} p50 {s['p50']:7.1f} ms  p99 {s['p99']:7.1f} ms"
                       f"  {s['rps']:6.1f} req/s  ({s['errors']} errors)", flush=True)
 
-        backend = LocalBackend(ServeConfig(checkpoint=ckpt, device="cpu"))
-        measure("floor", floor_sender(backend, body))
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-c", "from emoray.bench.serve import "
-                                 f"bare_server; bare_server({ckpt!r}, {port})"])
-        _wait_up(f"http://127.0.0.1:{port}", 120, lambda: proc.poll() is None)
-        measure("fastapi", http_sender(f"http://127.0.0.1:{port}", body))
-        proc.terminate()
-        proc.wait(30)
-        proc = None
+        for batching in (False, True):
+            backend = LocalBackend(_serve_config(ckpt, batching, replicas))
+            measure("floor+batch" if batching else "floor",
+                    lambda st, b=backend: floor_sender(b, body, loop, st))
+        for batching in (False, True):
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, "-c", "from emoray.bench.serve import "
+                                     f"bare_server; bare_server({ckpt!r}, {port}, "
+                                     f"{batching}, {replicas})"])
+            url = f"http://127.0.0.1:{port}"
+            _wait_up(url, 120, lambda p=proc: p.poll() is None)
+            measure("fastapi+batch" if batching else "fastapi",
+                    lambda st, u=url: http_sender(u, body, st))
+            proc.terminate()
+            proc.wait(30)
+            proc = None
         sport = _free_port()
+        url = f"http://127.0.0.1:{sport}"
         serve.start(http_options={"host": "127.0.0.1", "port": sport})
         for batching in (True, False):
             t0 = time.monotonic()
             serve.run(build_app(_serve_config(ckpt, batching, replicas)), name=APP_NAME,
                       route_prefix="/", blocking=False,
                       logging_config={"enable_access_log": False, "log_level": "WARNING"})
-            _wait_up(f"http://127.0.0.1:{sport}", 120)
+            _wait_up(url, 120)
             print(f"bench serve: router (batching {'on' if batching else 'off'}) up in "
                   f"{time.monotonic() - t0:.1f} s", flush=True)
-            measure("router+batch" if batching else "router", http_sender(
-                f"http://127.0.0.1:{sport}", body))
+            if batching:
+                noop = noop_latency(url, 10 if quick else 30)
+                print(f"  serve without model work: GET /v1/health {noop['health_ms']:.1f} "
+                      f"ms, deep {noop['deep_health_ms']:.1f} ms", flush=True)
+            measure("router+batch" if batching else "router",
+                    lambda st: http_sender(url, body, st))
             serve.delete(APP_NAME)
+        dep = _serve_config(ckpt, True, replicas).deployments["eeg"]
         env = {"cpus": os.cpu_count(), "torch_threads_driver": torch.get_num_threads(),
                "torch_threads_replica": 1, "replicas": replicas, "replica_num_cpus": 0.1,
-               "ray_cpus": ray_cfg.num_cpus if ray_cfg else 2}
+               "ray_cpus": ray_cfg.num_cpus if ray_cfg else 2,
+               "max_batch_size": dep.max_batch_size,
+               "batch_wait_timeout_s": dep.batch_wait_timeout_s}
     finally:
         if proc is not None:
             proc.kill()
@@ -353,10 +458,12 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
             serve.shutdown()
         except Exception as err:     # teardown must not hide the run's own error
             print(f"bench serve: serve.shutdown failed: {err}")
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(10)
         shutil.rmtree(work, ignore_errors=True)
     load["after"] = os.getloadavg()
     info = dict(quick=quick, checkpoint=ckpt, request_bytes=len(body), counts=counts,
-                warmup=warm, environment=env, loadavg=load)
+                warmup=warm, environment=env, loadavg=load, serve_without_model=noop)
     return report(cells, out_dir, info)
 
 
@@ -370,28 +477,62 @@ def _json_safe(value: Any) -> Any:
         else value
 
 
-NOTE = ("floor and fastapi use LocalBackend, which has no batching: one row each stands for "
-        "batching on and off. Every Serve deployment (router, one encoder per modality) has "
-        "a fixed {replicas} replicas of 0.1 CPU at every concurrency (autoscaling would "
-        "only react after its look-back window); replicas run torch with 1 thread, the "
-        "fastapi process with torch's default threads.")
+NOTE = ("Every Serve deployment (router, one encoder per modality) has a fixed {replicas} "
+        "replicas of 0.1 CPU at every concurrency (autoscaling would only react after its "
+        "look-back window); replicas run torch with 1 thread, floor and fastapi with "
+        "torch's default threads. Batching: @serve.batch in the Serve encoders, "
+        "MicroBatcher in floor and fastapi, both with max_batch_size {max_batch_size} and "
+        "a {batch_wait_timeout_s} s wait.")
+
+STEP_ORDER = ("read", "decode", "prepare", "eeg", "speech", "video", "combine", "total")
+
+
+def step_rows(cells: dict[str, dict[int, dict[str, Any]]], c: int) -> list[dict[str, str]]:
+    """Where the time goes at concurrency ``c``: per system the median ms of each
+    ``Server-Timing`` step (encoder steps include the hop to the encoder), and the
+    client's p50."""
+    out = []
+    for system, by_c in cells.items():
+        steps = by_c.get(c, {}).get("steps") or {}
+        row = {"system": system}
+        row.update({k: f"{steps[k]:.1f}" if k in steps else "-" for k in STEP_ORDER})
+        row["client p50"] = f"{by_c[c]['p50']:.1f}" if c in by_c else "-"
+        out.append(row)
+    return out
+
+
+def noop_lines(noop: dict[str, float]) -> list[str]:
+    """What Serve itself costs on this machine (no model work), from :func:`noop_latency`."""
+    if not noop:
+        return []
+    return [f"serve without model work (p50): HTTP -> proxy -> router -> answer "
+            f"{noop['health_ms']:.1f} ms (GET /v1/health); + a concurrent call of every "
+            f"encoder {noop['encoder_fanout_ms']:.1f} ms (GET /v1/health?deep=true "
+            f"{noop['deep_health_ms']:.1f} ms)"]
 
 
 def report(cells: dict[str, dict[int, dict[str, Any]]], out_dir: str | Path,
            info: dict[str, Any]) -> dict[str, Any]:
-    """Print the table, the note and both targets, write the JSON; returns the figures."""
+    """Print the tables, the note and both targets, write the JSON; returns the figures."""
     low, high = min(cells["floor"]), max(cells["floor"])
     result = {"batching": targets(cells, low, high, "router+batch"),
               "no_batching": targets(cells, low, high, "router")}
+    env = info["environment"]
+    note = NOTE.format(replicas=env["replicas"],
+                       max_batch_size=env.get("max_batch_size", "?"),
+                       batch_wait_timeout_s=env.get("batch_wait_timeout_s", "?"))
     print(table(rows(cells), COLUMNS))
-    print("note: " + NOTE.format(replicas=info["environment"]["replicas"]))
+    print(f"\nwhere the time goes at c={low} (median ms per Server-Timing step):")
+    print(table(step_rows(cells, low), ["system", *STEP_ORDER, "client p50"]))
+    for line in noop_lines(info.get("serve_without_model") or {}):
+        print(line)
+    print("note: " + note)
     for key, t in result.items():
         for line in summary_lines(t):
             print(f"[{key}] {line}")
     ratio = result["batching"]["throughput"]["ratio"]
     details = dict(info, cells={s: {str(c): v for c, v in by.items()} for s, by in
-                                cells.items()}, targets=result,
-                   note=NOTE.format(replicas=info["environment"]["replicas"]))
+                                cells.items()}, targets=result, note=note)
     safe = _json_safe(details)
     path = write_result(out_dir, "serve", round(ratio, 3) if math.isfinite(ratio) else None,
                         TARGET, safe)

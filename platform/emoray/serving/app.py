@@ -21,6 +21,7 @@ Ray (the benchmark's floor and plain-FastAPI baseline).
 
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from ray import serve
 from emoray.config import SERVE_ROLES, ServeConfig
 from emoray.errors import ConfigError
 from emoray.serving import api
+from emoray.serving.batching import MicroBatcher
 from emoray.serving.model import ServedModel
 from emoray.storage import is_uri
 
@@ -70,14 +72,21 @@ class RouterCore:
     def info(self) -> dict[str, Any]:
         return dict(self._info)
 
-    async def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        prepared = await asyncio.to_thread(self.model.prepare, inputs)
+    async def predict(self, inputs: dict[str, Any],
+                      timings: api.Timings | None = None) -> dict[str, Any]:
+        timings = timings or api.Timings()
+        with timings.step("prepare"):
+            prepared = await asyncio.to_thread(self.model.prepare, inputs)
         mods = list(prepared.inputs)
-        outs = await asyncio.gather(*(
-            self._encode(m, {k: v.numpy() for k, v in prepared.inputs[m].items()})
-            for m in mods))
+
+        async def encode(m: str) -> np.ndarray:
+            with timings.step(m):
+                return await self._encode(m, {k: v.numpy() for k, v in prepared.inputs[m].items()})
+
+        outs = await asyncio.gather(*(encode(m) for m in mods))
         encoded = {m: torch.from_numpy(np.array(o)) for m, o in zip(mods, outs)}   # own copy
-        pred = self.model.combine(encoded, prepared)
+        with timings.step("combine"):
+            pred = self.model.combine(encoded, prepared)
         return {**pred.to_dict(), "model_version": self.model.version}
 
     async def health(self, deep: bool) -> dict[str, Any]:
@@ -113,7 +122,7 @@ class ModalityEncoder:
             return await self.encode_batch(features)
         return _encoder_rows(self.model, self.modality, [features])[0]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)   # set from the config
     async def encode_batch(self, items: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         return _encoder_rows(self.model, self.modality, items)
 
@@ -150,8 +159,9 @@ class FusionRouter:
     def info(self) -> dict[str, Any]:
         return self.core.info()
 
-    async def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return await self.core.predict(inputs)
+    async def predict(self, inputs: dict[str, Any],
+                      timings: api.Timings | None = None) -> dict[str, Any]:
+        return await self.core.predict(inputs, timings)
 
     async def health(self, deep: bool) -> dict[str, Any]:
         report = await self.core.health(deep)
@@ -221,15 +231,28 @@ def build(args: dict[str, Any]):
 
 class LocalBackend(RouterCore):
     """The router logic with every encoder in this process (no Ray): for the plain FastAPI
-    server and the in-process floor of ``emoray bench serve``."""
+    server and the in-process floor of ``emoray bench serve``.
 
-    def __init__(self, settings: ServeConfig | dict[str, Any]):
+    Encoders run in worker threads. With ``batching`` (default: the settings'), concurrent
+    requests' encoder calls are batched per modality as the Serve encoders batch them
+    (:class:`~emoray.serving.batching.MicroBatcher` with each deployment's
+    ``max_batch_size`` and ``batch_wait_timeout_s``).
+    """
+
+    def __init__(self, settings: ServeConfig | dict[str, Any], batching: bool | None = None):
         cfg = _settings(settings)
         super().__init__(cfg, self._local_encode, api.api_key_digest(cfg.api_key_env),
                          role="all")
+        self.batching = cfg.batching if batching is None else batching
+        self.batchers = {m: MicroBatcher(functools.partial(_encoder_rows, self.model, m),
+                                         cfg.deployments[m].max_batch_size,
+                                         cfg.deployments[m].batch_wait_timeout_s)
+                         for m in self.model.modalities} if self.batching else {}
 
     async def _local_encode(self, modality: str, features: dict[str, np.ndarray]):
-        return _encoder_rows(self.model, modality, [features])[0]
+        if self.batching:
+            return await self.batchers[modality](features)
+        return (await asyncio.to_thread(_encoder_rows, self.model, modality, [features]))[0]
 
 
 def run(settings: ServeConfig | dict[str, Any], blocking: bool = False,

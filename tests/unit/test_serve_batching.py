@@ -1,0 +1,116 @@
+"""The in-process batcher of the servers without Ray Serve (MicroBatcher) and the
+Server-Timing steps (Timings): real asyncio, real threads, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from emoray.errors import ConfigError
+from emoray.serving.api import Timings
+from emoray.serving.batching import MicroBatcher
+
+
+def _slow_double(delay: float = 0.02):
+    threads = set()
+
+    def fn(items):
+        threads.add(threading.get_ident())
+        time.sleep(delay)                   # a forward pass holding its worker thread
+        return [2 * x for x in items]
+
+    return fn, threads
+
+
+def test_concurrent_calls_are_batched_and_answered_in_order():
+    fn, threads = _slow_double()
+    batcher = MicroBatcher(fn, max_batch_size=4, wait_s=0.0)
+
+    async def main():
+        return await asyncio.gather(*(batcher(i) for i in range(10)))
+
+    assert asyncio.run(main()) == [2 * i for i in range(10)]
+    assert sum(batcher.sizes) == 10 and max(batcher.sizes) <= 4
+    assert len(batcher.sizes) < 10                      # some calls shared a batch
+    assert threading.get_ident() not in threads         # the model ran off the event loop
+
+
+def test_wait_collects_late_arrivals_and_zero_wait_does_not():
+    async def staggered(batcher, gap):
+        async def late(i):
+            await asyncio.sleep(gap * i)
+            return await batcher(i)
+        return await asyncio.gather(*(late(i) for i in range(4)))
+
+    fn, _ = _slow_double(0.0)
+    waiting = MicroBatcher(fn, max_batch_size=8, wait_s=0.2)
+    assert asyncio.run(staggered(waiting, 0.005)) == [0, 2, 4, 6]
+    assert waiting.sizes == [4]                         # all four within the wait
+    eager = MicroBatcher(fn, max_batch_size=8, wait_s=0.0)
+    t0 = time.perf_counter()
+    asyncio.run(eager(1))
+    assert time.perf_counter() - t0 < 0.15 and eager.sizes == [1]   # a lone call waits not
+    assert asyncio.run(staggered(eager, 0.05)) == [0, 2, 4, 6]
+    assert len(eager.sizes) > 2                         # came apart: nothing was waited for
+
+
+def test_a_failing_batch_fails_its_callers_only():
+    def fn(items):
+        if any(x < 0 for x in items):
+            raise ValueError("negative input")
+        return [x + 1 for x in items]
+
+    batcher = MicroBatcher(fn, max_batch_size=8, wait_s=0.05)
+
+    async def main():
+        bad = await asyncio.gather(batcher(1), batcher(-1), return_exceptions=True)
+        good = await batcher(5)                         # the batcher goes on
+        return bad, good
+
+    bad, good = asyncio.run(main())
+    assert all(isinstance(r, ValueError) for r in bad) and good == 6
+
+
+def test_wrong_result_count_is_an_error_not_a_hang():
+    batcher = MicroBatcher(lambda items: items[:1], max_batch_size=8, wait_s=0.05)
+
+    async def main():
+        return await asyncio.wait_for(asyncio.gather(batcher(1), batcher(2),
+                                                     return_exceptions=True), 5)
+
+    out = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) and "2 items" in str(r) for r in out)
+
+
+def test_a_new_event_loop_gets_a_new_worker():
+    fn, _ = _slow_double(0.0)
+    batcher = MicroBatcher(fn, max_batch_size=2, wait_s=0.0)
+    assert asyncio.run(batcher(3)) == 6
+    assert asyncio.run(batcher(4)) == 8                 # asyncio.run per request
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="max_batch_size 0"):
+        MicroBatcher(lambda xs: xs, max_batch_size=0, wait_s=0.0)
+    with pytest.raises(ConfigError, match="wait -1"):
+        MicroBatcher(lambda xs: xs, max_batch_size=1, wait_s=-1)
+
+
+def test_timings_header_sums_repeated_steps():
+    t = Timings()
+    with t.step("prepare"):
+        time.sleep(0.01)
+    with t.step("eeg"):
+        pass
+    with t.step("eeg"):
+        time.sleep(0.005)
+    with pytest.raises(KeyError):
+        with t.step("combine"):                         # a failing step is still timed
+            raise KeyError("x")
+    assert list(t.ms) == ["prepare", "eeg", "combine"]
+    assert t.ms["prepare"] >= 10 and t.ms["eeg"] >= 5
+    parts = t.header().split(", ")
+    assert parts[0].startswith("prepare;dur=") and parts[1].startswith("eeg;dur=")
