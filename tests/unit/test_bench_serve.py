@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from emoray.bench.serve import (COLUMNS, baseline, cell_stats, drive, noop_lines,
+from emoray.bench.serve import (COLUMNS, baseline, cell_stats, drive, drive_rounds,
+                                noop_lines,
                                 parse_server_timing, percentile, report, rows, step_medians,
                                 step_rows, summary_lines, targets)
 from emoray.bench import table
@@ -159,3 +160,25 @@ def test_drive_counts_every_request_once_and_errors_apart():
     s = drive(send, 20, 4, warmup=0)
     assert len(seen) == 20 and s["n"] + s["errors"] == 20 and s["errors"] == 4
     assert s["p50"] >= 2.0 and s["rps"] > 0
+
+
+def test_drive_rounds_interleaves_systems_and_counts_each_request_once():
+    order, lock = [], threading.Lock()
+
+    def sender(name, ok=True):
+        def send():
+            with lock:
+                order.append(name)
+            time.sleep(0.001)
+            return ok
+        return send
+
+    cells = drive_rounds({"a": sender("a"), "b": sender("b"), "c": sender("c", ok=False)},
+                         n=10, concurrency=2, rounds=5)
+    assert [cells[k]["n"] for k in "abc"] == [10, 10, 0] and cells["c"]["errors"] == 10
+    runs = [order[i] for i in range(0, 30, 2)]          # 5 rounds x 3 systems x 2 requests
+    assert runs[:3] == ["a", "b", "c"] and runs[3:6] == ["b", "c", "a"]   # rotating turns
+    assert cells["a"]["rps"] > 0 and cells["a"]["wall_s"] < 1.0
+    order.clear()
+    one = drive_rounds({"a": sender("a")}, n=5, concurrency=8, rounds=5)  # fewer than c
+    assert one["a"]["n"] == 5 and len(order) == 5

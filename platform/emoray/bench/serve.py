@@ -3,7 +3,10 @@
 All three answer the same JSON request (2 s of EEG noise on the checkpoint's channels, 2 s
 of speech noise, 10 RGB frames of 48 x 48) with the same model, on the same machine, in one
 run, at client concurrency 1, 8 and 32 (a thread pool of ``requests`` sessions, a fixed
-request count per cell after a short warm-up), each with batching on and off:
+request count per cell after a short warm-up), each with batching on and off. The three
+systems are up at the same time and measured side by side (:func:`drive_rounds`: each
+cell's requests cut into rounds, the systems taking turns), so a machine whose speed
+drifts over the minutes of a run slows all three alike:
 
 ``router``
     :func:`emoray.serving.app.build_app` on Ray Serve over HTTP: the FusionRouter ingress
@@ -147,12 +150,9 @@ def summary_lines(t: dict[str, Any]) -> list[str]:
 
 # -- load generation ------------------------------------------------------------------------
 
-def drive(send: Callable[[], bool], n: int, concurrency: int, warmup: int = 0
-          ) -> dict[str, Any]:
-    """Send ``n`` requests from ``concurrency`` threads (each loops until the count is
-    spent); ``send()`` returns True for a good answer. Latencies of good answers only."""
-    for _ in range(warmup):
-        send()
+def _drive_raw(send: Callable[[], bool], n: int, concurrency: int
+               ) -> tuple[list[float], int, float]:
+    """``n`` requests from ``concurrency`` threads: (good latencies s, errors, wall s)."""
     lock, left, lat, errors = threading.Lock(), [n], [], []
 
     def worker():
@@ -171,7 +171,36 @@ def drive(send: Callable[[], bool], n: int, concurrency: int, warmup: int = 0
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
-    return cell_stats(lat, time.perf_counter() - t0, len(errors))
+    return lat, len(errors), time.perf_counter() - t0
+
+
+def drive(send: Callable[[], bool], n: int, concurrency: int, warmup: int = 0
+          ) -> dict[str, Any]:
+    """Send ``n`` requests from ``concurrency`` threads (each loops until the count is
+    spent); ``send()`` returns True for a good answer. Latencies of good answers only."""
+    for _ in range(warmup):
+        send()
+    lat, errors, wall = _drive_raw(send, n, concurrency)
+    return cell_stats(lat, wall, errors)
+
+
+def drive_rounds(senders: dict[str, Callable[[], bool]], n: int, concurrency: int,
+                 rounds: int = 5) -> dict[str, dict[str, Any]]:
+    """Every system's cell at one concurrency, measured side by side: ``n`` requests per
+    system cut into rounds (at most ``rounds``, each of at least ``concurrency`` requests),
+    the systems taking turns within each round in a rotating order, so a machine whose
+    speed drifts over minutes slows every system alike. Throughput is the system's
+    answered requests over its own summed wall time."""
+    k = max(1, min(rounds, n // concurrency))
+    sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    names = list(senders)
+    got = {name: ([], 0, 0.0) for name in names}
+    for r, size in enumerate(sizes):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            lat, errors, wall = _drive_raw(senders[name], size, concurrency)
+            a, e, w = got[name]
+            got[name] = (a + lat, e + errors, w + wall)
+    return {name: cell_stats(lat, wall, errors) for name, (lat, errors, wall) in got.items()}
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -283,6 +312,20 @@ def request_body(checkpoint: str, seed: int = 0) -> bytes:
     if "video" in info["modalities"]:
         kw["video"] = VideoInput(rng.integers(0, 256, (10, 48, 48, 3), dtype=np.uint8))
     return json.dumps(json_request(**kw)).encode()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Cancel what still runs on ``loop`` (the batchers' workers), stop and close it."""
+    async def cancel_rest():
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+    loop.close()
 
 
 def _free_port() -> int:
@@ -398,52 +441,48 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         print(f"bench serve: {ckpt}, request {len(body) / 1e3:.0f} kB, counts {counts}",
               flush=True)
 
-        def measure(system: str, make_send: Callable[[list], Callable[[], bool]]) -> None:
-            cells[system] = {}
-            for c, n in counts.items():
-                steps: list[dict[str, float]] = []
-                send = make_send(steps)
-                for _ in range(warm):
-                    send()
-                steps.clear()
-                cells[system][c] = s = drive(send, n, c)
-                s["steps"] = step_medians(steps)
-                print(f"  {system:<14} c={c:<3} p50 {s['p50']:7.1f} ms  p99 {s['p99']:7.1f} ms"
-                      f"  {s['rps']:6.1f} req/s  ({s['errors']} errors)", flush=True)
-
-        for batching in (False, True):
+        sport = _free_port()
+        router_url = f"http://127.0.0.1:{sport}"
+        serve.start(http_options={"host": "127.0.0.1", "port": sport})
+        for batching in (True, False):
+            suffix = "+batch" if batching else ""
+            t0 = time.monotonic()
             backend = LocalBackend(_serve_config(ckpt, batching, replicas))
-            measure("floor+batch" if batching else "floor",
-                    lambda st, b=backend: floor_sender(b, body, loop, st))
-        for batching in (False, True):
             port = _free_port()
             proc = subprocess.Popen([sys.executable, "-c", "from emoray.bench.serve import "
                                      f"bare_server; bare_server({ckpt!r}, {port}, "
                                      f"{batching}, {replicas})"])
-            url = f"http://127.0.0.1:{port}"
-            _wait_up(url, 120, lambda p=proc: p.poll() is None)
-            measure("fastapi+batch" if batching else "fastapi",
-                    lambda st, u=url: http_sender(u, body, st))
-            proc.terminate()
-            proc.wait(30)
-            proc = None
-        sport = _free_port()
-        url = f"http://127.0.0.1:{sport}"
-        serve.start(http_options={"host": "127.0.0.1", "port": sport})
-        for batching in (True, False):
-            t0 = time.monotonic()
             serve.run(build_app(_serve_config(ckpt, batching, replicas)), name=APP_NAME,
                       route_prefix="/", blocking=False,
                       logging_config={"enable_access_log": False, "log_level": "WARNING"})
-            _wait_up(url, 120)
-            print(f"bench serve: router (batching {'on' if batching else 'off'}) up in "
+            fastapi_url = f"http://127.0.0.1:{port}"
+            _wait_up(fastapi_url, 120, lambda p=proc: p.poll() is None)
+            _wait_up(router_url, 120)
+            print(f"bench serve: batching {'on' if batching else 'off'}: servers up in "
                   f"{time.monotonic() - t0:.1f} s", flush=True)
             if batching:
-                noop = noop_latency(url, 10 if quick else 30)
+                noop = noop_latency(router_url, 10 if quick else 30)
                 print(f"  serve without model work: GET /v1/health {noop['health_ms']:.1f} "
                       f"ms, deep {noop['deep_health_ms']:.1f} ms", flush=True)
-            measure("router+batch" if batching else "router",
-                    lambda st: http_sender(url, body, st))
+            makers = {"floor": lambda st, b=backend: floor_sender(b, body, loop, st),
+                      "fastapi": lambda st, u=fastapi_url: http_sender(u, body, st),
+                      "router": lambda st: http_sender(router_url, body, st)}
+            for c, n in counts.items():
+                steps = {name: [] for name in makers}
+                senders = {name: make(steps[name]) for name, make in makers.items()}
+                for name, send in senders.items():
+                    for _ in range(warm):
+                        send()
+                    steps[name].clear()
+                for name, s in drive_rounds(senders, n, c).items():
+                    s["steps"] = step_medians(steps[name])
+                    cells.setdefault(name + suffix, {})[c] = s
+                    print(f"  {name + suffix:<14} c={c:<3} p50 {s['p50']:7.1f} ms  p99 "
+                          f"{s['p99']:7.1f} ms  {s['rps']:6.1f} req/s  ({s['errors']} errors)",
+                          flush=True)
+            proc.terminate()
+            proc.wait(30)
+            proc = None
             serve.delete(APP_NAME)
         dep = _serve_config(ckpt, True, replicas).deployments["eeg"]
         env = {"cpus": os.cpu_count(), "torch_threads_driver": torch.get_num_threads(),
@@ -458,8 +497,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
             serve.shutdown()
         except Exception as err:     # teardown must not hide the run's own error
             print(f"bench serve: serve.shutdown failed: {err}")
-        loop.call_soon_threadsafe(loop.stop)
-        loop_thread.join(10)
+        _stop_loop(loop, loop_thread)
         shutil.rmtree(work, ignore_errors=True)
     load["after"] = os.getloadavg()
     info = dict(quick=quick, checkpoint=ckpt, request_bytes=len(body), counts=counts,

@@ -233,10 +233,11 @@ class LocalBackend(RouterCore):
     """The router logic with every encoder in this process (no Ray): for the plain FastAPI
     server and the in-process floor of ``emoray bench serve``.
 
-    Encoders run in worker threads. With ``batching`` (default: the settings'), concurrent
-    requests' encoder calls are batched per modality as the Serve encoders batch them
+    With ``batching`` (default: the settings'), concurrent requests' encoder calls are
+    batched per modality as the Serve encoders batch them
     (:class:`~emoray.serving.batching.MicroBatcher` with each deployment's
-    ``max_batch_size`` and ``batch_wait_timeout_s``).
+    ``max_batch_size`` and ``batch_wait_timeout_s``; the batch runs in a worker thread);
+    without, each encoder runs inline (a few ms for the models served here).
     """
 
     def __init__(self, settings: ServeConfig | dict[str, Any], batching: bool | None = None):
@@ -252,7 +253,7 @@ class LocalBackend(RouterCore):
     async def _local_encode(self, modality: str, features: dict[str, np.ndarray]):
         if self.batching:
             return await self.batchers[modality](features)
-        return (await asyncio.to_thread(_encoder_rows, self.model, modality, [features]))[0]
+        return _encoder_rows(self.model, modality, [features])[0]
 
 
 def run(settings: ServeConfig | dict[str, Any], blocking: bool = False,
