@@ -163,7 +163,8 @@ def _train_args(features: Path, out: Path, name: str) -> list[str]:
     # one epoch, one Train worker: these tests are about jobs (multi-worker training is
     # test_train_fusion's); two jobs at once on 2 cores pay for every process they start
     return ["--config", TINY, str(features), "--out", str(out), "--name", name,
-            "--set", "train.stages.fusion.epochs=1", "--set", "train.stages.fusion.num_workers=1"]
+            "--set", "train.stages.fusion.epochs=1",
+            "--set", "train.stages.fusion.num_workers=1"]
 
 
 def _checkpoint(out: Path, name: str) -> dict:
