@@ -32,7 +32,8 @@ class MicroBatcher:
 
     An exception raised by ``fn`` is raised to every caller of that batch; the batcher
     goes on with the next. The worker belongs to the event loop of the first call and is
-    made again when a call comes from another loop (``asyncio.run`` per request).
+    made again when a call comes from another loop (``asyncio.run`` per request); calls
+    from several loops running at the same time are not supported (one server, one loop).
     """
 
     def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch_size: int,
