@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from emoray.bench.serve import (COLUMNS, baseline, cell_stats, drive, drive_rounds,
+from emoray.bench.serve import (COLUMNS, baseline, cell_stats, drive_rounds,
                                 noop_lines,
                                 parse_server_timing, percentile, report, rows, step_medians,
                                 step_rows, summary_lines, targets)
@@ -157,7 +157,7 @@ def test_drive_counts_every_request_once_and_errors_apart():
         time.sleep(0.002)
         return k % 5 != 0                           # every fifth request fails
 
-    s = drive(send, 20, 4, warmup=0)
+    s = drive_rounds({"only": send}, 20, 4)["only"]
     assert len(seen) == 20 and s["n"] + s["errors"] == 20 and s["errors"] == 4
     assert s["p50"] >= 2.0 and s["rps"] > 0
 

@@ -152,7 +152,9 @@ def summary_lines(t: dict[str, Any]) -> list[str]:
 
 def _drive_raw(send: Callable[[], bool], n: int, concurrency: int
                ) -> tuple[list[float], int, float]:
-    """``n`` requests from ``concurrency`` threads: (good latencies s, errors, wall s)."""
+    """Send ``n`` requests from ``concurrency`` threads (each loops until the count is
+    spent); ``send()`` returns True for a good answer: (latencies of good answers in s,
+    errors, wall s)."""
     lock, left, lat, errors = threading.Lock(), [n], [], []
 
     def worker():
@@ -172,16 +174,6 @@ def _drive_raw(send: Callable[[], bool], n: int, concurrency: int
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
     return lat, len(errors), time.perf_counter() - t0
-
-
-def drive(send: Callable[[], bool], n: int, concurrency: int, warmup: int = 0
-          ) -> dict[str, Any]:
-    """Send ``n`` requests from ``concurrency`` threads (each loops until the count is
-    spent); ``send()`` returns True for a good answer. Latencies of good answers only."""
-    for _ in range(warmup):
-        send()
-    lat, errors, wall = _drive_raw(send, n, concurrency)
-    return cell_stats(lat, wall, errors)
 
 
 def drive_rounds(senders: dict[str, Callable[[], bool]], n: int, concurrency: int,
