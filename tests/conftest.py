@@ -110,7 +110,8 @@ FUSION_FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_worker
 @pytest.fixture(scope="session")
 def fusion_run(eav_features, tmp_path_factory) -> dict:
     """One fusion run on ``eav_features`` (``train_fusion``'s result); tests only read it."""
-    from emoray.train import FusionStageConfig, train_fusion
+    from emoray.config import FusionStageConfig
+    from emoray.train.stages.fusion import train_fusion
 
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")

@@ -12,10 +12,10 @@ import math
 
 import pytest
 
-from emoray.bench.train import TARGET, run_benchmark
+from benchmarks.train import TARGET, run_benchmark
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
-from emoray.train import within_subject_split
+from emoray.train.split import within_subject_split
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def test_bad_inputs_fail_before_training(eav_features, tmp_path):
 
 
 def test_steady_state_skips_the_warm_up_epoch():
-    from emoray.bench.train import steady
+    from benchmarks.train import steady
 
     # warm-up epoch 10 rows in 5 s is ignored; then 10 rows in 1 s and 10 rows in 2 s
     best, mean = steady([10, 10, 10], [5.0, 1.0, 2.0])

@@ -41,7 +41,7 @@ def test_both_ray_data_parquet_readers_give_the_same_split(eav_features):
     import ray.data
 
     from emoray.data.shards import shard_files
-    from emoray.train.runner import split_datasets, within_subject_split
+    from emoray.train.split import split_datasets, within_subject_split
 
     feat = eav_features / "feat"
     train_ids, val_ids = within_subject_split(shard_files(feat))

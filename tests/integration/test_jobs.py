@@ -35,7 +35,7 @@ import requests
 from conftest import wait_for  # tests/ is on sys.path under pytest
 from emoray.cli import main
 from emoray.runtime import EMBEDDED_ENV
-from emoray.train import read_bundle_meta
+from emoray.bundle import read_bundle_meta
 from emoray.train.plan import read_state
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ import requests
 from conftest import wait_for
 from emoray.config import ServeConfig
 from emoray.data.shards import read_metadata, shard_files, unflatten
-from emoray.infer import EEGInput, Predictor, SpeechInput, VideoInput
+from emoray.predict import EEGInput, Predictor, SpeechInput, VideoInput
 from emoray.io.video import decode_jpeg
 from emoray.serving.client import json_request, post_json, predict_files
 
@@ -121,7 +121,7 @@ def _post(url: str, body: dict, key: str | None = KEY, path: str = "/v1/predict"
 
 def _steps(answer: requests.Response) -> dict[str, float]:
     """The answer's Server-Timing steps (ms), checked for sense."""
-    from emoray.bench.serve import parse_server_timing
+    from benchmarks.serve import parse_server_timing
 
     steps = parse_server_timing(answer.headers["server-timing"])
     assert all(v >= 0 for v in steps.values()), steps

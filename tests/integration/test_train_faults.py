@@ -44,8 +44,8 @@ from conftest import wait_for  # tests/ is on sys.path under pytest
 from emoray.cli import main
 from emoray.config import resolve
 from emoray.errors import ConfigError
-from emoray.train import read_bundle_meta
-from emoray.train.checkpoint import TRAIN_STATE_FILE
+from emoray.bundle import read_bundle_meta
+from emoray.bundle import TRAIN_STATE_FILE
 from emoray.train.curves import read_history, val_confusion
 from emoray.train.plan import read_state
 

@@ -17,8 +17,10 @@ from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
 from emoray.train.curves import _numpy_batch
-from emoray.train import (FusionStageConfig, load_bundle, read_bundle_meta, train_fusion,
-                          within_subject_split)
+from emoray.bundle import load_bundle, read_bundle_meta
+from emoray.config import FusionStageConfig
+from emoray.train.split import within_subject_split
+from emoray.train.stages.fusion import train_fusion
 
 from conftest import FUSION_FAST  # noqa: E402  (tests/ is on sys.path under pytest)
 

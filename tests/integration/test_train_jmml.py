@@ -18,11 +18,12 @@ from emoray.config import resolve
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
 from emoray.models.jmml_model import JMMLModel
-from emoray.train import load_bundle, read_bundle_meta
+from emoray.bundle import load_bundle, read_bundle_meta
 from emoray.train.curves import val_batches
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.train.evaluate import evaluate_bundle
-from emoray.train.jmml import train_classifier, train_inter
+from emoray.train.stages.jmml_classifier import train_classifier
+from emoray.train.stages.jmml_inter import train_inter
 from emoray.train.plan import plan_stages, run_plan
 
 pytestmark = pytest.mark.integration

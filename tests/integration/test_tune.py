@@ -84,7 +84,7 @@ def _checkpoints(work: Path, trial: str) -> list[str]:
 
 def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tmp_path,
                                                    capsys):
-    from emoray.infer import EEGInput, Predictor, SpeechInput
+    from emoray.predict import EEGInput, Predictor, SpeechInput
 
     address = ray_cluster.get_runtime_context().gcs_address      # RAY.md trap 8
     storage = tmp_path / "tune"

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from emoray.bench.serve import (COLUMNS, baseline, cell_stats, drive_rounds,
+from benchmarks.serve import (COLUMNS, baseline, cell_stats, drive_rounds,
                                 noop_lines,
                                 parse_server_timing, percentile, report, rows, step_medians,
                                 step_rows, summary_lines, targets)
-from emoray.bench import table
+from benchmarks._runner import table
 from emoray.errors import ConfigError
 
 

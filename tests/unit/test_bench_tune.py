@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from emoray.bench.tune import (_json_safe, campaign_record, choose_target, expected_time,
+from benchmarks.tune import (_json_safe, campaign_record, choose_target, expected_time,
                                max_overlap, method_summary, ratios, report, report_times,
                                time_to_target, trial_start)
 from emoray.errors import ConfigError

@@ -232,5 +232,5 @@ def test_addresses_and_working_dir_defaults(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="no jobs/ folder"):
         find_working_dir(tmp_path)
     with pytest.raises(ConfigError, match="--env 'NOEQUALS': expected KEY=VALUE"):
-        from emoray.cluster.commands import _env_pairs
+        from emoray.cli.cluster import _env_pairs
         _env_pairs(["NOEQUALS"])

@@ -7,7 +7,7 @@ import yaml
 
 from emoray.config import EmorayConfig, dump, load_yaml, parse_override, resolve
 from emoray.errors import ConfigError
-from emoray.quickstart import QUICKSTART_DEFAULTS, quickstart_config
+from emoray.cli.quickstart import QUICKSTART_DEFAULTS, quickstart_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from emoray.data.contract import (
-    AudioContract,
+    SpeechContract,
     EEGContract,
     PreprocessContract,
     VideoContract,
     resampled_length,
 )
 from emoray.data.transforms import (
-    audio_stat_names,
-    preprocess_audio,
+    speech_stat_names,
+    preprocess_speech,
     preprocess_eeg,
     preprocess_video,
 )
@@ -37,7 +37,7 @@ def test_json_round_trip_restores_equal_contract(tmp_path):
         segment_seconds=4.0,
         eeg=EEGContract(channels=["Fp1", "Fp2", "Cz"], notch=[60.0], normalize="robust",
                         clip=None, bands={"alpha": (8, 13), "beta": (13, 30)}),
-        audio=AudioContract(n_mels=64, f_max=None),
+        audio=SpeechContract(n_mels=64, f_max=None),
         video=VideoContract(n_frames=8, size=112, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)),
     )
     back = PreprocessContract.from_json(c.to_json())
@@ -57,7 +57,7 @@ def test_fingerprint_stable_and_sensitive():
         PreprocessContract(segment_seconds=4.0),
         PreprocessContract(eeg=EEGContract(h_freq=40.0)),
         PreprocessContract(eeg=EEGContract(channels=["Cz"])),
-        PreprocessContract(audio=AudioContract(hop_length=320)),
+        PreprocessContract(audio=SpeechContract(hop_length=320)),
         PreprocessContract(video=VideoContract(size=112)),
     ]
     prints = {a.fingerprint(), *(c.fingerprint() for c in changed)}
@@ -99,7 +99,7 @@ def test_inconsistent_values_rejected():
     with pytest.raises(ValueError, match="band 'gamma'"):
         EEGContract(bands={"gamma": (30.0, 80.0)})
     with pytest.raises(ValueError, match="f_max"):
-        AudioContract(sample_rate=8000)                     # f_max 8000 > 4000 Nyquist
+        SpeechContract(sample_rate=8000)                     # f_max 8000 > 4000 Nyquist
     with pytest.raises(ConfigError, match="version 9"):
         PreprocessContract.from_json(json.dumps({"version": 9}))
 
@@ -122,10 +122,10 @@ def test_output_shapes_match_the_functions(seconds):
     video = rng.integers(0, 256, (int(seconds * 30), 48, 64, 3), dtype=np.uint8)
     got = {
         **preprocess_eeg(eeg, 500.0, names, c.eeg),
-        **preprocess_audio(audio, 44100, c.audio),
+        **preprocess_speech(audio, 44100, c.audio),
         **preprocess_video(video, c.video),
     }
     want = c.output_shapes(len(names))
     assert {k: v.shape for k, v in got.items()} == want
-    assert want["audio_stats"] == (len(audio_stat_names(c.audio.n_mels)),)
+    assert want["audio_stats"] == (len(speech_stat_names(c.audio.n_mels)),)
     assert all(v.dtype == np.float32 for v in got.values())

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from emoray.models.jmml_model import JMMLModel, LogisticHead, joint_label
-from emoray.train.fusion import FusionModel
-from emoray.train.jmml import IntraObjective, IntraStageConfig
+from emoray.models import FusionModel
+from emoray.config import IntraStageConfig
+from emoray.train.stages.jmml_intra import IntraObjective
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

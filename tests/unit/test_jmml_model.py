@@ -12,8 +12,10 @@ from scipy.optimize import minimize
 from emoray.errors import ConfigError
 from emoray.models.jmml_model import (JMMLModel, LogisticHead, Standardizer, fit_logistic,
                                       joint_label)
-from emoray.train.jmml import IntraObjective, IntraStageConfig
-from emoray.train.jmml_inter import _pairs, choose_pairing, probe
+from emoray.config import IntraStageConfig
+from emoray.train.stages.jmml_intra import IntraObjective
+from emoray.train.stages.jmml_common import probe
+from emoray.train.stages.jmml_inter import _pairs, choose_pairing
 
 CONFIG = dict(features={"speech": "audio_stats", "eeg": "eeg_de"},
               in_features={"speech": 12, "eeg": 10}, presets={"speech": "tiny", "eeg": "tiny"},

@@ -12,7 +12,7 @@ import yaml
 
 from emoray.config import ServeConfig, resolve
 from emoray.errors import ConfigError
-from emoray.heads import incongruence, js_divergence
+from emoray.predict import incongruence, js_divergence
 from emoray.serving.app import ENCODER_DEPLOYMENTS, ROUTER_DEPLOYMENT
 from emoray.serving.model import resolve_checkpoint
 

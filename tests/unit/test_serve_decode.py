@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from emoray.errors import DataError
-from emoray.infer import EEGInput, SpeechInput, VideoInput
+from emoray.predict import EEGInput, SpeechInput, VideoInput
 from emoray.io.audio import write_audio
 from emoray.io.eeg import write_eeg
 from emoray.io.video import encode_jpeg, write_frames, write_mp4

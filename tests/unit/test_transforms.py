@@ -12,15 +12,15 @@ import scipy.signal
 import torch
 import torchvision.io
 
-from emoray.data.contract import AudioContract, EEGContract, PreprocessContract, VideoContract
+from emoray.data.contract import SpeechContract, EEGContract, PreprocessContract, VideoContract
 from emoray.data.transforms import (
-    AUDIO_STAT_NAMES,
-    audio_stat_names,
+    SPEECH_STAT_NAMES,
+    speech_stat_names,
     filter_eeg,
     frame_indices,
     mains_frequencies,
     normalize_video,
-    preprocess_audio,
+    preprocess_speech,
     preprocess_eeg,
     preprocess_video,
     preprocess_video_jpeg,
@@ -236,15 +236,15 @@ def voiced_tone(f0, sr, seconds=2.0, amp=0.3, syllable_hz=4.0, vibrato=0.0):
 
 
 def stat(out, name):
-    return float(out["audio_stats"][-len(AUDIO_STAT_NAMES) + AUDIO_STAT_NAMES.index(name)])
+    return float(out["audio_stats"][-len(SPEECH_STAT_NAMES) + SPEECH_STAT_NAMES.index(name)])
 
 
 @pytest.mark.parametrize("rate", [44100, 16000, 8000])
 def test_audio_shapes(rate):
-    c = AudioContract()
-    out = preprocess_audio(voiced_tone(150.0, rate), rate, c)
+    c = SpeechContract()
+    out = preprocess_speech(voiced_tone(150.0, rate), rate, c)
     assert out["logmel"].shape == (128, 1 + 32000 // 160)
-    assert out["audio_stats"].shape == (len(audio_stat_names(128)),)
+    assert out["audio_stats"].shape == (len(speech_stat_names(128)),)
     assert np.isfinite(out["audio_stats"]).all() and np.isfinite(out["logmel"]).all()
     # Utterance normalisation: each (non-empty) mel bin has zero mean over time.
     assert np.abs(out["logmel"].mean(axis=1)).max() < 1e-3
@@ -252,18 +252,18 @@ def test_audio_shapes(rate):
 
 
 def test_pitch_energy_and_rate_stats_follow_the_signal():
-    c = AudioContract()
-    low = preprocess_audio(voiced_tone(110.0, 16000), 16000, c)
-    high = preprocess_audio(voiced_tone(220.0, 16000), 16000, c)
+    c = SpeechContract()
+    low = preprocess_speech(voiced_tone(110.0, 16000), 16000, c)
+    high = preprocess_speech(voiced_tone(220.0, 16000), 16000, c)
     assert stat(high, "f0_st_mean") - stat(low, "f0_st_mean") == pytest.approx(12.0, abs=0.5)
     assert stat(high, "voiced_fraction") > 0.8
-    loud = preprocess_audio(4 * voiced_tone(110.0, 16000), 16000, c)
+    loud = preprocess_speech(4 * voiced_tone(110.0, 16000), 16000, c)
     assert stat(loud, "rms_db_mean") - stat(low, "rms_db_mean") == pytest.approx(12.0, abs=0.5)
-    slow = preprocess_audio(voiced_tone(150.0, 16000, seconds=3.0, syllable_hz=2.0), 16000, c)
-    fast = preprocess_audio(voiced_tone(150.0, 16000, seconds=3.0, syllable_hz=5.0), 16000, c)
+    slow = preprocess_speech(voiced_tone(150.0, 16000, seconds=3.0, syllable_hz=2.0), 16000, c)
+    fast = preprocess_speech(voiced_tone(150.0, 16000, seconds=3.0, syllable_hz=5.0), 16000, c)
     assert stat(slow, "rate_peaks_per_s") == pytest.approx(2.0, abs=0.5)
     assert stat(fast, "rate_peaks_per_s") == pytest.approx(5.0, abs=0.7)
-    shaky = preprocess_audio(voiced_tone(150.0, 16000, vibrato=0.06), 16000, c)
+    shaky = preprocess_speech(voiced_tone(150.0, 16000, vibrato=0.06), 16000, c)
     assert stat(shaky, "jitter") > 3 * stat(low, "jitter")
     assert stat(shaky, "f0_st_std") > 0.5
 
@@ -272,49 +272,49 @@ def test_noise_is_unvoiced():
     noise = np.random.default_rng(8).standard_normal(16000).astype(np.float32) * 0.1
     f0, voiced = track_f0(noise.astype(np.float64), 16000)
     assert voiced.mean() < 0.1
-    out = preprocess_audio(noise, 16000, AudioContract())
+    out = preprocess_speech(noise, 16000, SpeechContract())
     assert stat(out, "voiced_fraction") < 0.1
 
 
 def test_logmel_peak_moves_up_with_frequency():
-    c = AudioContract(normalize="none")
+    c = SpeechContract(normalize="none")
     t = np.arange(16000) / 16000
     peaks = []
     for f in (300.0, 1000.0, 3000.0):
-        out = preprocess_audio((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), 16000, c)
+        out = preprocess_speech((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32), 16000, c)
         peaks.append(int(out["logmel"].mean(axis=1).argmax()))
     assert peaks[0] < peaks[1] < peaks[2]
 
 
 def test_audio_rejects_bad_input():
-    c = AudioContract()
+    c = SpeechContract()
     with pytest.raises(DataError) as err:
-        preprocess_audio(np.zeros(300, np.float32), 16000, c, source="a.wav")
+        preprocess_speech(np.zeros(300, np.float32), 16000, c, source="a.wav")
     assert (err.value.kind, err.value.field) == ("truncated", "audio")
     assert "a.wav" in str(err.value)
     with pytest.raises(DataError) as err:                        # 1000 samples -> 363 at 16 kHz
-        preprocess_audio(np.zeros(1000, np.float32), 44100, c)
+        preprocess_speech(np.zeros(1000, np.float32), 44100, c)
     assert err.value.kind == "truncated"
     with pytest.raises(DataError, match="empty"):
-        preprocess_audio(np.zeros(0, np.float32), 16000, c)
+        preprocess_speech(np.zeros(0, np.float32), 16000, c)
     bad = voiced_tone(150.0, 16000)
     bad[5] = np.inf
     with pytest.raises(DataError) as err:
-        preprocess_audio(bad, 16000, c)
+        preprocess_speech(bad, 16000, c)
     assert err.value.kind == "invalid_value"
     with pytest.raises(DataError) as err:
-        preprocess_audio(np.zeros((2, 16000), np.float32), 16000, c)
+        preprocess_speech(np.zeros((2, 16000), np.float32), 16000, c)
     assert err.value.kind == "layout"
 
 
 def test_integer_pcm_is_scaled_to_unit_range():
-    c = AudioContract()
+    c = SpeechContract()
     wave = voiced_tone(150.0, 16000)
     pcm = np.round(wave * 32767).astype(np.int16)
-    a = preprocess_audio(wave, 16000, c)["audio_stats"]
-    b = preprocess_audio(pcm, 16000, c)["audio_stats"]
+    a = preprocess_speech(wave, 16000, c)["audio_stats"]
+    b = preprocess_speech(pcm, 16000, c)["audio_stats"]
     # Quantisation noise only shows in empty mel bins; the prosody part is unchanged.
-    n = len(AUDIO_STAT_NAMES)
+    n = len(SPEECH_STAT_NAMES)
     np.testing.assert_allclose(a[-n:], b[-n:], atol=0.05)
 
 

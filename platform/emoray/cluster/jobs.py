@@ -30,12 +30,12 @@ from urllib.parse import urlparse
 
 from emoray.cluster.upload import (DEFAULT_EXCLUDES, UPLOAD_LIMIT, check_size, in_upload,
                                    list_package, ray_default_excludes)
+from emoray.cli.parser import JOB_KINDS, build_parser
 from emoray.errors import ClusterError, ConfigError
 from emoray.runtime import CONNECT_TIMEOUT_S, connect_fails
 
 #: ``emoray submit KIND`` -> the entrypoint script, relative to the working directory
-ENTRYPOINTS = {"train": "jobs/train.py", "tune": "jobs/tune.py", "ingest": "jobs/ingest.py",
-               "preprocess": "jobs/preprocess.py", "evaluate": "jobs/evaluate.py"}
+ENTRYPOINTS = {kind: f"jobs/{kind}.py" for kind in JOB_KINDS}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 REQUEST_TIMEOUT_S = 15.0
@@ -199,7 +199,6 @@ def _check_job_args(kind: str, args: list[str], working_dir: Path, upload) -> li
     import contextlib
     import io
 
-    from emoray.cli import build_parser
     from emoray.config import resolve
 
     err = io.StringIO()

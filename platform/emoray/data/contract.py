@@ -43,6 +43,30 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: Names of the prosody statistics at the end of ``audio_stats`` (after the log-mel stats).
+SPEECH_STAT_NAMES: tuple[str, ...] = (
+    "rms_db_mean",        # frame RMS energy (n_fft windows, hop_length hop), dB re full scale
+    "rms_db_std",
+    "f0_st_mean",         # F0 of voiced frames, semitones re 100 Hz
+    "f0_st_std",
+    "f0_st_p10",
+    "f0_st_p90",
+    "voiced_fraction",    # voiced frames / all pitch frames
+    "rate_peaks_per_s",   # speaking-rate proxy: energy-envelope peaks per second
+    "jitter",             # mean |F0[i+1] - F0[i]| / F0[i] over consecutive voiced frames
+)
+
+def speech_stat_names(n_mels: int) -> list[str]:
+    """The full ``audio_stats`` layout for a contract with ``n_mels`` mel bins."""
+    return ([f"logmel_mean_{i}" for i in range(n_mels)]
+            + [f"logmel_std_{i}" for i in range(n_mels)] + list(SPEECH_STAT_NAMES))
+
+
+def n_speech_stats(n_mels: int) -> int:
+    """Length of ``audio_stats`` for ``n_mels`` mel bins."""
+    return 2 * n_mels + len(SPEECH_STAT_NAMES)
+
+
 def resampled_length(n_in: int, rate_in: float, rate_out: float) -> int:
     """Number of samples ``n_in`` samples at ``rate_in`` become at ``rate_out``.
 
@@ -99,8 +123,14 @@ class EEGContract(BaseModel):
         return self
 
 
-class AudioContract(BaseModel):
-    """Speech transform: resample, pre-emphasis, log-mel, utterance normalisation, stats."""
+class SpeechContract(BaseModel):
+    """Speech transform: resample, pre-emphasis, log-mel, utterance normalisation, stats.
+
+    The modality is *speech*; its signal is *audio* (the file format, the record shards'
+    ``audio``/``audio_rate``/``audio_stats`` columns and this section's key ``audio`` in
+    a saved contract keep that word, so that contracts and shards written before stay
+    readable).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -115,7 +145,7 @@ class AudioContract(BaseModel):
     normalize: Literal["utterance", "none"] = "utterance"
 
     @model_validator(mode="after")
-    def _check(self) -> "AudioContract":
+    def _check(self) -> "SpeechContract":
         top = self.sample_rate / 2.0 if self.f_max is None else self.f_max
         if top > self.sample_rate / 2.0:
             raise ValueError(f"f_max {self.f_max} Hz is above the Nyquist frequency "
@@ -150,7 +180,7 @@ class PreprocessContract(BaseModel):
     version: int = CONTRACT_VERSION
     segment_seconds: float = Field(5.0, gt=0)
     eeg: EEGContract = Field(default_factory=EEGContract)
-    audio: AudioContract = Field(default_factory=AudioContract)
+    audio: SpeechContract = Field(default_factory=SpeechContract)
     video: VideoContract = Field(default_factory=VideoContract)
 
     @model_validator(mode="after")
@@ -237,8 +267,6 @@ class PreprocessContract(BaseModel):
             ``eeg`` (C, T'), ``eeg_de`` and ``eeg_bp`` (C, n_bands), ``logmel``
             (n_mels, frames), ``audio_stats`` (F,), ``video`` (n_frames, 3, size, size).
         """
-        from emoray.data.transforms_audio import n_audio_stats
-
         sec = self.segment_seconds
         n_bands = len(self.eeg.bands)
         n_audio = _samples(sec, self.audio.sample_rate)
@@ -249,7 +277,7 @@ class PreprocessContract(BaseModel):
             "eeg_bp": (n_chans, n_bands),
             # MelSpectrogram pads by n_fft // 2 on both sides (center=True).
             "logmel": (self.audio.n_mels, 1 + n_audio // self.audio.hop_length),
-            "audio_stats": (n_audio_stats(self.audio.n_mels),),
+            "audio_stats": (n_speech_stats(self.audio.n_mels),),
             "video": (v.n_frames, 3, v.size, v.size),
         }
 

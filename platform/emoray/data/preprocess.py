@@ -44,7 +44,7 @@ def preprocess_record(record: dict[str, Any], contract: PreprocessContract,
                       ch_names: list[str] | None = None,
                       video_storage: str = "float32") -> dict[str, Any]:
     """Features of one record (a row of the record schema); absent modalities stay None."""
-    from emoray.data.transforms import (preprocess_audio, preprocess_eeg,
+    from emoray.data.transforms import (preprocess_speech, preprocess_eeg,
                                         preprocess_video_jpeg)
 
     out: dict[str, Any] = {k: record.get(k) for k in _CARRIED}
@@ -56,7 +56,7 @@ def preprocess_record(record: dict[str, Any], contract: PreprocessContract,
         out.update({k: np.asarray(v, np.float32).ravel() for k, v in feats.items()})
     if record.get("audio") is not None:
         samples = np.asarray(record["audio"], np.float32)                        # (T,)
-        feats = preprocess_audio(samples, int(record["audio_rate"]), contract.audio,
+        feats = preprocess_speech(samples, int(record["audio_rate"]), contract.audio,
                                  source=record.get("record_id"))
         out.update({k: np.asarray(v, np.float32).ravel() for k, v in feats.items()})
     if record.get("video") is not None:

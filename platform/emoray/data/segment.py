@@ -118,7 +118,7 @@ def trial_seconds(trial: Trial, info: DatasetInfo, settings: SegmentSettings) ->
     return usable
 
 
-def _cut(x: np.ndarray, rate: float, start: float, length: float, axis: int) -> np.ndarray:
+def cut(x: np.ndarray, rate: float, start: float, length: float, axis: int) -> np.ndarray:
     """Samples [start, start+length) s along ``axis``, zero-padded at the end if short."""
     n = int(round(length * rate))
     i0 = int(round(start * rate))
@@ -156,15 +156,15 @@ def segment_trial(trial: Trial, info: DatasetInfo, settings: SegmentSettings) ->
                    valid_seconds=float(min(seg, usable - start)),
                    record_id=f"{spec.trial_id}/{k}")
         if trial.eeg is not None:
-            piece = _cut(trial.eeg.data, trial.eeg.sfreq, start, seg, axis=1)   # (C, T)
+            piece = cut(trial.eeg.data, trial.eeg.sfreq, start, seg, axis=1)   # (C, T)
             rec.update(eeg=piece.astype(np.float32).ravel(), eeg_shape=list(piece.shape),
                        eeg_sfreq=float(trial.eeg.sfreq))
         if trial.audio is not None:
-            piece = _cut(trial.audio.samples, trial.audio.sample_rate, start, seg, axis=0)
+            piece = cut(trial.audio.samples, trial.audio.sample_rate, start, seg, axis=0)
             rec.update(audio=piece.astype(np.float32), audio_rate=int(trial.audio.sample_rate))
         if trial.video is not None:
             v = trial.video
-            piece = _cut(v.frames, v.fps, start, seg, axis=0)                 # (T, H, W, 3)
+            piece = cut(v.frames, v.fps, start, seg, axis=0)                 # (T, H, W, 3)
             rec.update(video=encode_jpeg(piece, quality=settings.jpeg_quality),
                        video_fps=float(v.fps))
         records.append(rec)

@@ -110,7 +110,6 @@ def register_adapter(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
 
 
 def adapter_names() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
@@ -119,7 +118,6 @@ def get_adapter(name: str, root: str, options: dict[str, Any] | None = None) -> 
 
     Raises :class:`ConfigError` for an unknown name or an option the adapter does not take.
     """
-    _load_builtin()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown dataset layout {name!r}; expected one of {sorted(_REGISTRY)}")
     cls = _REGISTRY[name]
@@ -132,8 +130,3 @@ def get_adapter(name: str, root: str, options: dict[str, Any] | None = None) -> 
         raise ConfigError(f"dataset {name!r} does not take option(s) {unknown}; "
                           f"its options are {allowed}")
     return cls(root, **options)
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers the built-in adapters.
-    from emoray.datasets import deap, dreamer, eav, iemocap, manifest, seed  # noqa: F401

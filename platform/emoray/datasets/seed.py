@@ -168,12 +168,13 @@ class SEEDAdapter(DatasetAdapter):
 def _clip_headers(path: str) -> dict[int, tuple[str, tuple[int, ...]]]:
     """Clip number -> (variable, shape) from the file's variable headers."""
     clips: dict[int, tuple[str, tuple[int, ...]]] = {}
-    for name, shape in sorted(variables(path, field="eeg").items()):
+    found = variables(path, field="eeg")
+    for name, shape in sorted(found.items()):
         m = _CLIP_VAR.match(name)
         if m and int(m.group(2)) not in clips:
             clips[int(m.group(2))] = (name, tuple(shape))
     if not clips:
-        raise DataError(path, f"no <initials>_eegN variables (found {sorted(w[0] for w in whos)})",
+        raise DataError(path, f"no <initials>_eegN variables (found {sorted(found)})",
                         kind="unreadable", field="eeg")
     return clips
 

@@ -1,12 +1,26 @@
-"""Models: per-modality encoders (registered by name, tiny/small/base presets), the
-attention fusion, and the JMML losses and modules."""
+"""Models: per-modality encoders and whole models, each in its own file and registered by
+name (tiny/small/base presets), the attention fusion, and the JMML losses and modules.
 
-from emoray.models.fusion import AttentionFusion, FusionOutput
+Importing this package fills the registries of :mod:`emoray.models.registry`: every model
+file below is imported here, and registers itself. A new encoder or whole model is one
+new file plus its line here.
+"""
+
+from emoray.models.base import BaseEncoder, EncoderOutput
+from emoray.models.registry import (create_encoder, create_model, encoder_class,
+                                    encoder_names, model_class, model_names,
+                                    register_encoder, register_model)
+
+# encoders
+from emoray.models import ast, eegformer, mlp, vit  # noqa: E402,F401  (they register)
+# whole models
+from emoray.models.fusion import ENCODER_OF, AttentionFusion, FusionModel, FusionOutput
 from emoray.models.jmml import EDCCCAE, pair_by_label
+from emoray.models.jmml_model import JMMLModel
 from emoray.models.losses import dcca_correlation, dcca_loss, linear_cca, supcon_loss
-from emoray.models.base import (BaseEncoder, EncoderOutput, create_encoder, encoder_class,
-                                encoder_names, register_encoder)
 
-__all__ = ["AttentionFusion", "FusionOutput", "EDCCCAE", "pair_by_label", "dcca_correlation",
-           "dcca_loss", "linear_cca", "supcon_loss", "BaseEncoder", "EncoderOutput", "create_encoder", "encoder_class", "encoder_names",
-           "register_encoder"]
+__all__ = ["AttentionFusion", "BaseEncoder", "EDCCCAE", "ENCODER_OF", "EncoderOutput",
+           "FusionModel", "FusionOutput", "JMMLModel", "create_encoder", "create_model",
+           "dcca_correlation", "dcca_loss", "encoder_class", "encoder_names",
+           "linear_cca", "model_class", "model_names", "pair_by_label", "register_encoder",
+           "register_model", "supcon_loss"]

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emoray.models.base import BaseEncoder, EncoderOutput, register_encoder
+from emoray.models.base import BaseEncoder, EncoderOutput
+from emoray.models.registry import register_encoder
 from emoray.models.layers import (ClsToken, PositionalEmbedding, TransformerStack,
                                   check_input, check_positive, check_transformer,
                                   init_weights)

@@ -1,4 +1,4 @@
-"""What every encoder shares: its output, its input contract, weight files, the registry.
+"""What every encoder shares: its output, its input contract, its weight files.
 
 An encoder maps one modality's preprocessed tensor to tokens ``(B, T, D)`` and a pooled
 ``(B, D)`` embedding. Its constructor takes the modality's *contract* fields (derived from
@@ -84,52 +84,3 @@ class BaseEncoder(nn.Module):
             raise ConfigError(f"weights file {path} does not fit {self.name}: missing "
                               f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
         return self
-
-
-_ENCODERS: dict[str, type[BaseEncoder]] = {}
-
-
-def register_encoder(cls: type[BaseEncoder]) -> type[BaseEncoder]:
-    """Class decorator: make an encoder available by ``cls.name``."""
-    _ENCODERS[cls.name] = cls
-    return cls
-
-
-def encoder_names() -> list[str]:
-    _load_builtin()
-    return sorted(_ENCODERS)
-
-
-def encoder_class(name: str) -> type[BaseEncoder]:
-    _load_builtin()
-    if name not in _ENCODERS:
-        raise ConfigError(f"unknown encoder {name!r}; expected one of {sorted(_ENCODERS)}")
-    return _ENCODERS[name]
-
-
-def create_encoder(name: str, preset: str = "tiny", weights: str | Path | None = None,
-                   **kwargs: Any) -> BaseEncoder:
-    """Build encoder ``name`` at ``preset`` size; ``kwargs`` are contract fields and size
-    overrides. Unknown names, presets or keyword arguments raise :class:`ConfigError`."""
-    cls = encoder_class(name)
-    if preset not in cls.presets:
-        raise ConfigError(f"encoder {name!r} has no preset {preset!r}; expected one of "
-                          f"{sorted(cls.presets)}")
-    config = {**cls.presets[preset], **kwargs}
-    allowed = set(cls.contract_fields) | set(cls.presets[preset])
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise ConfigError(f"encoder {name!r} does not take {unknown}; its inputs are "
-                          f"{list(cls.contract_fields)} and sizes {sorted(cls.presets[preset])}")
-    missing = [f for f in cls.contract_fields if f not in config]
-    if missing:
-        raise ConfigError(f"encoder {name!r} needs its input contract {missing}")
-    model = cls(**config)
-    model._config = dict(config)
-    if weights is not None:
-        model.load_weights(weights)
-    return model
-
-
-def _load_builtin() -> None:
-    from emoray.models import ast, eegformer, mlp, vit  # noqa: F401

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from emoray.errors import ConfigError
-from emoray.models.base import BaseEncoder, EncoderOutput, register_encoder
+from emoray.models.base import BaseEncoder, EncoderOutput
+from emoray.models.registry import register_encoder
 from emoray.models.layers import (AttentionPool, PositionalEmbedding, TransformerStack,
                                   check_input, check_positive, check_transformer,
                                   init_weights)

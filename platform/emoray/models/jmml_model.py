@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emoray.config.train import JMML_MODALITIES
 from emoray.errors import ConfigError
-from emoray.models.base import create_encoder
+from emoray.models.registry import create_encoder, register_model
 from emoray.models.jmml import EDCCCAE
 
 #: The inference paths of a JMML model; ``raw_*``/``jec_*`` exist for the ablation only.
 PATHS = ("speech_only", "eeg_only", "combined")
-JMML_MODALITIES = ("speech", "eeg")
 
 
 def joint_label(y: torch.Tensor) -> torch.Tensor:
@@ -144,6 +144,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float 
     return w.detach(), b.detach()
 
 
+@register_model("jmml")
 class JMMLModel(nn.Module):
     """Encoders (+ E-DCC-CAE (+ classifiers)) of a JMML plan; rebuilt from :meth:`config`.
 

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from emoray.models.base import BaseEncoder, EncoderOutput, register_encoder
+from emoray.models.base import BaseEncoder, EncoderOutput
+from emoray.models.registry import register_encoder
 from emoray.models.layers import check_dropout, check_input, check_positive, init_weights
 
 

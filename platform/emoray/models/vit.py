@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from emoray.errors import ConfigError
-from emoray.models.base import BaseEncoder, EncoderOutput, register_encoder
+from emoray.models.base import BaseEncoder, EncoderOutput
+from emoray.models.registry import register_encoder
 from emoray.models.layers import (AttentionPool, ClsToken, PositionalEmbedding,
                                   TransformerStack, check_input, check_positive,
                                   check_transformer, init_weights)

@@ -8,7 +8,7 @@
 
 The router decodes and validates the request (:mod:`emoray.serving.api`), applies the
 checkpoint's preprocessing contract, sends each present modality's features to its encoder
-deployment **concurrently**, and fuses what comes back (:mod:`emoray.heads`: the encoders'
+deployment **concurrently**, and fuses what comes back (:mod:`emoray.predict.heads`: the encoders'
 output tokens for attention fusion, pooled embeddings for JMML). Each deployment has its own
 ``autoscaling_config``, and an encoder batches concurrent requests with ``@serve.batch``.
 Encoders are stateless, so the router retries a call once when the replica it went to died.

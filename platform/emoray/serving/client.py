@@ -26,7 +26,7 @@ from emoray.errors import DataError, EmorayError
 from emoray.serving.decode import MODALITY_EXTENSIONS
 
 if TYPE_CHECKING:
-    from emoray.infer import EEGInput, SpeechInput, VideoInput
+    from emoray.predict import EEGInput, SpeechInput, VideoInput
 
 API_KEY_HEADER = "X-API-Key"
 PREDICT_PATH = "/v1/predict"

@@ -5,11 +5,11 @@ folder (its last servable stage), a tuning campaign folder (its promoted ``best`
 these behind a pyarrow filesystem URI (``s3://``, ``gs://``, ``file://`` ...), downloaded once
 into a local cache.
 
-:class:`ServedModel` holds the bundle's model split by :mod:`emoray.heads` for one *role*:
+:class:`ServedModel` holds the bundle's model split by :mod:`emoray.predict.heads` for one *role*:
 an encoder replica keeps only its modality's encoder, the router only the combining head
 (attention fusion or the JMML common space and classifiers), so no replica holds weights
 it never uses. :meth:`ServedModel.prepare` applies the checkpoint's preprocessing contract
-(:func:`emoray.infer.prepare_inputs`, the code the training features were made with) and
+(:func:`emoray.predict.prepare_inputs`, the code the training features were made with) and
 splits the batch into what each modality's encoder reads.
 """
 
@@ -26,16 +26,15 @@ import numpy as np
 import torch
 
 from emoray.errors import ConfigError
-from emoray.heads import INCONGRUENCE_THRESHOLD, ModelParts, model_parts
-from emoray.infer import MIN_SECONDS, MODALITIES, PREDICTABLE_STAGES, Prediction, prepare_inputs
+from emoray.bundle import META_FILE, load_bundle, read_bundle_meta, servable
+from emoray.predict import (INCONGRUENCE_THRESHOLD, MIN_SECONDS, MODALITIES, ModelParts,
+                            Prediction, model_parts, prepare_inputs)
 
 ROLES = ("router", *MODALITIES)
 
 
 def _bundle_in(folder: Path) -> Path | None:
     """The servable bundle a local folder holds or points to, else None."""
-    from emoray.train.checkpoint import META_FILE
-
     if (folder / META_FILE).is_file():
         return folder
     if (folder / "best" / META_FILE).is_file():                 # a tuning campaign
@@ -48,9 +47,16 @@ def _bundle_in(folder: Path) -> Path | None:
             raise ConfigError(f"{state}: not valid JSON; expected a plan state") from None
         for stage in reversed(list(stages)):
             bundle = (stages.get(stage) or {}).get("bundle")
-            if stage in PREDICTABLE_STAGES and bundle and Path(bundle).is_dir():
+            if bundle and Path(bundle).is_dir() and _servable(Path(bundle)):
                 return Path(bundle)
     return None
+
+
+def _servable(bundle: Path) -> bool:
+    try:
+        return servable(read_bundle_meta(bundle))
+    except ConfigError:
+        return False
 
 
 def resolve_checkpoint(source: str | Path, cache: str | Path | None = None) -> Path:
@@ -114,7 +120,7 @@ class ServedModel:
     device : str | None
         ``cpu``, ``cuda``...; None picks CUDA when available.
     incongruence_threshold : float
-        See :mod:`emoray.heads`.
+        See :mod:`emoray.predict.heads`.
     cache : str | Path | None
         Download folder for a URI source.
     """
@@ -122,15 +128,14 @@ class ServedModel:
     def __init__(self, source: str | Path, role: str = "all", device: str | None = None,
                  incongruence_threshold: float = INCONGRUENCE_THRESHOLD,
                  cache: str | Path | None = None):
-        from emoray.train.checkpoint import load_bundle, read_bundle_meta
-
         if role not in (*ROLES, "all"):
             raise ConfigError(f"role {role!r}: expected one of {[*ROLES, 'all']}")
         bundle = resolve_checkpoint(source, cache)
-        stage = read_bundle_meta(bundle).get("stage")
-        if stage not in PREDICTABLE_STAGES:
-            raise ConfigError(f"checkpoint {source}: stage {stage!r} cannot be served; serve the "
-                              f"last stage of a plan (one of {list(PREDICTABLE_STAGES)})")
+        info = read_bundle_meta(bundle)
+        if not servable(info):
+            raise ConfigError(f"checkpoint {source}: stage {info.get('stage')!r} cannot be "
+                              f"served; serve the last stage of a plan (a fusion or a JMML "
+                              f"classifier bundle)")
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, meta = load_bundle(bundle, map_location=dev)
         self.parts: ModelParts = model_parts(model, meta, incongruence_threshold)

@@ -12,13 +12,14 @@ number of trials).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from emoray.labels import EAV_CLASSES, EAV_VA
 from emoray.synth.config import SynthConfig
+from emoray.synth.eeg import channel_geometry
+from emoray.synth.rng import stream
 
 BANDS: tuple[str, ...] = ("theta", "alpha", "beta", "gamma")
 #: IEMOCAP's usual 4-class set, written with EAV's class names (no calmness).
@@ -33,27 +34,6 @@ _EXCLUDED_FRACTION = 0.1
 _VA_JITTER = 0.05
 _SKIN_LIGHT = np.array([0.96, 0.80, 0.69])
 _SKIN_DARK = np.array([0.42, 0.28, 0.20])
-
-
-def stream(seed: int, *keys: int | str) -> np.random.Generator:
-    """An independent random generator for ``(seed, *keys)``.
-
-    Parameters
-    ----------
-    seed : int
-        The corpus seed.
-    *keys : int or str
-        What the stream is for, e.g. ``("parallel", 3, 12, "eeg")``; strings are hashed
-        with CRC-32 so the stream does not depend on Python's hash seed.
-
-    Returns
-    -------
-    numpy.random.Generator
-    """
-    entropy = [int(seed)]
-    for key in keys:
-        entropy.append(zlib.crc32(key.encode()) if isinstance(key, str) else int(key))
-    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,8 +189,6 @@ def draw_subject(cfg: SynthConfig, corpus: str, sid: int) -> Subject:
     -------
     Subject
     """
-    from emoray.synth.eeg import channel_geometry
-
     sv = cfg.subject_variation
     female = sid % 2 == 1
     g = stream(cfg.seed, corpus, sid, "traits", "eeg")

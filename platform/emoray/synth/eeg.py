@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emoray.labels import EAV_CLASSES
+from emoray.synth.rng import stream
 
 UV = 1e-6
 BAND_CENTER = {"theta": 6.0, "beta": 20.0, "gamma": 38.0}     # alpha: the subject's peak
@@ -105,8 +106,6 @@ def class_signatures(seed: int, ch_names: tuple[str, ...]) -> np.ndarray:
         ``(5, C, 4)``: class (EAV order) x channel x band, left-right symmetric, rms
         :data:`SIGNATURE` per class and band.
     """
-    from emoray.synth.design import stream
-
     geo = channel_geometry(ch_names)
     g = stream(seed, "eeg-class-signatures")
     z = np.einsum("cd,kdb->kcb", geo.mix, g.standard_normal((len(EAV_CLASSES),

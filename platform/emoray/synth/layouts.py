@@ -20,7 +20,7 @@ import numpy as np
 
 from emoray.labels import EAV_CLASSES, EAV_VA, to_common_scale
 from emoray.synth.config import SynthConfig
-from emoray.synth.corpus import simulate_trial
+from emoray.synth.trial import simulate_trial
 from emoray.synth.design import DOMINANCE, GroundTruth, TrialTruth, stream
 from emoray.types import EEG, Audio, Video
 

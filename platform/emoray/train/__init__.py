@@ -1,10 +1,6 @@
-"""Training stages on Ray Train and the checkpoint bundles they write."""
+"""Training on Ray Train: plans of stages (one file each under :mod:`emoray.train.stages`),
+the record split, the fit, metrics, evaluation over seeds and subject folds.
 
-from emoray.train.checkpoint import (check_contract, contract_mismatch, load_bundle,
-                                     read_bundle_meta, save_bundle)
-from emoray.train.fusion import (FusionModel, FusionStageConfig, train_fusion, train_loop,
-                                 within_subject_split)
-
-__all__ = ["check_contract", "contract_mismatch", "load_bundle", "read_bundle_meta",
-           "save_bundle", "FusionModel", "FusionStageConfig", "train_fusion", "train_loop",
-           "within_subject_split"]
+Importing this package imports nothing heavy; import the module you need
+(:mod:`emoray.train.plan` to run a plan, :mod:`emoray.train.stages` for the registry).
+"""

@@ -20,7 +20,7 @@ import torch
 
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
-from emoray.train.checkpoint import TRAIN_STATE_FILE, load_bundle
+from emoray.bundle import TRAIN_STATE_FILE, load_bundle
 
 #: The confusion matrix is skipped above this many validation rows (it runs in the driver).
 MAX_CONFUSION_ROWS = 20_000
@@ -78,7 +78,7 @@ def val_batches(features: str | Path, columns: list[str], split=None, batch_size
                 ) -> Iterator[dict[str, np.ndarray]] | None:
     """Numpy batches of ``columns`` of the split's validation rows, read in the driver one
     shard at a time; None if there are more than ``max_rows``."""
-    from emoray.train.runner import split_records
+    from emoray.train.split import split_records
 
     files = shard_files(features)
     _, val_ids = split_records(files, split, str(features))
@@ -101,8 +101,8 @@ def val_confusion(checkpoint: str | Path, features: str | Path, split=None,
     label names: ``{"label": ...}`` for fusion, ``{<target>: ...}`` of the speech-only path
     for a JMML classifier; None for other stages or a split larger than
     :data:`MAX_CONFUSION_ROWS`."""
-    from emoray.train.checkpoint import read_bundle_meta
-    from emoray.train.fusion import ENCODER_OF
+    from emoray.bundle import read_bundle_meta
+    from emoray.models import ENCODER_OF
 
     meta = feature_metadata(features)
     stage = read_bundle_meta(checkpoint)["stage"]

@@ -104,7 +104,7 @@ def evaluate_protocols(run: str | Path, protocols: dict[str, tuple[list[int] | N
     (seed, fold) plans sharing one pool of ``parallel`` concurrent runs."""
     from emoray.data.shards import shard_files
     from emoray.train.plan import plan_stages, run_plan
-    from emoray.train.runner import subjects_of
+    from emoray.train.split import subjects_of
 
     run = Path(run).resolve()
     bad = [p for p in protocols if p not in PROTOCOLS]
@@ -300,9 +300,9 @@ def evaluate_bundle(bundle: str | Path, features: str | Path | None = None,
     import torch
 
     from emoray.data.features import batch_to_tensors, feature_metadata
-    from emoray.train.checkpoint import load_bundle, read_bundle_meta
+    from emoray.bundle import load_bundle, read_bundle_meta
     from emoray.train.curves import val_batches
-    from emoray.train.runner import confusion, macro_f1
+    from emoray.train.metrics import confusion, macro_f1
 
     bundle = Path(bundle).resolve()
     meta_b = read_bundle_meta(bundle)
@@ -316,9 +316,9 @@ def evaluate_bundle(bundle: str | Path, features: str | Path | None = None,
     model, _ = load_bundle(bundle, feature_meta=meta)
     stage = meta_b["stage"]
     if stage == "fusion":
-        from emoray.train.fusion import _feature_columns
+        from emoray.train.stages.fusion import feature_columns
 
-        cols = _feature_columns(meta, model.modalities)
+        cols = feature_columns(meta, model.modalities)
         names = ["fused"] + list(model.modalities)
         n = len(meta_b["label_names"])
         conf = {k: torch.zeros(n, n, dtype=torch.float64) for k in names}

@@ -19,11 +19,11 @@ from pathlib import Path
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
-from emoray.config import STAGE_NAMES, EmorayConfig, dump
+from emoray.config import STAGE_CONFIGS, STAGE_NAMES, EmorayConfig, dump
 from emoray.data.features import feature_metadata
 from emoray.errors import ConfigError
-from emoray.train.checkpoint import read_bundle_meta
-from emoray.train.stages import PREVIOUS, driver
+from emoray.bundle import read_bundle_meta
+from emoray.train.stages import get_stage
 
 STATE_FILE = "plan_state.json"
 
@@ -40,12 +40,10 @@ def plan_stages(cfg: EmorayConfig) -> dict[str, Any]:
     ``classifier`` needs ``inter``) is neither in the plan nor given as
     ``from_checkpoint``.
     """
-    from emoray.train.stages import STAGE_CONFIGS
-
     stages = cfg.train.stages or {"fusion": STAGE_CONFIGS["fusion"]()}
     ordered = {name: stages[name] for name in STAGE_NAMES if name in stages}
     for name, stage_cfg in ordered.items():
-        before = PREVIOUS.get(name)
+        before = get_stage(name).after
         if before and before not in ordered and not stage_cfg.from_checkpoint:
             raise ConfigError(f"train.stages.{name}: starts from the {before} stage's "
                               f"bundle; add stages.{before} to the plan or set "
@@ -56,31 +54,10 @@ def plan_stages(cfg: EmorayConfig) -> dict[str, Any]:
 def preflight(features: Path, stages: dict[str, Any]) -> None:
     """Every check that needs no earlier stage's output, for every stage, before the first
     stage starts (so a mistake in the last stage does not surface an hour in)."""
-    from emoray.train.fusion import FusionModel
-    from emoray.train.jmml import preflight_intra
-    from emoray.train.runner import check_columns
-    from emoray.data.contract import PreprocessContract
-    from emoray.data.shards import shard_files
-
-    meta = feature_metadata(features)
-    files = shard_files(features)
     for name, stage_cfg in stages.items():
-        if name == "intra":
-            preflight_intra(features, stage_cfg)
-        elif name in ("inter", "classifier"):
-            cols = {"speech": "audio_stats",
-                    "eeg": getattr(stages.get("intra"), "eeg_feature", None)}
-            check_columns(files, {m: c for m, c in cols.items() if c}, name)
-        elif name == "fusion":
-            from emoray.train.fusion import _feature_columns
-
-            check_columns(files, dict(zip(stage_cfg.modalities,
-                                          _feature_columns(meta, stage_cfg.modalities))),
-                          "fusion")
-            contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
-                                                    source=f"{features} contract")
-            FusionModel.from_contract(contract, n_classes=max(2, len(meta.get(
-                "label_names") or [])), cfg=stage_cfg)
+        check = get_stage(name).preflight
+        if check is not None:
+            check(features, stage_cfg, stages)
 
 
 def read_state(folder: str | Path) -> dict[str, Any]:
@@ -176,7 +153,7 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
     state.setdefault("stages", {})
     results: dict[str, Any] = {"run_dir": str(folder), "stages": {}}
     for stage, stage_cfg in stages.items():
-        before = PREVIOUS.get(stage)
+        before = get_stage(stage).after
         init = (results["stages"].get(before) or {}).get("bundle") if before else None
         done = finished_bundle(folder, stage, stage_cfg.epochs, state)
         if done is not None:
@@ -203,7 +180,7 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
         t0 = time.perf_counter()
         kwargs = {"init": init} if before else {}
         with (stage_context or (lambda _: nullcontext()))(stage):
-            out = driver(stage)(features, folder, stage_cfg, name=stage,
+            out = get_stage(stage).train(features, folder, stage_cfg, name=stage,
                                 split=cfg.train.split, **kwargs)
         seconds = time.perf_counter() - t0
         plots = [str(p) for p in write_curves(out["checkpoint"], folder,

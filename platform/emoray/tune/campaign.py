@@ -113,10 +113,10 @@ class Campaign:
 
 def _chain(tuned: str, stages: dict[str, Any]) -> list[str]:
     """``tuned`` and the plan stages it starts from, first first."""
-    from emoray.train.stages import PREVIOUS
+    from emoray.train.stages import get_stage
 
     chain = [tuned]
-    while (before := PREVIOUS.get(chain[0])) and before in stages \
+    while (before := get_stage(chain[0]).after) and before in stages \
             and not getattr(stages[chain[0]], "from_checkpoint", None):
         chain.insert(0, before)
     return chain
@@ -126,7 +126,7 @@ def shape(cfg: EmorayConfig) -> dict[str, Any]:
     """Tuned stage, per-trial chain, prefix and suffix of a campaign; checks the space, the
     metric and the starting points against the plan (no Ray needed)."""
     from emoray.train.plan import plan_stages
-    from emoray.train.stages import PREVIOUS, reported_metrics
+    from emoray.train.stages import get_stage, reported_metrics
 
     t = cfg.tune
     stages = plan_stages(cfg)
@@ -144,7 +144,7 @@ def shape(cfg: EmorayConfig) -> dict[str, Any]:
     first = min(deps.index(s) for s in touched)
     suffix, reach = [], {tuned}
     for s in stages:
-        if PREVIOUS.get(s) in reach and s not in deps:
+        if get_stage(s).after in reach and s not in deps:
             suffix.append(s)
             reach.add(s)
     metrics = reported_metrics(tuned, stages[tuned])
@@ -215,7 +215,7 @@ def _trial(params: dict[str, Any], campaign: Campaign) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from emoray.train.plan import run_plan
-    from emoray.train.runner import run_callbacks
+    from emoray.train.loop import run_callbacks
 
     _quiet_data()
     trial_id = tune.get_context().get_trial_id()

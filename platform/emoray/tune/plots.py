@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emoray.tune.report import format_cell
+
+def format_cell(value: Any) -> str:
+    """A table cell: 4 significant digits for floats, "-" for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+
 
 def _pyplot():
     import matplotlib

@@ -22,6 +22,8 @@ import pandas as pd
 
 from emoray import storage
 from emoray.errors import ConfigError
+from emoray.tune.plots import (format_cell, plot_history, plot_importance, plot_parallel,
+                               plot_slices)
 
 #: written by :mod:`emoray.tune.campaign` (not imported from there: it may import us)
 CAMPAIGN_FILE = "campaign.json"
@@ -171,13 +173,6 @@ def trials_table(exp: str | Path, metric: str, mode: str) -> pd.DataFrame:
 
 # -- the terminal table -------------------------------------------------------------------
 
-def format_cell(value: Any) -> str:
-    """A table cell: 4 significant digits for floats, "-" for missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
-
-
 def _best(df: pd.DataFrame, metric: str, mode: str):
     values = pd.to_numeric(df[metric], errors="coerce")
     if not values.notna().any():
@@ -249,8 +244,6 @@ def write_report(exp: str | Path, out: str | Path | None = None) -> dict[str, Pa
         ``csv``, ``parquet`` (``trials.*``) and ``history``, ``importance``, ``slices``,
         ``parallel`` (``<key>.png``).
     """
-    from emoray.tune.plots import plot_history, plot_importance, plot_parallel, plot_slices
-
     info = read_campaign(exp)
     metric, mode, space = info["metric"], info["mode"], info["space"]
     df = trials_table(exp, metric, mode)

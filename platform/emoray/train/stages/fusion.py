@@ -1,0 +1,223 @@
+"""The attention-fusion stage on Ray Train (METHODS.md B): EEG (eegformer) + speech (ast) + video (vit).
+
+:func:`train_fusion` is the driver: it checks the inputs before any worker starts, splits
+the feature shards within subject (METHODS.md: per subject and class, the first 70 % of
+segments by record order train, the rest validate) with Ray Data filters, and fits a
+:class:`~ray.train.torch.TorchTrainer` whose workers run :func:`train_loop`. Every epoch
+reports fused and per-modality validation metrics and a checkpoint bundle
+(:mod:`emoray.bundle`) that alone rebuilds the model and its preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emoray.config import SplitConfig
+from emoray.config.train import FusionStageConfig
+from emoray.data.contract import PreprocessContract
+from emoray.data.features import batch_to_tensors, feature_metadata
+from emoray.data.shards import shard_files
+from emoray.errors import ConfigError, DataError
+from emoray.models import ENCODER_OF, FusionModel
+from emoray.train.loop import all_reduce, fit_stage, mine, report, restore
+from emoray.train.metrics import confusion, macro_f1
+from emoray.train.split import check_columns, split_datasets, split_records
+from emoray.train.stages.base import Stage, register_stage
+
+__all__ = ["train_fusion", "train_loop"]
+
+def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConfig,
+                 name: str = "fusion", split: SplitConfig | None = None) -> dict[str, Any]:
+    """Train the fusion stage on Ray Train; return metrics and the checkpoint path.
+
+    Running again with the same ``run_dir`` and ``name`` resumes from the run's latest
+    checkpoint (Ray Train V2 resumes by name and storage path).
+
+    Parameters
+    ----------
+    features : str | Path
+        A preprocess output folder.
+    run_dir : str | Path
+        Storage root; the Ray Train run is ``run_dir/name``.
+    cfg : FusionStageConfig
+        The stage settings (a dict is validated).
+    name : str
+        The Ray Train run name.
+    split : SplitConfig | None
+        Which records train and which validate (default: within-subject).
+
+    Raises
+    ------
+    DataError
+        ``features`` is not a folder of feature shards, a modality the config needs is
+        absent from every shard, or the split leaves train or val empty.
+    ConfigError
+        An invalid config, e.g. an unknown encoder preset.
+    """
+    if not isinstance(cfg, FusionStageConfig):
+        cfg = FusionStageConfig.from_dict(cfg)
+    features = Path(features).resolve()
+    meta = feature_metadata(features)
+    files = shard_files(features)
+    check_columns(files, dict(zip(cfg.modalities, feature_columns(meta, cfg.modalities))),
+                  "fusion")
+    contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
+                                            source=f"{features} contract")
+    label_names = list(meta.get("label_names") or [])
+    if len(label_names) < 2:
+        raise DataError(str(features), f"label_names {label_names}: need >= 2 classes",
+                        kind="label")
+    model = FusionModel.from_contract(contract, n_classes=len(label_names), cfg=cfg)
+    train_ids, val_ids = split_records(files, split, str(features))
+    columns = ["record_id", "label"] + feature_columns(meta, cfg.modalities)
+    datasets = split_datasets(features, columns, train_ids, val_ids, cfg.materialize)
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": meta,
+                   "model_config": model.config(), "label_names": label_names}
+    # val is read whole by every rank (each scores its share of batches): no rows lost
+    out = fit_stage(train_loop, loop_config, cfg, datasets, run_dir, name,
+                    datasets_to_split=["train"])
+    return {**out, "n_train": len(train_ids), "n_val": len(val_ids)}
+
+
+def feature_columns(meta: dict[str, Any], modalities: list[str]) -> list[str]:
+    cols = []
+    for m in modalities:
+        col = ENCODER_OF[m][1]
+        cols.append("video_f32" if col == "video" and meta.get("video_storage") == "float32"
+                    else col)
+    return cols
+
+
+# -- worker loop ----------------------------------------------------------------------------
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker loop of the fusion stage (see the module docstring)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = FusionStageConfig.model_validate(config["cfg"])
+    meta, label_names = config["meta"], config["label_names"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + rank)
+    device = ray.train.torch.get_device()
+    model = FusionModel.from_config(config["model_config"])
+    restored = restore(model, device)              # own restart or a re-run of the same name
+    optimizer_state, start_epoch, history = restored or (None, 0, [])
+    ddp = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    raw: FusionModel = ddp.module if hasattr(ddp, "module") else ddp
+    opt = torch.optim.AdamW(ddp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    amp = device.type == "cuda"
+    resumed_from = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        ddp.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)   # (sum, count)
+        t_epoch = time.perf_counter()
+        for batch in ray.train.get_dataset_shard("train").iter_batches(
+                batch_size=cfg.batch_size, batch_format="numpy"):
+            t = _labelled(batch_to_tensors(batch, meta, device))
+            if t is None:
+                continue
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = ddp(t)
+            loss, _ = raw.fusion.loss(out, t["label"], aux_weight=cfg.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += torch.tensor([float(loss.detach()) * len(t["label"]), len(t["label"])],
+                                     dtype=torch.float64, device=device)
+        train_seconds = time.perf_counter() - t_epoch
+        metrics = _evaluate(raw, meta, cfg, device, rank, world, len(label_names), amp)
+        all_reduce(loss_sum, world)
+        metrics.update(epoch=epoch, train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+                       train_samples=int(loss_sum[1]), train_seconds=train_seconds,
+                       resumed_from=resumed_from)
+        history.append(metrics)
+        if rank == 0:
+            parts = " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                             if k.startswith("val_acc") or k == "val_f1")
+            print(f"[fusion] epoch {epoch + 1}/{cfg.epochs} loss={metrics['train_loss']:.4f} "
+                  f"{parts}", flush=True)
+        report(metrics, rank=rank, model=raw, model_config=raw.config(), meta=meta,
+               label_names=label_names, stage=STAGE.name, servable=STAGE.servable,
+               train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
+
+
+def _labelled(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Drop rows without a label; None if none is left."""
+    keep = t["label"] >= 0
+    if not keep.any():
+        return None
+    if keep.all():
+        return t
+    return {k: v[keep] for k, v in t.items()}
+
+
+def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp) -> dict:
+    """Fused and per-modality confusion matrices over the whole val set: every rank reads
+    it and scores the records whose id hash falls to it; counts are summed across ranks."""
+    import ray.train
+
+    model.eval()
+    names = ["fused"] + list(model.modalities)
+    conf = torch.zeros(len(names), n_classes, n_classes, dtype=torch.float64, device=device)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        batches = ray.train.get_dataset_shard("val").iter_batches(
+            batch_size=cfg.batch_size, batch_format="numpy")
+        for batch in batches:
+            keep = mine(batch["record_id"], rank, world)
+            if not keep.any():
+                continue
+            t = _labelled(batch_to_tensors({k: v[keep] for k, v in batch.items()}, meta,
+                                           device))
+            if t is None:
+                continue
+            conf[0] += confusion(t["label"], model(t).logits.argmax(1), n_classes)
+            for j, m in enumerate(model.modalities, start=1):
+                sel = t[f"{m}_present"]
+                if sel.any():
+                    sub = {k: v[sel] for k, v in t.items()}
+                    pred = model(sub, modalities=[m]).logits.argmax(1)
+                    conf[j] += confusion(sub["label"], pred, n_classes)
+    all_reduce(conf, world)
+    model.train()
+    total = float(conf[0].sum())
+    out = {"val_acc": float(conf[0].diag().sum()) / max(total, 1.0), "val_f1": macro_f1(conf[0]),
+           "val_n": int(total)}
+    for j, m in enumerate(model.modalities, start=1):
+        n = float(conf[j].sum())
+        out[f"val_acc_{m}"] = float(conf[j].diag().sum()) / max(n, 1.0)
+        out[f"val_f1_{m}"] = macro_f1(conf[j])
+        out[f"val_n_{m}"] = int(n)
+    return out
+
+
+def reported_metrics(cfg: FusionStageConfig) -> set[str]:
+    per = [f"val_{k}_{m}" for m in cfg.modalities for k in ("acc", "f1", "n")]
+    return {"train_loss", "val_acc", "val_f1", "val_n", *per}
+
+
+def preflight(features: Path, cfg: FusionStageConfig, plan: dict[str, Any]) -> None:
+    """The feature columns are there and the model builds from the features' contract."""
+    meta = feature_metadata(features)
+    check_columns(shard_files(features),
+                  dict(zip(cfg.modalities, feature_columns(meta, cfg.modalities))), "fusion")
+    contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
+                                            source=f"{features} contract")
+    FusionModel.from_contract(contract, n_classes=max(2, len(meta.get("label_names") or [])),
+                              cfg=cfg)
+
+
+STAGE = register_stage(Stage("fusion", train=train_fusion, loop=train_loop, model="fusion",
+                     metrics=reported_metrics, preflight=preflight,
+                     servable=True))
