@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._runner import runner_parser, table, write_result
+from benchmarks._runner import table, write_result
 from emoray.config import IngestConfig, PreprocessConfig, RayConfig
 
 TARGET = 1.8

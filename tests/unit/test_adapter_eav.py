@@ -9,7 +9,8 @@ import pytest
 import scipy.io
 
 from emoray.datasets import get_adapter
-from emoray.datasets.eav import EAV_CHANNELS, EAV_SFREQ, _eeg_array, write_subject
+from emoray.datasets.eav import EAV_CHANNELS, EAV_SFREQ, write_subject
+from emoray.datasets.eav_layout import _eeg_array
 from emoray.errors import ConfigError, DataError
 from emoray.labels import EAV_CLASSES, EAV_VA
 from emoray.types import Audio, Video

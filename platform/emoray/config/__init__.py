@@ -24,12 +24,15 @@ from emoray.config.base import (_check_path, _merge, _set_in, dump, load_yaml, m
 from emoray.config.sections import (SERVE_ROLES, AutoscalingConfig, DeploymentConfig,
                                     IngestConfig, ParamSpec, PreprocessConfig, RayConfig,
                                     SchedulerConfig, ServeConfig, TuneConfig)
-from emoray.config.train import (STAGE_CONFIGS, STAGE_NAMES, TRAIN_FRACTION, SplitConfig,
-                                 StageCommon, TrainConfig, stage_config)
+from emoray.config.train import (STAGE_CONFIGS, STAGE_NAMES, TRAIN_FRACTION,
+                                 ClassifierStageConfig, FusionStageConfig, InterStageConfig,
+                                 IntraStageConfig, SplitConfig, StageCommon, TrainConfig,
+                                 stage_config)
 from emoray.errors import ConfigError
 from emoray.synth.config import SynthConfig
 
-__all__ = ["AutoscalingConfig", "ConfigError", "DeploymentConfig", "EmorayConfig",
+__all__ = ["AutoscalingConfig", "ClassifierStageConfig", "ConfigError", "FusionStageConfig",
+           "InterStageConfig", "IntraStageConfig", "DeploymentConfig", "EmorayConfig",
            "IngestConfig", "ParamSpec", "PreprocessConfig", "RayConfig", "SERVE_ROLES",
            "STAGE_CONFIGS", "STAGE_NAMES", "SchedulerConfig", "ServeConfig", "SplitConfig",
            "StageCommon", "SynthConfig", "TRAIN_FRACTION", "TrainConfig", "TuneConfig",

@@ -21,22 +21,18 @@ emotion in the label matrix must agree with the file names (else the trial is re
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
-from emoray.datasets._matio import loadmat, variables
 from emoray.errors import ConfigError, DataError
 from emoray.labels import EAV_CLASSES, EAV_VA
 from emoray.types import EEG, Audio, Trial, TrialSpec, Video
-from emoray.datasets.eav_layout import *  # noqa: F403  (EAV_CHANNELS, EAV_SFREQ, ... re-exported)
-from emoray.datasets.eav_layout import (_MEDIA, _TASKS, EEG_VARIABLES, _choose_parity,
-                                        _eeg_header, _eeg_trial, _read_labels, _scan_subject,
+from emoray.datasets.eav_layout import (EAV_CHANNELS, EAV_SFREQ, EAV_TRIAL_SECONDS, EAV_VIDEO_FPS, _SUBJECT_DIR, _SubjectScan, _TrialScan)
+from emoray.datasets.eav_layout import (_choose_parity,
+                                        _eeg_header, _eeg_trial, _scan_subject,
                                         _trial_id)
 
 

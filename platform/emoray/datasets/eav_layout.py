@@ -14,7 +14,7 @@ import numpy as np
 
 from emoray.datasets._matio import loadmat, variables
 from emoray.datasets.base import Rejection
-from emoray.errors import ConfigError, DataError
+from emoray.errors import DataError
 from emoray.labels import EAV_CLASSES
 
 # The EAV paper describes a 30-channel 10-20 cap, but neither its loaders nor its README

@@ -23,7 +23,7 @@ from pathlib import Path
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
 from emoray.errors import ConfigError, DataError
 from emoray.labels import to_common_scale
-from emoray.types import Audio, Trial, TrialSpec
+from emoray.types import Trial, TrialSpec
 
 IEMOCAP_CODES: dict[str, str] = {
     "neu": "neutral", "hap": "happiness", "exc": "excitement", "sad": "sadness",

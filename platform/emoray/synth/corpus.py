@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
 from emoray.synth.config import SynthConfig
 from emoray.synth import layouts

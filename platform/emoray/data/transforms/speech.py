@@ -26,7 +26,7 @@ import scipy.signal
 import torch
 import torchaudio
 
-from emoray.data.contract import (SPEECH_STAT_NAMES, SpeechContract, n_speech_stats,
+from emoray.data.contract import (SPEECH_STAT_NAMES, SpeechContract, n_speech_stats,  # noqa: F401
                                   resampled_length, speech_stat_names)
 from emoray.errors import DataError
 

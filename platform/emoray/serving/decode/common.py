@@ -144,6 +144,24 @@ def _numbers(rows: list[list], source: str, field: str, dtype: type,
     return arr
 
 
+def _channel_names(names: Any, n_rows: int, source: str, field: str) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _bad(source, field, f"expected an array of strings, got {_show(names)}")
+    if len(names) != n_rows:
+        raise _bad(source, field, f"{len(names)} names for {n_rows} rows of eeg.data; "
+                   "expected one name per row")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.strip().lower()
+        if not key:
+            raise _bad(source, field, "empty channel name")
+        if key in seen:
+            raise _bad(source, field, f"duplicate channel names {_show(seen[key])} and "
+                       f"{_show(name)} (names are compared case-insensitively)")
+        seen[key] = name
+    return list(names)
+
+
 def _b64(value: Any, source: str, field: str) -> bytes:
     if not isinstance(value, str):
         raise _bad(source, field, f"expected a base64 string, got {_jtype(value)}")

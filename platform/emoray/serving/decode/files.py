@@ -3,18 +3,18 @@ with :mod:`emoray.io` from a temporary folder that is removed before returning."
 
 from __future__ import annotations
 
-import tempfile
+from pathlib import PureWindowsPath
+
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from emoray.errors import DataError
-from emoray.serving.decode.common import *  # noqa: F403
-from emoray.serving.decode.common import (_bad, _limit, _limit_seconds, _sniff,
-                                          _upload_source)
+from emoray.serving.decode.common import (FORMAT_NAMES, _A, _TAKES, DecodeLimits,
+                                          _channel_names)
+from emoray.serving.decode.common import (_bad, _limit, _limit_seconds, _sniff)
 from emoray.serving.decode.common import short_reason
-from emoray.serving.decode.media import check_fif, decode_frames
+from emoray.serving.decode.media import check_fif
 
 def _scrub(text: str, path: Path, shown: str) -> str:
     """Replace the temporary path in a reader's message by the uploaded name."""

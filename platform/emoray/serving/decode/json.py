@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
+
+from pathlib import Path
+
 import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emoray.errors import DataError
-from emoray.serving.decode.common import *  # noqa: F403
-from emoray.serving.decode.common import (_A, _KEYS, _NEEDS, _b64, _bad, _jtype,
+from emoray.serving.decode.common import (MODALITIES, DecodeLimits, _channel_names, short_reason)
+from emoray.serving.decode.files import (_read_file)
+from emoray.serving.decode.common import (_KEYS, _NEEDS, _b64, _bad, _jtype,
                                               _limit, _limit_seconds, _numbers, _positive,
                                               _show)
 from emoray.serving.decode.media import decode_frames
@@ -105,24 +109,6 @@ def _json_eeg(obj: dict, limits: DecodeLimits) -> EEGInput:
     _limit_seconds(n / rate, limits, "request", "eeg.data")
     ch_names = _channel_names(names, len(data), "request", "eeg.ch_names")
     return EEGInput(_numbers(data, "request", "eeg.data", np.float64, True), rate, ch_names)
-
-
-def _channel_names(names: Any, n_rows: int, source: str, field: str) -> list[str]:
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _bad(source, field, f"expected an array of strings, got {_show(names)}")
-    if len(names) != n_rows:
-        raise _bad(source, field, f"{len(names)} names for {n_rows} rows of eeg.data; "
-                   "expected one name per row")
-    seen: dict[str, str] = {}
-    for name in names:
-        key = name.strip().lower()
-        if not key:
-            raise _bad(source, field, "empty channel name")
-        if key in seen:
-            raise _bad(source, field, f"duplicate channel names {_show(seen[key])} and "
-                       f"{_show(name)} (names are compared case-insensitively)")
-        seen[key] = name
-    return list(names)
 
 
 def _json_speech(obj: dict, limits: DecodeLimits) -> SpeechInput:

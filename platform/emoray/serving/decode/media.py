@@ -8,7 +8,6 @@ different sizes; and the fast JPEG decode of a clip into one preallocated array.
 
 from __future__ import annotations
 
-import re
 import struct
 
 import numpy as np

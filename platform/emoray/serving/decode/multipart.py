@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
-import math
+import tempfile
+
+from pathlib import Path
+
 from typing import Any
 
-from emoray.errors import DataError
-from emoray.serving.decode.common import *  # noqa: F403
-from emoray.serving.decode.common import _bad
-from emoray.serving.decode.files import _read_file, _upload_source
+from emoray.serving.decode.common import (_FORM_FIELDS, FORMAT_NAMES, MODALITIES,
+                                          DecodeLimits, Upload, _bad, _limit, _limit_seconds,
+                                          _positive, _show, _sniff, _upload_source)
+from emoray.serving.decode.files import _read_file
+from emoray.serving.decode.media import decode_frames
 
 # -- multipart ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from emoray.config.train import FusionStageConfig
 from emoray.data.contract import PreprocessContract
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
-from emoray.errors import ConfigError, DataError
+from emoray.errors import DataError
 from emoray.models import ENCODER_OF, FusionModel
 from emoray.train.loop import all_reduce, fit_stage, mine, report, restore
 from emoray.train.metrics import confusion, macro_f1
