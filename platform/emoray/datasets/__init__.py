@@ -5,9 +5,10 @@ fake-data writer of its dataset's real on-disk layout; importing this package im
 all. A new adapter is one new file plus its name in the import line below.
 """
 
-from emoray.datasets.base import (DatasetAdapter, DatasetInfo, Rejection, adapter_names,
-                                  get_adapter, register_adapter)
+from emoray.datasets.base import (DatasetAdapter, DatasetInfo, Rejection, adapter_class,
+                                  adapter_names, get_adapter, register_adapter)
 from emoray.datasets import deap, dreamer, eav, iemocap, manifest, seed  # noqa: E402,F401
 
-__all__ = ["DatasetAdapter", "DatasetInfo", "Rejection", "adapter_names", "get_adapter",
+__all__ = ["DatasetAdapter", "DatasetInfo", "Rejection", "adapter_class", "adapter_names",
+           "get_adapter",
            "register_adapter"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from emoray.errors import ConfigError, DataError
@@ -61,7 +62,8 @@ class Rejection:
 
 
 class DatasetAdapter(ABC):
-    """Base class: subclasses set ``name`` and implement the three methods.
+    """Base class: subclasses set ``name`` and implement ``info``, ``list_trials``,
+    ``load_trial`` and ``write_example`` (a small dataset from the fake-data twin).
 
     Constructor keyword arguments are the adapter's options (from the ingest config's
     ``options`` mapping); unknown options raise :class:`ConfigError`.
@@ -85,6 +87,12 @@ class DatasetAdapter(ABC):
 
         return read_video(path, fps=self.video_sample_fps, max_size=self.video_max_size,
                           frames_fps=fps_hint)
+
+    @classmethod
+    @abstractmethod
+    def write_example(cls, root: Path) -> tuple[str, dict]:
+        """Write a small dataset in this adapter's layout with its fake-data twin and return
+        ``(root, options)`` to read it (the registry test lists and loads every adapter's)."""
 
     @abstractmethod
     def info(self) -> DatasetInfo:
@@ -113,14 +121,19 @@ def adapter_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def adapter_class(name: str) -> type[DatasetAdapter]:
+    """The adapter class registered as ``name`` (ConfigError naming the known ones)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown dataset layout {name!r}; expected one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 def get_adapter(name: str, root: str, options: dict[str, Any] | None = None) -> DatasetAdapter:
     """Build the adapter registered as ``name`` over ``root``.
 
     Raises :class:`ConfigError` for an unknown name or an option the adapter does not take.
     """
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown dataset layout {name!r}; expected one of {sorted(_REGISTRY)}")
-    cls = _REGISTRY[name]
+    cls = adapter_class(name)
     options = dict(options or {})
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in list(params.values())[2:])

@@ -70,6 +70,17 @@ class DEAPAdapter(DatasetAdapter):
 
     name = "deap"
 
+    @classmethod
+    def write_example(cls, root: Path) -> tuple[str, dict]:
+        """Write a small dataset of this layout with the fake-data twin; returns
+        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
+        lists and loads it)."""
+        rng = np.random.default_rng(0)
+        eeg = 10.0 * rng.standard_normal((2, 32, 4 * 128))                   # (n, 32, T) uV
+        write_subject(root, 1, eeg, rng.standard_normal((2, 8, 4 * 128)),
+                      np.array([[9.0, 1.0, 5.0, 7.0], [2.0, 8.0, 3.0, 4.0]]))
+        return str(root), {}
+
     def __init__(self, root: str, *, baseline_seconds: float = 3.0, eeg_scale: float = 1e-6,
                  trial_seconds: float | str = "auto"):
         super().__init__(root, baseline_seconds=baseline_seconds, eeg_scale=eeg_scale,

@@ -60,6 +60,19 @@ class EAVAdapter(DatasetAdapter):
 
     name = "eav"
 
+    @classmethod
+    def write_example(cls, root: Path) -> tuple[str, dict]:
+        """Write a small dataset of this layout with the fake-data twin; returns
+        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
+        lists and loads it)."""
+        rng = np.random.default_rng(0)
+        eeg_uv = 20.0 * rng.standard_normal((2, len(EAV_CHANNELS), 250))      # (n, C, T)
+        audio = {1: Audio(rng.uniform(-0.2, 0.2, 1600).astype(np.float32), 16000)}
+        video = {i: Video(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), 30.0)
+                 for i in range(2)}
+        write_subject(root, 1, eeg_uv, [0, 3], ["listening", "speaking"], audio, video)
+        return str(root), {}
+
     def __init__(self, root: str, *, task: str = "speaking",
                  listening_parity: str | int = "auto", eeg_scale: float = 1e-6,
                  trial_seconds: float | str = "auto"):

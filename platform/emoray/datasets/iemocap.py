@@ -20,10 +20,12 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
 from emoray.errors import ConfigError, DataError
 from emoray.labels import to_common_scale
-from emoray.types import Trial, TrialSpec
+from emoray.types import Audio, Trial, TrialSpec
 
 IEMOCAP_CODES: dict[str, str] = {
     "neu": "neutral", "hap": "happiness", "exc": "excitement", "sad": "sadness",
@@ -62,6 +64,19 @@ class IEMOCAPAdapter(DatasetAdapter):
     """
 
     name = "iemocap"
+
+    @classmethod
+    def write_example(cls, root: Path) -> tuple[str, dict]:
+        """Write a small dataset of this layout with the fake-data twin; returns
+        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
+        lists and loads it)."""
+        rng = np.random.default_rng(0)
+        utterances = [{"dialog": "Ses01F_impro01", "name": f"Ses01F_impro01_F{k:03d}",
+                       "audio": Audio(rng.uniform(-0.3, 0.3, 1600).astype(np.float32), 16000),
+                       "code": code, "vad": (2.0 + k, 3.0, 3.0), "start": 2.0 * k,
+                       "end": 2.0 * k + 1.5} for k, code in enumerate(("neu", "hap", "sad"))]
+        write_session(root, 1, utterances)
+        return str(root), {}
 
     def __init__(self, root: str, *, classes: str = "4"):
         super().__init__(root, classes=classes)

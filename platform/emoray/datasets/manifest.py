@@ -29,6 +29,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
 from emoray.errors import ConfigError, DataError
 from emoray.io.audio import SUPPORTED_AUDIO_EXTENSIONS, audio_header, read_audio
@@ -36,7 +38,7 @@ from emoray.io.eeg import (SUPPORTED_EEG_EXTENSIONS, eeg_header, normalize_chann
                            pick_channels, read_eeg)
 from emoray.io.video import SUPPORTED_VIDEO_EXTENSIONS, video_header
 from emoray.labels import EAV_CLASSES, LabelSpace, to_common_scale
-from emoray.types import MODALITIES, Trial, TrialSpec
+from emoray.types import EEG, MODALITIES, Audio, Trial, TrialSpec
 
 MANIFEST_NAME = "manifest.csv"
 ID_COLUMNS: tuple[str, ...] = ("subject", "session", "trial")
@@ -112,6 +114,26 @@ class ManifestAdapter(DatasetAdapter):
     """
 
     name = "manifest"
+
+    @classmethod
+    def write_example(cls, root: Path) -> tuple[str, dict]:
+        """Write a small dataset of this layout with the fake-data twin; returns
+        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
+        lists and loads it)."""
+        from emoray.io.audio import write_audio
+        from emoray.io.eeg import write_eeg
+
+        rng = np.random.default_rng(0)
+        root = Path(root)
+        names = ["Fp1", "Fp2", "Cz", "Pz"]
+        write_eeg(root / "s1" / "t1_raw.fif", EEG(
+            (1e-5 * rng.standard_normal((4, 400))).astype(np.float32), 200.0, names))
+        write_audio(root / "s1" / "t1.wav", Audio(
+            rng.uniform(-0.2, 0.2, 32000).astype(np.float32), 16000))
+        write_manifest(root / "manifest.csv", [
+            {"subject": "s1", "trial": "1", "label": "anger", "eeg": root / "s1" / "t1_raw.fif",
+             "audio": root / "s1" / "t1.wav"}])
+        return str(root / "manifest.csv"), {}
 
     def __init__(self, root: str, *, label_names: list[str] | None = None,
                  va_scale: tuple[float, float] = (-1.0, 1.0),

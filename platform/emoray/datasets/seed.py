@@ -60,6 +60,15 @@ class SEEDAdapter(DatasetAdapter):
 
     name = "seed"
 
+    @classmethod
+    def write_example(cls, root: Path) -> tuple[str, dict]:
+        """Write a small dataset of this layout with the fake-data twin; returns
+        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
+        lists and loads it)."""
+        write_fake(root, n_subjects=1, n_sessions=1, n_clips=3, seconds=1.0,
+                   rng=np.random.default_rng(0))
+        return str(root), {}
+
     def __init__(self, root: str, *, eeg_scale: float = 1e-6):
         super().__init__(root, eeg_scale=eeg_scale)
         self.eeg_scale = float(eeg_scale)

@@ -14,7 +14,8 @@ from emoray.models.registry import (create_encoder, create_model, encoder_class,
 # encoders
 from emoray.models import ast, eegformer, mlp, vit  # noqa: E402,F401  (they register)
 # whole models
-from emoray.models.fusion import ENCODER_OF, AttentionFusion, FusionModel, FusionOutput
+from emoray.models.fusion import AttentionFusion, FusionOutput
+from emoray.models.fusion_model import ENCODER_OF, FusionModel
 from emoray.models.jmml import EDCCCAE, pair_by_label
 from emoray.models.jmml_model import JMMLModel
 from emoray.models.losses import dcca_correlation, dcca_loss, linear_cca, supcon_loss

@@ -67,6 +67,8 @@ class AudioSpectrogramTransformer(BaseEncoder):
     name: ClassVar[str] = "ast"
     modality: ClassVar[str] = "speech"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_mels", "n_frames")
+    #: a small contract the registry test builds every preset with
+    example: ClassVar[dict[str, Any]] = {"n_mels": 64, "n_frames": 96}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(dim=48, depth=2, heads=2, patch_freq=32, patch_time=32, mlp_ratio=2.0,
                      dropout=0.1),
@@ -97,6 +99,11 @@ class AudioSpectrogramTransformer(BaseEncoder):
         """Patch grid ``(F', T')`` of a spectrogram with ``n_frames`` frames (ceil division)."""
         pf, pt = self.patch
         return -(-self.n_mels // pf), -(-n_frames // pt)
+
+    @classmethod
+    def input_shape(cls, **contract: Any) -> tuple[int, ...]:
+        """One sample's input shape under ``contract``: (B, n_mels, n_frames) log-mel without B."""
+        return (contract["n_mels"], contract["n_frames"])
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """Encode a log-mel batch ``(B, n_mels, frames)``; frames may differ from ``n_frames``."""

@@ -31,15 +31,21 @@ class BaseEncoder(nn.Module):
 
     Subclasses set ``name``, ``modality`` (``eeg``/``speech``/``video``/``features``),
     ``contract_fields`` (the input-contract keyword names) and ``presets`` (``tiny``,
-    ``small``, ``base`` -> size keyword values), and implement ``forward(x) ->
-    EncoderOutput``. ``self.dim`` is the width D of tokens and pooled output.
+    ``small``, ``base`` -> size keyword values) and ``example`` (a small contract), and
+    implement ``input_shape(**contract)`` and ``forward(x) -> EncoderOutput``. ``self.dim`` is the width D of tokens and pooled output.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str]
     contract_fields: ClassVar[tuple[str, ...]]
+    example: ClassVar[dict[str, Any]]          # a small contract (tests build every preset)
     presets: ClassVar[dict[str, dict[str, Any]]]
     dim: int
+
+    @classmethod
+    def input_shape(cls, **contract: Any) -> tuple[int, ...]:
+        """The shape of one sample's input under ``contract`` (without the batch)."""
+        raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this encoder (saved with its weights)."""

@@ -80,6 +80,8 @@ class EEGformer(BaseEncoder):
     name: ClassVar[str] = "eegformer"
     modality: ClassVar[str] = "eeg"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_chans", "sfreq", "n_times")
+    #: a small contract the registry test builds every preset with
+    example: ClassVar[dict[str, Any]] = {"n_chans": 4, "sfreq": 100.0, "n_times": 200}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(dim=48, depth=2, heads=2, kernel=25, stride=25, multiplier=2,
                      mlp_ratio=2.0, dropout=0.1),
@@ -127,6 +129,11 @@ class EEGformer(BaseEncoder):
     def n_tokens(self, n_times: int) -> int:
         """Number of time tokens for a segment of ``n_times`` samples (``ceil(T / stride)``)."""
         return -(-n_times // self.stride)
+
+    @classmethod
+    def input_shape(cls, **contract: Any) -> tuple[int, ...]:
+        """One sample's input shape under ``contract``: (B, C, T) EEG without B."""
+        return (contract["n_chans"], contract["n_times"])
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """Encode z-scored EEG ``(B, n_chans, T)``; T may differ from ``n_times``."""

@@ -189,6 +189,15 @@ class JMMLModel(nn.Module):
             for t in targets})
 
     @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """A small configuration with every part (the registry test builds and runs it)."""
+        return {"features": {"speech": "audio_stats", "eeg": "eeg_de"},
+                "in_features": {"speech": 20, "eeg": 12},
+                "presets": {"speech": "tiny", "eeg": "tiny"},
+                "targets": ["valence", "arousal"], "cae": {"k": 4, "hidden": 16},
+                "classifiers": list(PATHS)}
+
+    @classmethod
     def from_config(cls, config: dict[str, Any]) -> "JMMLModel":
         return cls(**config)
 

@@ -58,6 +58,8 @@ class MLPEncoder(BaseEncoder):
     name: ClassVar[str] = "mlp"
     modality: ClassVar[str] = "features"
     contract_fields: ClassVar[tuple[str, ...]] = ("in_features",)
+    #: a small contract the registry test builds every preset with
+    example: ClassVar[dict[str, Any]] = {"in_features": 20}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(dim=32, hidden=64, depth=1, dropout=0.1),
         "small": dict(dim=64, hidden=256, depth=2, dropout=0.2),
@@ -82,6 +84,11 @@ class MLPEncoder(BaseEncoder):
     def _layer(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
         return nn.Sequential(nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.GELU(),
                              nn.Dropout(dropout))
+
+    @classmethod
+    def input_shape(cls, **contract: Any) -> tuple[int, ...]:
+        """One sample's input shape under ``contract``: (B, F) features without B."""
+        return (contract["in_features"],)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """Encode features ``(B, in_features)``; ``(B, ...)`` is flattened first."""

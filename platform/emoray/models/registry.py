@@ -64,10 +64,11 @@ _MODELS: dict[str, type[nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a whole model (a class with ``from_config(dict)`` and
-    ``config() -> dict``) available by ``name``, the name its bundles carry."""
+    """Class decorator: make a whole model (a class with ``from_config(dict)``,
+    ``config() -> dict`` and ``example_config() -> dict``, a small configuration the
+    registry test builds) available by ``name``, the name its bundles carry."""
     def register(cls: type[nn.Module]) -> type[nn.Module]:
-        for method in ("from_config", "config"):
+        for method in ("from_config", "config", "example_config"):
             if not callable(getattr(cls, method, None)):
                 raise TypeError(f"model {name!r} ({cls.__name__}) needs a {method}() method")
         cls.model_name = name

@@ -64,6 +64,8 @@ class VideoViT(BaseEncoder):
     name: ClassVar[str] = "vit"
     modality: ClassVar[str] = "video"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_frames", "size")
+    #: a small contract the registry test builds every preset with
+    example: ClassVar[dict[str, Any]] = {"n_frames": 3, "size": 64}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(dim=32, depth=2, heads=2, patch=32, temporal_depth=1, mlp_ratio=2.0,
                      dropout=0.1),
@@ -99,6 +101,11 @@ class VideoViT(BaseEncoder):
         self.temporal = TransformerStack(dim, temporal_depth, heads, mlp_ratio, dropout)
         self.pool = AttentionPool(dim, heads)
         self.apply(init_weights)
+
+    @classmethod
+    def input_shape(cls, **contract: Any) -> tuple[int, ...]:
+        """One sample's input shape under ``contract``: (B, N, 3, H, W) frames without B."""
+        return (contract["n_frames"], 3, contract["size"], contract["size"])
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """Encode normalised frames ``(B, N, 3, size, size)``; N may differ from ``n_frames``."""

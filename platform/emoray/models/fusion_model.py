@@ -1,0 +1,106 @@
+"""The attention-fusion model (METHODS.md B): one registered encoder per modality
+(``eegformer``, ``ast``, ``vit``) and :class:`~emoray.models.fusion.AttentionFusion` over
+their tokens. Registered as the whole model ``fusion``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from emoray.config.train import FusionStageConfig
+from emoray.data.contract import PreprocessContract
+from emoray.errors import ConfigError
+from emoray.models.fusion import AttentionFusion, FusionOutput
+from emoray.models.registry import create_encoder, encoder_class, register_model
+
+
+#: modality -> (encoder name, feature column it reads)
+ENCODER_OF = {"eeg": ("eegformer", "eeg"), "speech": ("ast", "logmel"),
+              "video": ("vit", "video")}
+
+
+@register_model("fusion")
+class FusionModel(nn.Module):
+    """Per-modality encoders + :class:`~emoray.models.AttentionFusion` over their tokens.
+
+    Parameters
+    ----------
+    encoders : dict[str, dict]
+        Per modality ``{"name", "preset", "kwargs"}`` for :func:`create_encoder`.
+    fusion : dict
+        Keyword arguments of :class:`AttentionFusion` except ``modality_dims``.
+    """
+
+    def __init__(self, encoders: dict[str, dict[str, Any]], fusion: dict[str, Any]):
+        super().__init__()
+        self._config = {"encoders": json.loads(json.dumps(encoders)), "fusion": dict(fusion)}
+        self.modalities = list(encoders)
+        self.encoders = nn.ModuleDict({
+            m: create_encoder(e["name"], e["preset"], **e["kwargs"])
+            for m, e in encoders.items()})
+        dims = {m: enc.dim for m, enc in self.encoders.items()}
+        self.fusion = AttentionFusion(dims, **fusion)
+
+    @classmethod
+    def from_contract(cls, contract: PreprocessContract, *, n_classes: int,
+                      cfg: FusionStageConfig) -> "FusionModel":
+        """Build the model for features made with ``contract`` (EEG channels named)."""
+        n_chans = len(contract.eeg.channels or [])
+        if "eeg" in cfg.modalities and n_chans == 0:
+            raise ConfigError("contract.eeg.channels: the features' contract names no EEG "
+                              "channels; cannot size the eegformer")
+        shapes = contract.output_shapes(n_chans)
+        contract_kwargs = {
+            "eeg": dict(n_chans=n_chans, sfreq=contract.eeg.sfreq, n_times=shapes["eeg"][1]),
+            "speech": dict(n_mels=contract.audio.n_mels, n_frames=shapes["logmel"][1]),
+            "video": dict(n_frames=contract.video.n_frames, size=contract.video.size)}
+        encoders = {}
+        for m in cfg.modalities:
+            name = ENCODER_OF[m][0]
+            preset = cfg.encoders.get(m, "tiny")
+            if preset not in encoder_class(name).presets:
+                raise ConfigError(f"encoders.{m}: unknown preset {preset!r} for encoder "
+                                  f"{name!r}; expected one of "
+                                  f"{sorted(encoder_class(name).presets)}")
+            encoders[m] = {"name": name, "preset": preset, "kwargs": contract_kwargs[m]}
+        fusion = dict(n_classes=n_classes, dim=cfg.dim, heads=cfg.heads, layers=cfg.layers,
+                      dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
+                      aux_heads=cfg.aux_weight > 0)
+        return cls(encoders, fusion)
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """A small configuration (the registry test builds and runs it)."""
+        encoders = {m: {"name": name, "preset": "tiny", "kwargs": encoder_class(name).example}
+                    for m, (name, _) in ENCODER_OF.items()}
+        return {"encoders": encoders, "fusion": {"n_classes": 3, "dim": 32, "heads": 2,
+                                                 "layers": 1}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FusionModel":
+        """Rebuild from :meth:`config` (as saved in a bundle)."""
+        return cls(config["encoders"], config["fusion"])
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able keyword arguments that rebuild this model."""
+        return json.loads(json.dumps(self._config))
+
+    def forward(self, batch: dict[str, torch.Tensor],
+                modalities: list[str] | None = None) -> FusionOutput:
+        """Fuse the modalities found in ``batch`` (as :func:`batch_to_tensors` makes it).
+
+        A modality whose feature key is absent from ``batch`` (or not in ``modalities``)
+        is left out; ``<modality>_present`` masks absent samples.
+        """
+        tokens, present = {}, {}
+        for m in self.modalities:
+            key = ENCODER_OF[m][1]
+            if key not in batch or (modalities is not None and m not in modalities):
+                continue
+            tokens[m] = self.encoders[m](batch[key]).tokens              # (B, T_m, D_m)
+            if f"{m}_present" in batch:
+                present[m] = batch[f"{m}_present"]                      # (B,)
+        return self.fusion(tokens, present=present)
