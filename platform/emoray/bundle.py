@@ -126,6 +126,20 @@ def servable(meta: dict[str, Any]) -> bool:
     return meta.get("stage") in LEGACY_SERVABLE_STAGES
 
 
+def load_servable(path: str | Path, source: str | Path | None = None,
+                  device: str | torch.device | None = None):
+    """:func:`load_bundle` of a bundle that answers predictions, on ``device`` (None: CUDA
+    when present, else CPU); ConfigError naming ``source`` (default: the folder) for a
+    bundle of a stage that is not the last of a plan."""
+    meta = read_bundle_meta(path)
+    if not servable(meta):
+        raise ConfigError(f"checkpoint {source or path}: stage {meta.get('stage')!r} has no "
+                          f"predictor; serve the last stage of a plan (a bundle its stage "
+                          f"marks servable: a fusion or a JMML classifier bundle)")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return load_bundle(path, map_location=device)
+
+
 def contract_mismatch(a: PreprocessContract | dict, b: PreprocessContract | dict) -> list[str]:
     """Dotted names of the contract fields where ``a`` and ``b`` differ (empty: equal)."""
     da = _as_contract(a, "contract").model_dump(mode="json")

@@ -16,14 +16,6 @@ from emoray.train.stages import get_stage, stage_names
 ENCODER_PRESETS = [(n, p) for n in encoder_names() for p in encoder_class(n).presets]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name,preset", ENCODER_PRESETS)
 def test_every_encoder_preset_builds_and_runs(name, preset):
     cls = encoder_class(name)

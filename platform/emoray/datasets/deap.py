@@ -72,9 +72,6 @@ class DEAPAdapter(DatasetAdapter):
 
     @classmethod
     def write_example(cls, root: Path) -> tuple[str, dict]:
-        """Write a small dataset of this layout with the fake-data twin; returns
-        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
-        lists and loads it)."""
         rng = np.random.default_rng(0)
         eeg = 10.0 * rng.standard_normal((2, 32, 4 * 128))                   # (n, 32, T) uV
         write_subject(root, 1, eeg, rng.standard_normal((2, 8, 4 * 128)),

@@ -52,9 +52,6 @@ class DREAMERAdapter(DatasetAdapter):
 
     @classmethod
     def write_example(cls, root: Path) -> tuple[str, dict]:
-        """Write a small dataset of this layout with the fake-data twin; returns
-        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
-        lists and loads it)."""
         write_fake(Path(root) / "DREAMER.mat", n_subjects=1, n_clips=3, seconds=1.0,
                    rng=np.random.default_rng(0))
         return str(root), {}

@@ -62,9 +62,6 @@ class EAVAdapter(DatasetAdapter):
 
     @classmethod
     def write_example(cls, root: Path) -> tuple[str, dict]:
-        """Write a small dataset of this layout with the fake-data twin; returns
-        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
-        lists and loads it)."""
         rng = np.random.default_rng(0)
         eeg_uv = 20.0 * rng.standard_normal((2, len(EAV_CHANNELS), 250))      # (n, C, T)
         audio = {1: Audio(rng.uniform(-0.2, 0.2, 1600).astype(np.float32), 16000)}

@@ -67,9 +67,6 @@ class IEMOCAPAdapter(DatasetAdapter):
 
     @classmethod
     def write_example(cls, root: Path) -> tuple[str, dict]:
-        """Write a small dataset of this layout with the fake-data twin; returns
-        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
-        lists and loads it)."""
         rng = np.random.default_rng(0)
         utterances = [{"dialog": "Ses01F_impro01", "name": f"Ses01F_impro01_F{k:03d}",
                        "audio": Audio(rng.uniform(-0.3, 0.3, 1600).astype(np.float32), 16000),

@@ -117,9 +117,6 @@ class ManifestAdapter(DatasetAdapter):
 
     @classmethod
     def write_example(cls, root: Path) -> tuple[str, dict]:
-        """Write a small dataset of this layout with the fake-data twin; returns
-        ``(root, options)`` for :func:`~emoray.datasets.get_adapter` (the registry test
-        lists and loads it)."""
         from emoray.io.audio import write_audio
         from emoray.io.eeg import write_eeg
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from emoray.bundle import load_bundle, read_bundle_meta, servable
+from emoray.bundle import load_servable
 from emoray.data.contract import PreprocessContract
-from emoray.errors import ConfigError
 from emoray.predict.answer import INCONGRUENCE_THRESHOLD, Prediction
 from emoray.predict.heads import model_parts
 from emoray.predict.inputs import (MODALITIES, EEGInput, SpeechInput, VideoInput,
@@ -59,13 +58,7 @@ class Predictor:
     def from_bundle(cls, path: str | Path, device: str | torch.device | None = None,
                     incongruence_threshold: float | None = None):
         """Load a bundle folder; ``device`` None picks CUDA when available, else CPU."""
-        meta = read_bundle_meta(path)
-        if not servable(meta):
-            raise ConfigError(f"checkpoint {path}: stage {meta.get('stage')!r} has no "
-                              f"predictor; serve the last stage of a plan (a bundle its stage "
-                              f"marks servable: a fusion or a JMML classifier bundle)")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, meta = load_bundle(path, map_location=device)
+        model, meta = load_servable(path, device=device)
         return cls(model, meta, incongruence_threshold)
 
     def prepare(self, eeg=None, speech=None, video=None) -> dict[str, torch.Tensor]:

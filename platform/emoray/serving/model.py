@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from emoray.errors import ConfigError
-from emoray.bundle import META_FILE, load_bundle, read_bundle_meta, servable
+from emoray.bundle import META_FILE, load_servable, read_bundle_meta, servable
 from emoray.predict import (INCONGRUENCE_THRESHOLD, MIN_SECONDS, MODALITIES, ModelParts,
                             Prediction, model_parts, prepare_inputs)
 
@@ -131,13 +131,7 @@ class ServedModel:
         if role not in (*ROLES, "all"):
             raise ConfigError(f"role {role!r}: expected one of {[*ROLES, 'all']}")
         bundle = resolve_checkpoint(source, cache)
-        info = read_bundle_meta(bundle)
-        if not servable(info):
-            raise ConfigError(f"checkpoint {source}: stage {info.get('stage')!r} cannot be "
-                              f"served; serve the last stage of a plan (a fusion or a JMML "
-                              f"classifier bundle)")
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, meta = load_bundle(bundle, map_location=dev)
+        model, meta = load_servable(bundle, source, device)
         self.parts: ModelParts = model_parts(model, meta, incongruence_threshold)
         self.role = role
         self.source = str(source)
