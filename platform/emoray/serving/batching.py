@@ -30,6 +30,8 @@ class MicroBatcher:
     wait_s : float
         How long the first item of a batch waits for others.
 
+    Notes
+    -----
     An exception raised by ``fn`` is raised to every caller of that batch; the batcher
     goes on with the next. The worker belongs to the event loop of the first call and is
     made again when a call comes from another loop (``asyncio.run`` per request); calls
