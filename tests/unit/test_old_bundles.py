@@ -1,0 +1,133 @@
+"""Bundles written before the package restructure still load and predict the same.
+
+``tests/fixtures/bundles_v0`` holds a fusion and a JMML classifier bundle written by the
+code of commit 9def523 (real pipeline, one epoch per stage; see its README.md and
+make_fixtures.py) and ``expected.json``: what that code's in-process predictor answered for
+seeded raw inputs. Here the current code loads the same folders and must answer the same
+(labels equal, every probability within ``expected["tolerance"]``). No Ray, CPU only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emoray.bundle import load_bundle, read_bundle_meta, servable
+from emoray.predict import EEGInput, Predictor, SpeechInput, VideoInput
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bundles_v0"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
+TOL = float(EXPECTED["tolerance"])
+STAGES = ("fusion", "classifier")
+CASES = [(stage, case) for stage in STAGES for case in EXPECTED["cases"][stage]]
+
+
+def make_inputs(spec: dict, ch_names: list[str]) -> dict[str, np.ndarray]:
+    """The generator of make_fixtures.py: ``eeg`` (C, T) volts, ``speech`` (T,) float32,
+    ``video`` (N, H, W, 3) uint8, drawn in this order from ``default_rng(spec["seed"])``."""
+    rng = np.random.default_rng(spec["seed"])
+    s = spec["seconds"]
+    n_eeg = int(round(s * spec["eeg_sfreq"]))
+    n_speech = int(round(s * spec["speech_rate"]))
+    n_video = int(round(s * spec["video_fps"]))
+    eeg = rng.standard_normal((len(ch_names), n_eeg)) * spec["eeg_scale_volts"]
+    speech = (rng.uniform(-1.0, 1.0, n_speech) * spec["speech_scale"]).astype(np.float32)
+    video = rng.integers(0, 256, (n_video, spec["video_height"], spec["video_width"], 3),
+                         dtype=np.uint8)
+    return {"eeg": eeg, "speech": speech, "video": video}
+
+
+@pytest.fixture(scope="module")
+def arrays() -> dict[str, np.ndarray]:
+    spec = EXPECTED["inputs"]
+    return make_inputs(spec, spec["ch_names"])
+
+
+@pytest.fixture(scope="module")
+def inputs(arrays) -> dict:
+    spec = EXPECTED["inputs"]
+    return {"eeg": EEGInput(arrays["eeg"], spec["eeg_sfreq"], list(spec["ch_names"])),
+            "speech": SpeechInput(arrays["speech"], spec["speech_rate"]),
+            "video": VideoInput(arrays["video"], fps=spec["video_fps"])}
+
+
+@pytest.fixture(scope="module")
+def predictors() -> dict:
+    return {stage: Predictor.from_bundle(FIXTURES / stage, device="cpu") for stage in STAGES}
+
+
+def test_inputs_are_the_ones_the_old_code_saw(arrays):
+    digest = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
+              for k, v in arrays.items()}
+    assert digest == EXPECTED["inputs"]["sha256_16"], (
+        "the seeded inputs differ from the ones expected.json was made with (numpy's "
+        "random stream changed?); the comparisons below would be meaningless")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_read_bundle_meta_reports_the_stage(stage):
+    meta = read_bundle_meta(FIXTURES / stage)
+    assert meta["stage"] == stage
+    assert meta["format"] == 1
+    assert meta["contract"].eeg.channels == EXPECTED["inputs"]["ch_names"]
+    assert meta["contract"].video.n_frames == 4 and meta["contract"].video.size == 32
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_load_bundle_restores_every_weight(stage):
+    model, meta = load_bundle(FIXTURES / stage)
+    assert meta["stage"] == stage
+    assert not model.training
+    saved = torch.load(FIXTURES / stage / "model.pt", map_location="cpu", weights_only=True)
+    state = model.state_dict()
+    assert sorted(state) == sorted(saved)
+    for name, value in saved.items():
+        assert torch.equal(state[name], value), name
+
+
+def _close(got, want, where: str) -> None:
+    """Numbers within TOL, None/str/bool/int equal, dicts and lists element-wise."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for k in want:
+            _close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert isinstance(got, (int, float)) and math.isclose(got, want, rel_tol=0,
+                                                              abs_tol=TOL), \
+            f"{where}: {got} vs expected {want}"
+    else:
+        assert got == want, f"{where}: {got!r} vs expected {want!r}"
+
+
+@pytest.mark.parametrize("stage,case", CASES)
+def test_prediction_matches_the_old_code(stage, case, predictors, inputs):
+    want = EXPECTED["cases"][stage][case]
+    predictor = predictors[stage]
+    assert predictor.stage == stage
+    got = predictor.predict(**{m: inputs[m] for m in case.split("+")}).to_dict()
+    where = f"{stage}[{case}]"
+    assert got["label"] == want["label"], where
+    assert list(got["probabilities"]) == list(want["probabilities"]), f"{where}: classes"
+    for name, p in want["probabilities"].items():
+        assert abs(got["probabilities"][name] - p) <= TOL, f"{where}.{name}"
+    # the rest of the answer too: modalities, per-modality predictions, attention mass,
+    # valence/arousal, incongruence, path, segments, ignored modalities
+    _close(got, want, where)
+
+
+@pytest.mark.parametrize("stage,model", [("fusion", "fusion"), ("classifier", "jmml")])
+def test_old_bundles_name_no_model_and_are_read_through_their_stage(stage, model):
+    raw = json.loads((FIXTURES / stage / "bundle.json").read_text())
+    assert "model" not in raw and "servable" not in raw       # written before both existed
+    meta = read_bundle_meta(FIXTURES / stage)
+    assert meta["model"] == model and servable(meta)
