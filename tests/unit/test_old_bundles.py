@@ -131,3 +131,43 @@ def test_old_bundles_name_no_model_and_are_read_through_their_stage(stage, model
     assert "model" not in raw and "servable" not in raw       # written before both existed
     meta = read_bundle_meta(FIXTURES / stage)
     assert meta["model"] == model and servable(meta)
+
+
+@pytest.mark.parametrize("stage,case", [("fusion", "eeg"), ("classifier", "eeg+speech")])
+def test_old_bundles_serve_the_same_answers_over_http(stage, case, arrays):
+    """The plain FastAPI server (the Serve router's own code on uvicorn) on an old bundle,
+    over real HTTP with JSON bodies."""
+    import threading
+    import time
+
+    import requests
+    import uvicorn
+
+    from emoray.serving.api import make_app
+    from emoray.serving.app import LocalBackend
+
+    spec = EXPECTED["inputs"]
+    body = {"eeg": {"data": arrays["eeg"].tolist(), "sfreq": spec["eeg_sfreq"],
+                    "ch_names": list(spec["ch_names"])},
+            "speech": {"samples": arrays["speech"].tolist(),
+                       "sample_rate": spec["speech_rate"]}}
+    body = {m: body[m] for m in case.split("+")}
+    backend = LocalBackend({"checkpoint": str(FIXTURES / stage), "device": "cpu"})
+    server = uvicorn.Server(uvicorn.Config(make_app(backend), host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/predict", json=body, timeout=60)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert answer.status_code == 200, answer.text
+    got, want = answer.json(), EXPECTED["cases"][stage][case]
+    assert got["label"] == want["label"]
+    _close(got["probabilities"], want["probabilities"], f"http {stage}[{case}]")
