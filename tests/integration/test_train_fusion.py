@@ -100,21 +100,25 @@ def test_contract_mismatch_is_named(fusion_run, eav_features):
         load_bundle(fusion_run["checkpoint"], feature_meta=meta)
 
 
-def test_within_subject_split_is_per_subject_and_class(eav_features):
+def test_within_subject_split_is_per_subject_class_and_trial(eav_features):
     files = shard_files(eav_features / "feat")
     train, val = within_subject_split(files)
     ids = [r for f in files for r in pq.read_table(
-        f, columns=["record_id", "subject", "label", "trial", "segment"]).to_pylist()]
+        f, columns=["record_id", "subject", "label", "session", "trial", "segment"]).to_pylist()]
     assert not train & val and len(train | val) == len(ids)
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, dict] = {}
     for r in ids:
-        groups.setdefault((r["subject"], r["label"]), []).append(r)
-    for rows in groups.values():
-        rows.sort(key=lambda r: (r["trial"], r["segment"]))
-        flags = [r["record_id"] in train for r in rows]
-        n_train = sum(flags)
-        assert n_train == max(1, int(np.floor(0.7 * len(rows) + 0.5)))
-        assert flags == [True] * n_train + [False] * (len(rows) - n_train)   # first ones train
+        groups.setdefault((r["subject"], r["label"]), {}).setdefault(
+            (r["session"], r["trial"]), []).append(r["record_id"])
+    for trials in groups.values():
+        sides = []
+        for key in sorted(trials):
+            flags = {rid in train for rid in trials[key]}
+            assert len(flags) == 1, f"trial {key} is on both sides of the split"
+            sides.append(flags.pop())
+        n_train = sum(sides)
+        assert n_train == max(1, int(np.floor(0.7 * len(sides) + 0.5)))
+        assert sides == [True] * n_train + [False] * (len(sides) - n_train)  # first ones train
 
 
 def test_bad_inputs_fail_before_any_worker(eav_features, tmp_path):

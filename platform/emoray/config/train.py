@@ -200,7 +200,8 @@ class SplitConfig(_Strict):
 
     protocol: Literal["within-subject", "subjects"] = Field(
         "within-subject", description="'within-subject': per subject x class the first "
-        "FRACTION of segments train, the rest validate; 'subjects': VAL_SUBJECTS validate.")
+        "FRACTION of trials train (with all their segments), the rest validate; "
+        "'subjects': VAL_SUBJECTS validate.")
     fraction: float = Field(TRAIN_FRACTION, gt=0, lt=1)
     val_subjects: list[str] = Field(default_factory=list)
 

@@ -3,8 +3,8 @@
 Protocols (``--protocol``):
 
 ``within-subject``
-    METHODS.md's split: per subject and class the first 70 % of segments train, the rest
-    are scored. The run itself is the first seed; more seeds re-run the plan.
+    METHODS.md's split, by trial: per subject and class the first 70 % of trials train
+    (every segment with its trial: a trial is never on both sides), the rest are scored. The run itself is the first seed; more seeds re-run the plan.
 ``loso``
     Leave subjects out: the subjects are dealt into ``folds`` groups (default: one subject
     per fold); each fold trains the plan on the other subjects and scores the held-out ones.
@@ -267,7 +267,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation: {report['protocol']}", "",
              f"{n} seeds ({', '.join(map(str, report['seeds']))})"
              + (f", {len(folds)} folds of held-out subjects" if folds else "")
-             + "; mean ± std over seeds, in percent."]
+             + "; mean ± std over seeds, in percent."
+             + (" Split by trial: no trial on both sides." if report["protocol"]
+                == "within-subject" else "")]
     if "fusion" in report:
         lines += ["", "## Attention fusion: fused vs unimodal (5-class)", "",
                   "| model | accuracy | macro-F1 |", "|---|---|---|"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import math
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,25 +31,32 @@ def _id_table(files: list[Path]) -> pa.Table:
 
 def within_subject_split(files: list[Path],
                          fraction: float = TRAIN_FRACTION) -> tuple[set[str], set[str]]:
-    """Record ids of the within-subject split (reads the id columns only).
+    """Record ids of the within-subject split, by trial (reads the id columns only).
 
-    Per (subject, label), records sorted by (session, trial, segment): the first
-    ``round(fraction * n)`` (at least one) train, the rest validate. Unlabelled records
-    (label null or < 0) are in neither.
+    Per (subject, label), the trials sorted by (session, trial), digit runs as numbers: the
+    first
+    ``round(fraction * n_trials)`` (at least one) train, the rest validate, and every
+    segment goes with its trial: segments of one trial are near-duplicates, so a trial is
+    never on both sides. Unlabelled records (label null or < 0) are in neither.
     """
-    groups: dict[tuple[str, int], list[tuple]] = {}
+    groups: dict[tuple[str, int], dict[tuple, list[str]]] = {}
     for r in _id_table(files).to_pylist():
         if r["label"] is None or r["label"] < 0:
             continue
-        key = (r["session"], r["trial"], int(r["segment"]), r["record_id"])
-        groups.setdefault((r["subject"], int(r["label"])), []).append(key)
+        trials = groups.setdefault((r["subject"], int(r["label"])), {})
+        trials.setdefault((str(r["session"]), str(r["trial"])), []).append(r["record_id"])
     train, val = set(), set()
-    for keys in groups.values():
-        keys.sort()
+    for trials in groups.values():
+        keys = sorted(trials, key=lambda k: (_natural(k[0]), _natural(k[1])))
         n_train = min(len(keys), max(1, int(math.floor(fraction * len(keys) + 0.5))))
-        train.update(k[-1] for k in keys[:n_train])
-        val.update(k[-1] for k in keys[n_train:])
+        for i, key in enumerate(keys):
+            (train if i < n_train else val).update(trials[key])
     return train, val
+
+
+def _natural(text: str) -> tuple:
+    """Sort key that orders "t2" before "t10" (digit runs compare as numbers)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
 
 
 def subjects_of(files: list[Path]) -> list[str]:

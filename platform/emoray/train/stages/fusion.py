@@ -2,7 +2,7 @@
 
 :func:`train_fusion` is the driver: it checks the inputs before any worker starts, splits
 the feature shards within subject (METHODS.md: per subject and class, the first 70 % of
-segments by record order train, the rest validate) with Ray Data filters, and fits a
+trials train with all their segments, the rest validate) with Ray Data filters, and fits a
 :class:`~ray.train.torch.TorchTrainer` whose workers run :func:`train_loop`. Every epoch
 reports fused and per-modality validation metrics and a checkpoint bundle
 (:mod:`emoray.bundle`) that alone rebuilds the model and its preprocessing.
