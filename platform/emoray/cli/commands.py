@@ -294,8 +294,9 @@ def _bench(args: argparse.Namespace) -> int:
     _benchmarks_on_path()
     cfg = _resolve(args, {})
     kwargs = {"features": args.features} if args.features else {}
-    if kwargs and args.name == "ingest":
-        raise EmorayError("bench ingest: --features applies to `bench train` and `bench tune`")
+    if kwargs and args.name in ("ingest", "accuracy"):
+        raise EmorayError(f"bench {args.name}: --features applies to `bench train` and "
+                          "`bench tune`")
     if args.checkpoint:
         if args.name != "serve":
             raise EmorayError("bench: --checkpoint applies to `bench serve`")

@@ -1,0 +1,269 @@
+"""Do the models learn? The shipped plan against a linear probe on the same split:
+``python benchmarks/accuracy.py [--quick]`` (or ``emoray bench accuracy``).
+
+One synthetic corpus in real formats (full: 6 subjects x 8 trials per class x 20 s,
+5 s segments; ``--quick``: 4 x 3 x 10 s) is ingested and preprocessed once. On it:
+
+* **deep**: the quickstart plan (``configs/data/quickstart.yaml``: JMML intra -> inter ->
+  classifier and the attention fusion, tiny presets; ``--plan FILE`` for another) is
+  trained and evaluated with ``emoray evaluate``'s machinery: within subject (split by
+  trial) over 3 seeds (``--quick``: 1) and leave-subjects-out over 3 folds (``--quick``: 2);
+* **probe**: logistic regression on fixed hand features (:mod:`benchmarks._probe`) on
+  exactly the same train/validation records of every split, late-fused by averaged
+  probabilities;
+* **incongruence**: the fused model's speech-vs-EEG divergence on the validation trials
+  against the corpus's ground truth ``acted`` flag (ROC AUC);
+* the JMML ablation (speech and EEG macro-F1 for raw features, JEC-SSL, JMML) as
+  ``emoray evaluate`` reports it.
+
+The table gives, per protocol, mean ± std over seeds and a 95 % interval (a t interval
+over seeds, or a binomial one for a single run). The headline ratio is deep fused accuracy
+over probe fused accuracy within subject; the last line is
+``accuracy: ratio R (target 1.05)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):      # run as a script (python benchmarks/NAME.py): the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # makes `benchmarks` importable
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks._probe import MODALITIES, load_table, run_probe
+from benchmarks._runner import runner_parser, table, write_result
+
+TARGET = 1.05
+FULL = {"subjects": 6, "trials_per_class": 8, "seconds": 20.0, "seeds": [0, 1, 2],
+        "folds": 3}
+QUICK = {"subjects": 4, "trials_per_class": 3, "seconds": 10.0, "seeds": [0], "folds": 2}
+#: t quantiles (0.975) by degrees of freedom, for intervals over seeds
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+def interval(values: list[float], n_records: int) -> tuple[float, float, float, float]:
+    """``(mean, std, low, high)``: a t interval over seeds, or for one value a normal
+    binomial interval over its ``n_records`` validation records."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean())
+    if len(v) > 1:
+        std = float(v.std(ddof=1))
+        half = _T975.get(len(v) - 1, 1.96) * std / math.sqrt(len(v))
+    else:
+        std = 0.0
+        half = 1.96 * math.sqrt(max(mean * (1 - mean), 1e-12) / max(n_records, 1))
+    return mean, std, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=None):
+    """The corpus, records and features under ``work``; returns ``(cfg, corpus, features)``."""
+    from emoray.cli.quickstart import quickstart_config
+    from emoray.data.ingest import run_ingest
+    from emoray.data.preprocess import run_preprocess
+    from emoray.runtime import init_ray
+    from emoray.synth.corpus import write_corpus
+
+    sets = [f"synth.subjects={sizes['subjects']}",
+            f"synth.trials_per_class={sizes['trials_per_class']}",
+            f"synth.seconds={sizes['seconds']}"]
+    cfg = quickstart_config(plan, sets)
+    if ray_cfg is not None:
+        cfg.ray = ray_cfg
+    corpus, records, features = work / "corpus", work / "records", work / "features"
+    write_corpus(cfg.synth, corpus)
+    init_ray(cfg.ray)
+    quiet = lambda *_: None                                            # noqa: E731
+    run_ingest(cfg.ingest.model_copy(update={"source": str(corpus), "output": str(records)}),
+               echo=quiet)
+    run_preprocess(cfg.preprocess.model_copy(update={"input": str(records),
+                                                     "output": str(features)}), echo=quiet)
+    return cfg, corpus, features
+
+
+def deep(cfg, features: Path, work: Path, seeds: list[int], folds: int) -> dict[str, Any]:
+    """Train the plan and evaluate it within subject and leave-subjects-out."""
+    from emoray.train.evaluate import evaluate_protocols
+    from emoray.train.plan import run_dir, run_plan
+
+    train = cfg.train.model_copy(update={"features": str(features),
+                                         "output": str(work / "train")})
+    plan_cfg = cfg.model_copy(update={"train": train})
+    quiet = lambda *_: None                                            # noqa: E731
+    run_plan(plan_cfg, echo=quiet)
+    return evaluate_protocols(run_dir(plan_cfg), {"within-subject": (seeds, None),
+                                                  "loso": (seeds[:1], folds)},
+                              cfg=plan_cfg, echo=quiet, parallel=2)
+
+
+def unit_split(features: Path, unit: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The train and validation record ids of one evaluation unit (a seed or a fold)."""
+    from emoray.config import SplitConfig
+    from emoray.data.shards import shard_files
+    from emoray.train.split import split_records
+
+    split = (SplitConfig(protocol="subjects", val_subjects=unit["val_subjects"])
+             if unit.get("val_subjects") else SplitConfig())
+    return split_records(shard_files(features), split, str(features))
+
+
+def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
+                     corpus: Path) -> dict[str, Any]:
+    """ROC AUC of the speech-vs-EEG divergence of ``bundle`` on the validation trials
+    against the ground truth ``acted`` flag (trial score: mean over its segments)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    from emoray.bundle import load_bundle
+    from emoray.data.features import batch_to_tensors, feature_metadata
+    from emoray.data.shards import shard_files
+    from emoray.predict.heads import model_parts
+    from emoray.synth.corpus import read_ground_truth
+
+    model, meta = load_bundle(bundle)
+    parts = model_parts(model, meta)
+    fmeta = feature_metadata(features)
+    cols = ["record_id", "label", "eeg", "logmel", "video"]
+    scores: dict[str, list[float]] = {}
+    for f in shard_files(features):
+        t = pq.read_table(f, columns=cols)
+        keep = np.isin(np.array(t["record_id"].to_pylist()), list(val_ids))
+        t = t.filter(pa.array(keep))
+        if not t.num_rows:
+            continue
+        batch = {c: np.array(t[c].to_pylist() + [None], dtype=object)[:-1] for c in cols}
+        tensors = batch_to_tensors(batch, fmeta)
+        present = {m: tensors[f"{m}_present"].numpy() for m in parts.modalities
+                   if f"{m}_present" in tensors}
+        encoded = {m: parts.encode(m, tensors) for m in present}
+        answers = parts.combine(encoded, present, np.arange(t.num_rows), t.num_rows)
+        for rid, answer in zip(batch["record_id"], answers):
+            if answer.incongruence is not None:
+                scores.setdefault(rid.rsplit("/", 1)[0], []).append(answer.incongruence.score)
+    gt = read_ground_truth(corpus)
+    acted = {str(r): str(a).lower() == "true" for r, a in zip(gt["record_id"], gt["acted"])}
+    trials = [t for t in scores if t in acted]
+    y = [acted[t] for t in trials]
+    out = {"n_trials": len(trials), "n_acted": int(sum(y))}
+    out["auc"] = (float(roc_auc_score(y, [np.mean(scores[t]) for t in trials]))
+                  if 0 < sum(y) < len(y) else None)
+    return out
+
+
+def _rows(deep_reports: dict[str, Any], probes: dict[str, list[dict]]) -> list[dict[str, str]]:
+    rows = []
+    for protocol, report in deep_reports.items():
+        deep_rows = {r["model"]: r["acc"] for r in report.get("fusion", [])}
+        for model in ("fused", *MODALITIES):
+            stat = deep_rows.get(model)
+            probe = [p[model]["acc"] for p in probes[protocol] if model in p]
+            n = sum(p[model]["n"] for p in probes[protocol] if model in p)
+            row = {"protocol": protocol, "model": model}
+            if stat:
+                m, s, lo, hi = interval(list(stat["per_seed"].values()), n)
+                row.update(deep=f"{100 * m:.1f} ± {100 * s:.1f}",
+                           deep_ci=f"[{100 * lo:.1f}, {100 * hi:.1f}]")
+            if probe:
+                pm = float(np.average(probe, weights=[p[model]["n"] for p in probes[protocol]
+                                                      if model in p]))
+                _, _, lo, hi = interval([pm], n)
+                row.update(probe=f"{100 * pm:.1f}", probe_ci=f"[{100 * lo:.1f}, {100 * hi:.1f}]")
+            rows.append(row)
+    return rows
+
+
+def _jmml_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    jm = report.get("jmml") or {}
+    out = []
+    for r in jm.get("rows", []):
+        row = {"modality": r["modality"], "method": r["method"]}
+        for t in jm.get("targets", []):
+            s = r.get(t)
+            row[t] = f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if s else "-"
+        out.append(row)
+    return out
+
+
+def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
+                  ray_cfg=None, plan: str | None = None, keep: bool = False) -> dict[str, Any]:
+    sizes = QUICK if quick else FULL
+    work = Path(tempfile.mkdtemp(prefix="emoray-bench-accuracy-"))
+    times: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        cfg, corpus, features = make_features(work, sizes, plan, ray_cfg)
+        times["data"] = time.perf_counter() - t
+        t = time.perf_counter()
+        reports = deep(cfg, features, work, sizes["seeds"], sizes["folds"])
+        times["deep"] = time.perf_counter() - t
+        t = time.perf_counter()
+        data = load_table(features)
+        probes: dict[str, list[dict]] = {}
+        splits: dict[str, list] = {}
+        for protocol, report in reports.items():
+            units = report["units"] if protocol == "loso" else report["units"][:1]
+            splits[protocol] = [unit_split(features, u) for u in units]
+            probes[protocol] = [run_probe(data, tr, va) for tr, va in splits[protocol]]
+        times["probe"] = time.perf_counter() - t
+        t = time.perf_counter()
+        from emoray.train.plan import read_state
+
+        within = reports["within-subject"]
+        aucs = []
+        for unit in within["units"]:
+            bundle = (read_state(unit["run_dir"])["stages"].get("fusion") or {}).get("bundle")
+            if bundle:
+                aucs.append(incongruence_auc(bundle, features, splits["within-subject"][0][1],
+                                             corpus))
+        times["incongruence"] = time.perf_counter() - t
+        rows = _rows(reports, probes)
+        deep_fused = next(r for r in within["fusion"] if r["model"] == "fused")["acc"]["mean"]
+        probe_fused = probes["within-subject"][0]["fused"]["acc"]
+        ratio = deep_fused / max(probe_fused, 1e-9)
+        auc_values = [a["auc"] for a in aucs if a["auc"] is not None]
+        details = {"sizes": sizes, "quick": quick, "rows": rows,
+                   "jmml": _jmml_rows(within), "incongruence": aucs,
+                   "incongruence_auc": float(np.mean(auc_values)) if auc_values else None,
+                   "deep_fused": deep_fused, "probe_fused": probe_fused,
+                   "reports": {p: {k: v for k, v in r.items() if k != "units"}
+                               for p, r in reports.items()},
+                   "probe": probes, "seconds": times}
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table(rows, ["protocol", "model", "deep", "deep_ci", "probe", "probe_ci"]))
+    if details["jmml"]:
+        targets = [k for k in details["jmml"][0] if k not in ("modality", "method")]
+        print("\nJMML ablation, macro-F1 within subject (mean ± std over seeds)")
+        print(table(details["jmml"], ["modality", "method", *targets]))
+    auc = details["incongruence_auc"]
+    print(f"\nincongruence ROC AUC on acted trials: "
+          f"{'-' if auc is None else f'{auc:.3f}'} (target 0.75)")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    path = write_result(out_dir, "accuracy", ratio, TARGET, json.loads(json.dumps(
+        details, default=float)))
+    print(f"wrote {path}")
+    print(f"accuracy: ratio {ratio:.2f} (target {TARGET})")
+    return details
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line of ``python benchmarks/accuracy.py``."""
+    parser = runner_parser(__doc__)
+    parser.add_argument("--plan", help="a training plan YAML instead of the quickstart's")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+    run_benchmark(quick=args.quick, out_dir=args.out, plan=args.plan, keep=args.keep)
+
+
+if __name__ == "__main__":
+    main()
