@@ -64,8 +64,10 @@ def interval(values: list[float], n_records: int) -> tuple[float, float, float, 
     return mean, std, max(0.0, mean - half), min(1.0, mean + half)
 
 
-def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=None):
-    """The corpus, records and features under ``work``; returns ``(cfg, corpus, features)``."""
+def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=None,
+                  overrides: list[str] | None = None):
+    """The corpus, records and features under ``work``; returns ``(cfg, corpus, features)``.
+    ``overrides`` are ``--set`` overrides of the config (e.g. a contract or stage field)."""
     from emoray.cli.quickstart import quickstart_config
     from emoray.data.ingest import run_ingest
     from emoray.data.preprocess import run_preprocess
@@ -75,7 +77,7 @@ def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=N
     sets = [f"synth.subjects={sizes['subjects']}",
             f"synth.trials_per_class={sizes['trials_per_class']}",
             f"synth.seconds={sizes['seconds']}"]
-    cfg = quickstart_config(plan, sets)
+    cfg = quickstart_config(plan, sets + list(overrides or []))
     if ray_cfg is not None:
         cfg.ray = ray_cfg
     corpus, records, features = work / "corpus", work / "records", work / "features"
@@ -194,13 +196,14 @@ def _jmml_rows(report: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
-                  ray_cfg=None, plan: str | None = None, keep: bool = False) -> dict[str, Any]:
+                  ray_cfg=None, plan: str | None = None, keep: bool = False,
+                  overrides: list[str] | None = None) -> dict[str, Any]:
     sizes = QUICK if quick else FULL
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-accuracy-"))
     times: dict[str, float] = {}
     try:
         t = time.perf_counter()
-        cfg, corpus, features = make_features(work, sizes, plan, ray_cfg)
+        cfg, corpus, features = make_features(work, sizes, plan, ray_cfg, overrides)
         times["data"] = time.perf_counter() - t
         t = time.perf_counter()
         reports = deep(cfg, features, work, sizes["seeds"], sizes["folds"])
@@ -230,7 +233,8 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         probe_fused = probes["within-subject"][0]["fused"]["acc"]
         ratio = deep_fused / max(probe_fused, 1e-9)
         auc_values = [a["auc"] for a in aucs if a["auc"] is not None]
-        details = {"sizes": sizes, "quick": quick, "rows": rows,
+        details = {"sizes": sizes, "quick": quick, "overrides": list(overrides or []),
+                   "rows": rows,
                    "jmml": _jmml_rows(within), "incongruence": aucs,
                    "incongruence_auc": float(np.mean(auc_values)) if auc_values else None,
                    "deep_fused": deep_fused, "probe_fused": probe_fused,
@@ -261,8 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = runner_parser(__doc__)
     parser.add_argument("--plan", help="a training plan YAML instead of the quickstart's")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config field of the run, e.g. "
+                        "preprocess.contract.eeg.normalize=global (repeatable)")
     args = parser.parse_args(argv)
-    run_benchmark(quick=args.quick, out_dir=args.out, plan=args.plan, keep=args.keep)
+    run_benchmark(quick=args.quick, out_dir=args.out, plan=args.plan, keep=args.keep,
+                  overrides=args.overrides)
 
 
 if __name__ == "__main__":

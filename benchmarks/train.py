@@ -141,7 +141,7 @@ def plain_loop(features: Path, train_ids: set[str], cfg, threads: int) -> dict[s
     """Train in this process with ``threads`` intra-op threads; per-epoch samples/seconds."""
     import torch
 
-    from emoray.data.contract import PreprocessContract
+    from emoray.config.contract import PreprocessContract
     from emoray.data.features import batch_to_tensors, feature_metadata
     from emoray.models import FusionModel
 

@@ -8,7 +8,7 @@ A bundle is a folder with two files:
     ``{"format", "model", "stage", "emoray_version", "model_config", "contract",
     "label_names", "metrics"}``: the registered name of the whole model
     (:mod:`emoray.models.registry`) and the keyword arguments that rebuild it, the
-    :class:`~emoray.data.contract.PreprocessContract` (as JSON) its features were made with,
+    :class:`~emoray.config.contract.PreprocessContract` (as JSON) its features were made with,
     the label names of its outputs and the metrics of the epoch it was saved at.
 
 A Ray Train checkpoint of a stage is such a folder (plus, during training, a
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from emoray import __version__
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.errors import ConfigError
 from emoray.models import create_model
 

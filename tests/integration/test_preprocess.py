@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from emoray.config import IngestConfig, PreprocessConfig
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.data.ingest import run_ingest
 from emoray.data.inspect import format_summary, overview_png, summarize
 from emoray.data.preprocess import preprocess_record, run_preprocess

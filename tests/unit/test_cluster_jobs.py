@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from emoray.cli import main
+from emoray.cli.submission import ENTRYPOINTS, find_working_dir, prepare
 from emoray.cluster import jobs
-from emoray.cluster.jobs import (ENTRYPOINTS, connect, find_token, find_working_dir,
-                                 job_address, prepare)
+from emoray.cluster.jobs import connect, find_token, job_address
 from emoray.cluster.upload import (DEFAULT_EXCLUDES, UPLOAD_LIMIT, in_upload, list_package,
                                    ray_default_excludes)
 from emoray.errors import ClusterError, ConfigError

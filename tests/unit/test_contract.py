@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from emoray.data.contract import (
+from emoray.config.contract import (
     SpeechContract,
     EEGContract,
     PreprocessContract,

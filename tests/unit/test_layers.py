@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("emoray.io",)),
     ("datasets", ("emoray.datasets",)),
     ("synth", ("emoray.synth",)),
-    ("data core", ("emoray.data.contract", "emoray.data.transforms", "emoray.data.segment",
+    ("data core", ("emoray.config.contract", "emoray.data.transforms", "emoray.data.segment",
                    "emoray.data.shards", "emoray.data.features")),
     ("config", ("emoray.config",)),
     ("runtime", ("emoray.runtime",)),
@@ -30,7 +30,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("predict", ("emoray.predict",)),
     ("train", ("emoray.train",)),
     ("tune", ("emoray.tune",)),
-    ("command-line grammar", ("emoray.cli.parser",)),   # checked by cluster.jobs too
     ("cluster", ("emoray.cluster",)),
     ("serving", ("emoray.serving",)),
     ("cli", ("emoray.cli", "emoray.__main__")),

@@ -12,7 +12,7 @@ import scipy.signal
 import torch
 import torchvision.io
 
-from emoray.data.contract import SpeechContract, EEGContract, PreprocessContract, VideoContract
+from emoray.config.contract import SpeechContract, EEGContract, PreprocessContract, VideoContract
 from emoray.data.transforms import (
     SPEECH_STAT_NAMES,
     speech_stat_names,
@@ -385,3 +385,26 @@ def test_full_contract_is_deterministic():
     b = preprocess_eeg(x.copy(), 500.0, CHANNELS[:4], c.eeg)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_global_normalisation_keeps_relative_channel_power_and_spectral_tilt():
+    """`global` EEG normalisation keeps one channel 3x stronger than another (per-channel
+    z-scoring makes them equal); `global` log-mel keeps the slope across mel bins."""
+    rng = np.random.default_rng(3)
+    sfreq = 250.0
+    x = np.repeat(rng.standard_normal((1, int(10 * sfreq))) * 1e-5, 2, axis=0)
+    x[1] *= 3.0                                            # the same signal, 3x stronger
+    c = EEGContract(normalize="global", clip=None, notch=[], blink_removal=False)
+    out = preprocess_eeg(x, sfreq, ["Cz", "Pz"], c)["eeg"]
+    ratio = out[1].std() / out[0].std()
+    assert 2.7 < ratio < 3.3 and abs(out.std() - 1.0) < 0.05
+    per_channel = preprocess_eeg(x, sfreq, ["Cz", "Pz"], EEGContract(
+        normalize="zscore", clip=None, notch=[], blink_removal=False))["eeg"]
+    assert abs(per_channel[1].std() / per_channel[0].std() - 1.0) < 0.01
+    t = np.arange(16000 * 2) / 16000
+    wav = (0.3 * np.sin(2 * np.pi * 300 * t) + 0.01 * rng.standard_normal(t.size))
+    logmel = preprocess_speech(wav.astype(np.float32), 16000,
+                               SpeechContract(normalize="global"))["logmel"]
+    assert abs(logmel.mean()) < 1e-4 and abs(logmel.std() - 1.0) < 1e-3
+    bins = logmel.mean(1)
+    assert bins.max() - bins.min() > 1.0            # the spectrum's shape is still there

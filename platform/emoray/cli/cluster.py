@@ -40,7 +40,8 @@ def _outcome(client, job_id: str, status: str) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from emoray.cluster.jobs import connect, follow, prepare, submit
+    from emoray.cli.submission import prepare
+    from emoray.cluster.jobs import connect, follow, submit
 
     job_args = list(args.job_args)
     if job_args[:1] == ["--"]:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from emoray.config.base import _plain_folder_name, _Strict
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 
 
 class RayConfig(_Strict):

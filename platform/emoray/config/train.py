@@ -173,6 +173,13 @@ class FusionStageConfig(StageCommon):
     dropout: float = Field(0.1, ge=0, lt=1)
     modality_dropout: float = Field(0.2, ge=0, lt=1)
     aux_weight: float = Field(0.3, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warmup")
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="learning rate after warmup: cosine decay to 5 % of lr, or "
+        "constant")
+    shuffle_buffer: int = Field(256, ge=0, description="rows of the per-epoch local "
+                                "shuffle of each worker's shard (seeded by seed and epoch; "
+                                "0: shard order)")
 
     @field_validator("modalities")
     @classmethod

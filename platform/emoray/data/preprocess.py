@@ -3,7 +3,7 @@
 Per record: EEG through MNE filters (notch, band-pass, blink regression, resample,
 normalise) plus band features; speech resampled to 16 kHz and turned into a log-mel with
 torchaudio plus prosody statistics; video frames decoded, cropped, resized with
-torchvision. The parameters are one :class:`~emoray.data.contract.PreprocessContract`,
+torchvision. The parameters are one :class:`~emoray.config.contract.PreprocessContract`,
 stored in the feature shards' metadata and in ``contract.json``; serving calls
 :func:`preprocess_record` with the contract from a checkpoint to repeat the transform.
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from emoray import __version__
 from emoray.config import PreprocessConfig
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.data.shards import (FEATURE_SCHEMA, SHARD_DIR, read_metadata, shard_files,
                                 unflatten, with_metadata, write_shard)
 from emoray.errors import ConfigError, DataError

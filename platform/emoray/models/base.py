@@ -2,7 +2,7 @@
 
 An encoder maps one modality's preprocessed tensor to tokens ``(B, T, D)`` and a pooled
 ``(B, D)`` embedding. Its constructor takes the modality's *contract* fields (derived from
-the :class:`~emoray.data.contract.PreprocessContract` the features were made with) plus
+the :class:`~emoray.config.contract.PreprocessContract` the features were made with) plus
 the size fields of a preset; unknown keyword arguments are rejected with a clear error
 (braindecode's ``EEGModuleMixin`` idea). No pretrained weights exist here: weights load
 only from local files the project itself wrote (:meth:`BaseEncoder.load_weights`).

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from emoray.config.train import FusionStageConfig
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.errors import ConfigError
 from emoray.models.fusion import AttentionFusion, FusionOutput
 from emoray.models.registry import create_encoder, encoder_class, register_model
@@ -32,11 +32,24 @@ class FusionModel(nn.Module):
         Per modality ``{"name", "preset", "kwargs"}`` for :func:`create_encoder`.
     fusion : dict
         Keyword arguments of :class:`AttentionFusion` except ``modality_dims``.
+    per_modality : str
+        Where a modality's own prediction comes from: ``aux`` (its auxiliary head, trained
+        on that modality alone at every step) or ``fusion`` (the fused head given only that
+        modality, which modality dropout trains only now and then; bundles written before
+        this setting existed).
     """
 
-    def __init__(self, encoders: dict[str, dict[str, Any]], fusion: dict[str, Any]):
+    def __init__(self, encoders: dict[str, dict[str, Any]], fusion: dict[str, Any],
+                 per_modality: str = "fusion"):
         super().__init__()
+        if per_modality not in ("aux", "fusion"):
+            raise ConfigError(f"per_modality: expected 'aux' or 'fusion', got {per_modality!r}")
+        if per_modality == "aux" and not fusion.get("aux_heads", True):
+            raise ConfigError("per_modality 'aux' needs the auxiliary heads (aux_heads)")
         self._config = {"encoders": json.loads(json.dumps(encoders)), "fusion": dict(fusion)}
+        if per_modality != "fusion":
+            self._config["per_modality"] = per_modality
+        self.per_modality = per_modality
         self.modalities = list(encoders)
         self.encoders = nn.ModuleDict({
             m: create_encoder(e["name"], e["preset"], **e["kwargs"])
@@ -69,7 +82,7 @@ class FusionModel(nn.Module):
         fusion = dict(n_classes=n_classes, dim=cfg.dim, heads=cfg.heads, layers=cfg.layers,
                       dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
                       aux_heads=cfg.aux_weight > 0)
-        return cls(encoders, fusion)
+        return cls(encoders, fusion, "aux" if cfg.aux_weight > 0 else "fusion")
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
@@ -77,12 +90,12 @@ class FusionModel(nn.Module):
         encoders = {m: {"name": name, "preset": "tiny", "kwargs": encoder_class(name).example}
                     for m, (name, _) in ENCODER_OF.items()}
         return {"encoders": encoders, "fusion": {"n_classes": 3, "dim": 32, "heads": 2,
-                                                 "layers": 1}}
+                                                 "layers": 1}, "per_modality": "aux"}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "FusionModel":
         """Rebuild from :meth:`config` (as saved in a bundle)."""
-        return cls(config["encoders"], config["fusion"])
+        return cls(config["encoders"], config["fusion"], config.get("per_modality", "fusion"))
 
     def config(self) -> dict[str, Any]:
         """JSON-able keyword arguments that rebuild this model."""
@@ -104,3 +117,18 @@ class FusionModel(nn.Module):
             if f"{m}_present" in batch:
                 present[m] = batch[f"{m}_present"]                      # (B,)
         return self.fusion(tokens, present=present)
+
+    def alone(self, out: FusionOutput, tokens: dict[str, torch.Tensor],
+              rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality's own logits on the rows that have it (``rows[m]``: a bool mask):
+        its auxiliary head's from the fused pass ``out``, or the fused head run on that
+        modality alone (see ``per_modality``)."""
+        single = {}
+        for m, keep in rows.items():
+            if not keep.any():
+                continue
+            if self.per_modality == "aux" and m in out.aux_logits:
+                single[m] = out.aux_logits[m][keep]
+            else:
+                single[m] = self.fusion({m: tokens[m][keep]}).logits
+        return single

@@ -145,13 +145,10 @@ class FusionParts(ModelParts):
             probs = out.logits.float().softmax(-1).cpu().numpy()          # (B, K)
             mass = out.attention_mass.float().cpu().numpy()               # (B, M)
             single = {}
-            for m in tokens:                # each modality alone, on the rows that have it
-                rows = mask[m]
-                if rows.any():
-                    alone = np.full_like(probs, np.nan)
-                    alone[rows.cpu().numpy()] = fusion({m: tokens[m][rows]}).logits.float() \
-                        .softmax(-1).cpu().numpy()
-                    single[m] = alone
+            for m, logits in self.model.alone(out, tokens, mask).items():   # own rows only
+                alone = np.full_like(probs, np.nan)
+                alone[mask[m].cpu().numpy()] = logits.float().softmax(-1).cpu().numpy()
+                single[m] = alone
         cols = out.modalities
         return self._finish(owner, n_samples, probs, single, present, extra={
             "attention_mass": lambda sel: {m: float(mass[sel, j].mean())

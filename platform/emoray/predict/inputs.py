@@ -2,7 +2,7 @@
 
 :class:`Predictor` loads a bundle (:mod:`emoray.bundle`) and turns raw signals
 into predictions. :meth:`Predictor.prepare` repeats the training transform exactly, from
-the bundle's :class:`~emoray.data.contract.PreprocessContract` alone: each input is cut
+the bundle's :class:`~emoray.config.contract.PreprocessContract` alone: each input is cut
 into segments as ingest cuts trials (:mod:`emoray.data.segment`), each segment goes
 through the same per-modality functions as ``emoray preprocess``, and the rows become
 tensors through :func:`~emoray.data.features.batch_to_tensors`, the function the training
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.data.features import batch_to_tensors
 from emoray.data.segment import SegmentSettings, cut
 from emoray.errors import ConfigError, DataError

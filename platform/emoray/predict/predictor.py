@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from emoray.bundle import load_servable
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.predict.answer import INCONGRUENCE_THRESHOLD, Prediction
 from emoray.predict.heads import model_parts
 from emoray.predict.inputs import (MODALITIES, EEGInput, SpeechInput, VideoInput,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -80,6 +81,18 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
         raise RuntimeError(f"stage run {name!r} finished without a checkpoint")
     return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path,
             "path": result.path}
+
+
+def scheduled_lr(lr: float, epoch: int, epochs: int, warmup: int, schedule: str) -> float:
+    """The learning rate of ``epoch``: linear warmup over ``warmup`` epochs, then constant
+    or a cosine decay to 5 % of ``lr`` at the last epoch (a function of the epoch alone, so
+    a resumed run continues the same schedule)."""
+    if epoch < warmup:
+        return lr * (epoch + 1) / (warmup + 1)
+    if schedule == "constant":
+        return lr
+    t = (epoch - warmup) / max(1, epochs - 1 - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
 
 
 def all_reduce(t: torch.Tensor, world: int) -> None:

@@ -35,7 +35,7 @@ import mne
 import numpy as np
 import scipy.signal
 
-from emoray.data.contract import EEGContract, resampled_length
+from emoray.config.contract import EEGContract, resampled_length
 from emoray.errors import DataError
 
 _MIN_SECONDS = 1.0          # shorter segments cannot be band-passed meaningfully
@@ -222,8 +222,9 @@ def normalize_eeg(x: np.ndarray, method: str, clip: float | None) -> np.ndarray:
     """Normalise each channel over time, then clip to ``[-clip, clip]``.
 
     ``zscore``: ``(x - mean) / std``; ``robust``: ``(x - median) / (IQR / 1.349)`` (the
-    IQR of a Gaussian is 1.349 std, so both give unit spread on Gaussian data); ``none``
-    leaves the values (volts) as they are.
+    IQR of a Gaussian is 1.349 std, so both give unit spread on Gaussian data);
+    ``global``: each channel minus its mean, divided by one std over all channels (the
+    channels' relative power is kept); ``none`` leaves the values (volts) as they are.
     """
     if method == "zscore":
         center = x.mean(axis=1, keepdims=True)
@@ -231,6 +232,9 @@ def normalize_eeg(x: np.ndarray, method: str, clip: float | None) -> np.ndarray:
     elif method == "robust":
         q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0], axis=1, keepdims=True)
         scale = (q75 - q25) / 1.349
+    elif method == "global":
+        center = x.mean(axis=1, keepdims=True)
+        scale = np.full((1, 1), (x - center).std())
     elif method == "none":
         center, scale = 0.0, 1.0
     else:

@@ -26,7 +26,7 @@ import scipy.signal
 import torch
 import torchaudio
 
-from emoray.data.contract import (SPEECH_STAT_NAMES, SpeechContract, n_speech_stats,  # noqa: F401
+from emoray.config.contract import (SPEECH_STAT_NAMES, SpeechContract, n_speech_stats,  # noqa: F401
                                   resampled_length, speech_stat_names)
 from emoray.errors import DataError
 
@@ -95,6 +95,8 @@ def preprocess_speech(samples: np.ndarray, sample_rate: int, c: SpeechContract,
     stats = np.concatenate([mean, std, prosody])                      # (2 * n_mels + 9,)
     if c.normalize == "utterance":
         logmel = (logmel - mean[:, None]) / np.maximum(std, _STD_FLOOR)[:, None]
+    elif c.normalize == "global":
+        logmel = (logmel - logmel.mean()) / max(float(logmel.std()), _STD_FLOOR)
     return {"logmel": logmel.astype(np.float32), "audio_stats": stats.astype(np.float32)}
 
 

@@ -16,7 +16,7 @@ import torch
 import torchvision.io
 from torchvision.transforms.v2 import functional as F
 
-from emoray.data.contract import VideoContract
+from emoray.config.contract import VideoContract
 from emoray.errors import DataError
 
 

@@ -20,12 +20,12 @@ import torch
 
 from emoray.config import SplitConfig
 from emoray.config.train import FusionStageConfig
-from emoray.data.contract import PreprocessContract
+from emoray.config.contract import PreprocessContract
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import DataError
 from emoray.models import ENCODER_OF, FusionModel
-from emoray.train.loop import all_reduce, fit_stage, mine, report, restore
+from emoray.train.loop import all_reduce, fit_stage, mine, report, restore, scheduled_lr
 from emoray.train.metrics import confusion, macro_f1
 from emoray.train.split import check_columns, split_datasets, split_records
 from emoray.train.stages.base import Stage, register_stage
@@ -121,10 +121,16 @@ def train_loop(config: dict[str, Any]) -> None:
     resumed_from = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
+        lr = scheduled_lr(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)   # (sum, count)
         t_epoch = time.perf_counter()
+        shuffle = ({"local_shuffle_buffer_size": cfg.shuffle_buffer,
+                    "local_shuffle_seed": cfg.seed * 100_003 + epoch * 101 + rank}
+                   if cfg.shuffle_buffer else {})
         for batch in ray.train.get_dataset_shard("train").iter_batches(
-                batch_size=cfg.batch_size, batch_format="numpy"):
+                batch_size=cfg.batch_size, batch_format="numpy", **shuffle):
             t = _labelled(batch_to_tensors(batch, meta, device))
             if t is None:
                 continue
@@ -139,7 +145,8 @@ def train_loop(config: dict[str, Any]) -> None:
         train_seconds = time.perf_counter() - t_epoch
         metrics = _evaluate(raw, meta, cfg, device, rank, world, len(label_names), amp)
         all_reduce(loss_sum, world)
-        metrics.update(epoch=epoch, train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+        metrics.update(epoch=epoch, lr=lr,
+                       train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)),
                        train_samples=int(loss_sum[1]), train_seconds=train_seconds,
                        resumed_from=resumed_from)
         history.append(metrics)
@@ -182,13 +189,18 @@ def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp
                                            device))
             if t is None:
                 continue
-            conf[0] += confusion(t["label"], model(t).logits.argmax(1), n_classes)
+            out = model(t)
+            conf[0] += confusion(t["label"], out.logits.argmax(1), n_classes)
             for j, m in enumerate(model.modalities, start=1):
                 sel = t[f"{m}_present"]
-                if sel.any():
+                if not sel.any():
+                    continue
+                if model.per_modality == "aux" and m in out.aux_logits:   # its own head
+                    pred = out.aux_logits[m][sel].argmax(1)
+                else:                                   # the fused head on it alone
                     sub = {k: v[sel] for k, v in t.items()}
                     pred = model(sub, modalities=[m]).logits.argmax(1)
-                    conf[j] += confusion(sub["label"], pred, n_classes)
+                conf[j] += confusion(t["label"][sel], pred, n_classes)
     all_reduce(conf, world)
     model.train()
     total = float(conf[0].sum())

@@ -81,9 +81,11 @@ class EEGContract(BaseModel):
 
     ``channels`` is the channel order the model expects (``None``: keep the input order);
     input channels are picked by name into that order. ``notch`` lists mains frequencies;
-    their harmonics below the input Nyquist are notched too. ``normalize`` is per channel
-    and per segment: ``zscore`` (mean/std) or ``robust`` (median and IQR/1.349, which equals
-    the std for Gaussian data); ``clip`` bounds the normalised values. ``bands`` name the
+    their harmonics below the input Nyquist are notched too. ``normalize`` is per segment:
+    per channel ``zscore`` (mean/std) or ``robust`` (median and IQR/1.349, which equals the
+    std for Gaussian data), or ``global`` (one mean and std over all channels, which keeps
+    the channels' relative power: topography and asymmetry); ``clip`` bounds the normalised
+    values. ``bands`` name the
     frequency bands (Hz, ``[low, high)``) of the band-power and differential-entropy features,
     in feature-column order.
     """
@@ -98,7 +100,7 @@ class EEGContract(BaseModel):
     blink_removal: bool = True
     blink_channels: list[str] = Field(
         default_factory=lambda: ["Fp1", "Fp2", "AF3", "AF4", "F7", "F8"])
-    normalize: Literal["zscore", "robust", "none"] = "zscore"
+    normalize: Literal["zscore", "robust", "global", "none"] = "zscore"
     clip: float | None = Field(20.0, gt=0)
     bands: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(_DEFAULT_BANDS))
 
@@ -142,7 +144,9 @@ class SpeechContract(BaseModel):
     f_max: float | None = 8000.0
     log_eps: float = Field(1e-6, gt=0)
     pre_emphasis: float = Field(0.97, ge=0, lt=1)
-    normalize: Literal["utterance", "none"] = "utterance"
+    #: ``utterance``: each mel bin over the segment (removes energy and spectral tilt);
+    #: ``global``: one mean and std over the whole log-mel (keeps the tilt); ``none``
+    normalize: Literal["utterance", "global", "none"] = "utterance"
 
     @model_validator(mode="after")
     def _check(self) -> "SpeechContract":
