@@ -173,6 +173,9 @@ class FusionStageConfig(StageCommon):
     dropout: float = Field(0.1, ge=0, lt=1)
     modality_dropout: float = Field(0.2, ge=0, lt=1)
     aux_weight: float = Field(0.3, ge=0)
+    per_modality: Literal["fusion", "aux"] = Field(
+        "fusion", description="where a modality's own score comes from: the fused head given "
+        "that modality alone, or its auxiliary head (needs aux_weight > 0)")
     warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warmup")
     schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="learning rate after warmup: cosine decay to 5 % of lr, or "

@@ -82,7 +82,7 @@ class FusionModel(nn.Module):
         fusion = dict(n_classes=n_classes, dim=cfg.dim, heads=cfg.heads, layers=cfg.layers,
                       dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
                       aux_heads=cfg.aux_weight > 0)
-        return cls(encoders, fusion, "aux" if cfg.aux_weight > 0 else "fusion")
+        return cls(encoders, fusion, cfg.per_modality)
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
