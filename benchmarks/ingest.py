@@ -23,7 +23,6 @@ import hashlib
 import shutil
 import tempfile
 import time
-from pathlib import Path
 
 from benchmarks._runner import table, write_result
 from emoray.config import IngestConfig, PreprocessConfig, RayConfig

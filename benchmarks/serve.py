@@ -48,11 +48,9 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks._runner import runner_parser

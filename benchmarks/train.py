@@ -48,7 +48,6 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks._runner import runner_parser, table, write_result

@@ -46,7 +46,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Iterable
 
 from benchmarks._runner import runner_parser, table, write_result
