@@ -107,15 +107,6 @@ def make_features(work: Path, quick: bool, bench: str = "train") -> Path:
     return work / "features"
 
 
-def _feature_columns(meta: dict[str, Any], modalities: list[str]) -> list[str]:
-    from emoray.models import ENCODER_OF
-
-    cols = [ENCODER_OF[m][1] for m in modalities]
-    if meta.get("video_storage") == "float32":
-        cols = ["video_f32" if c == "video" else c for c in cols]
-    return cols
-
-
 def read_train_rows(features: Path, train_ids: set[str], modalities: list[str]):
     """The train rows as one in-memory Arrow table (pyarrow, in-process, file order)."""
     import pyarrow as pa
@@ -124,8 +115,9 @@ def read_train_rows(features: Path, train_ids: set[str], modalities: list[str]):
 
     from emoray.data.features import feature_metadata
     from emoray.data.shards import shard_files
+    from emoray.train.stages.fusion import feature_columns
 
-    columns = ["record_id", "label"] + _feature_columns(feature_metadata(features), modalities)
+    columns = ["record_id", "label"] + feature_columns(feature_metadata(features), modalities)
     ids = pa.array(sorted(train_ids), pa.string())
     parts = []
     for f in shard_files(features):

@@ -29,6 +29,7 @@ import torch
 
 from emoray import __version__
 from emoray.config.contract import PreprocessContract
+from emoray.data.subject_norm import STATS_FILE, SubjectStats
 from emoray.errors import ConfigError
 from emoray.models import create_model
 
@@ -47,7 +48,8 @@ LEGACY_SERVABLE_STAGES = ("fusion", "classifier")
 def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
                 model_config: dict[str, Any], contract: PreprocessContract | dict | str,
                 label_names: list[str], metrics: dict[str, Any], stage: str, model: str,
-                servable: bool = False, extra: dict[str, Any] | None = None) -> Path:
+                servable: bool = False, extra: dict[str, Any] | None = None,
+                files: dict[str, bytes] | None = None) -> Path:
     """Write ``model.pt`` and ``bundle.json`` into ``directory`` (created if needed).
 
     Parameters
@@ -72,6 +74,10 @@ def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
         Whether the bundle answers predictions (its stage is the last of a plan).
     extra : dict | None
         More JSON-able entries of ``bundle.json`` (e.g. JMML's ``targets``).
+    files : dict[str, bytes] | None
+        More files of the bundle by name, e.g. the subject statistics
+        (:data:`~emoray.data.subject_norm.STATS_FILE`) that :func:`load_bundle` attaches to
+        the model as ``subject_stats``.
 
     Returns
     -------
@@ -83,6 +89,8 @@ def save_bundle(directory: str | Path, model_state: dict[str, torch.Tensor], *,
     contract = _as_contract(contract, "contract")
     state = {k: v.detach().to("cpu") for k, v in model_state.items()}
     torch.save(state, directory / MODEL_FILE)
+    for name, data in (files or {}).items():
+        (directory / name).write_bytes(data)
     meta = {"format": BUNDLE_FORMAT, "model": model, "stage": stage, "servable": servable, "emoray_version": __version__,
             "model_config": model_config, "contract": json.loads(contract.to_json()),
             "label_names": list(label_names), "metrics": dict(metrics), **(extra or {})}
@@ -188,6 +196,8 @@ def load_bundle(path: str | Path, *, feature_meta: dict[str, Any] | None = None,
     if missing or unexpected:
         raise ConfigError(f"checkpoint {path}: weights do not fit the model config (missing "
                           f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+    if (Path(path) / STATS_FILE).is_file():
+        model.subject_stats = SubjectStats.load(Path(path) / STATS_FILE)
     return model.to(map_location).eval(), meta
 
 

@@ -15,19 +15,26 @@ CONTRACTS = {
     "ast": dict(n_mels=64, n_frames=96),
     "vit": dict(n_frames=3, size=64),
     "mlp": dict(in_features=20),
+    "bandpower": dict(n_chans=4, n_bands=5),
+    "speechstats": dict(in_features=20),
 }
-INPUTS = {"eegformer": (4, 200), "ast": (64, 96), "vit": (3, 3, 64, 64), "mlp": (20,)}
-N_TOKENS = {"eegformer": 8, "ast": 6, "vit": 3, "mlp": 1}     # ceil(200/25); 2x3; N; 1
+INPUTS = {"eegformer": (4, 200), "ast": (64, 96), "vit": (3, 3, 64, 64), "mlp": (20,),
+          "bandpower": (4, 5), "speechstats": (20,)}
+# ceil(200/25); 2x3; N; 1; a token per band + the all-band token; 1
+N_TOKENS = {"eegformer": 8, "ast": 6, "vit": 3, "mlp": 1, "bandpower": 6, "speechstats": 1}
 FIRST_LAYER = {"eegformer": "temporal.weight", "ast": "patch_embed.weight",
-               "vit": "patch_embed.weight", "mlp": "stem.0.weight"}
+               "vit": "patch_embed.weight", "mlp": "stem.0.weight",
+               "bandpower": "spatial", "speechstats": "stem.0.weight"}
 # The real contract defaults (EAV preprocessing): used for parameter counts on "meta".
 REAL = {
     "eegformer": dict(n_chans=30, sfreq=100.0, n_times=500),
     "ast": dict(n_mels=128, n_frames=501),
     "vit": dict(n_frames=25, size=224),
     "mlp": dict(in_features=265),
+    "bandpower": dict(n_chans=30, n_bands=5),
+    "speechstats": dict(in_features=265),
 }
-NAMES = ["ast", "eegformer", "mlp", "vit"]
+NAMES = ["ast", "bandpower", "eegformer", "mlp", "speechstats", "vit"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,7 +62,7 @@ def _n_params(name: str, preset: str) -> int:
     return sum(p.numel() for p in enc.parameters())
 
 
-def test_registry_lists_the_four_encoders():
+def test_registry_lists_every_encoder():
     assert encoder_names() == NAMES
     for name in NAMES:
         cls = encoder_class(name)
@@ -106,7 +113,7 @@ def test_parameter_counts_grow_with_preset(name):
     tiny, small, base = (_n_params(name, p) for p in ("tiny", "small", "base"))
     assert tiny < small < base
     assert tiny < 200_000
-    if name != "mlp":                       # the transformers' size classes
+    if name in ("ast", "eegformer", "vit"):  # the raw-signal transformers' size classes
         assert 1_000_000 <= small <= 3_000_000
         assert 10_000_000 <= base <= 30_000_000
 

@@ -160,6 +160,10 @@ class ClassifierStageConfig(StageCommon):
     num_workers: int = Field(1, gt=0)
 
 
+#: feature columns a fusion stage may standardise per subject (emoray.data.subject_norm)
+SUBJECT_NORM_COLUMNS = ("eeg", "eeg_bp", "eeg_de", "logmel", "audio_stats", "video")
+
+
 @stage_config("fusion")
 class FusionStageConfig(StageCommon):
     """Settings of the fusion stage (YAML overlay of a training plan)."""
@@ -167,6 +171,10 @@ class FusionStageConfig(StageCommon):
     modalities: list[str] = Field(default_factory=lambda: ["eeg", "speech", "video"])
     encoders: dict[str, str] = Field(
         default_factory=lambda: {"eeg": "tiny", "speech": "tiny", "video": "tiny"})
+    architectures: dict[str, str] = Field(
+        default_factory=dict, description="modality -> registered encoder name (default: "
+        "eegformer on raw EEG, ast on log-mel, vit on frames; bandpower reads the EEG's "
+        "log band power per channel)")
     dim: int = Field(64, gt=0)
     heads: int = Field(4, gt=0)
     layers: int = Field(2, gt=0)
@@ -183,6 +191,16 @@ class FusionStageConfig(StageCommon):
     shuffle_buffer: int = Field(256, ge=0, description="rows of the per-epoch local "
                                 "shuffle of each worker's shard (seeded by seed and epoch; "
                                 "0: shard order)")
+    subject_norm: list[str] = Field(
+        default_factory=list, description="feature columns standardised with their "
+        "subject's statistics (train subjects' from the train split; any other subject's "
+        "from a calibration recording, else the pooled ones): some of eeg, eeg_bp, eeg_de, "
+        "logmel, audio_stats, video")
+    fuse_aux: bool = Field(False, description="the fused logits add the auxiliary heads' "
+                           "logits of the modalities present (a product of experts beside "
+                           "the attention head)")
+    mixup: float = Field(0.0, ge=0, description="mixup's Beta(a, a) parameter (0: off): "
+                         "pairs of rows mixed in every feature column and in the loss")
 
     @field_validator("modalities")
     @classmethod
@@ -198,6 +216,15 @@ class FusionStageConfig(StageCommon):
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
         return self
+
+    @field_validator("subject_norm")
+    @classmethod
+    def _norm_columns(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in SUBJECT_NORM_COLUMNS]
+        if bad:
+            raise ValueError(f"unknown column {bad[0]!r}; expected some of "
+                             f"{list(SUBJECT_NORM_COLUMNS)}")
+        return v
 
 
 #: Training stages a plan may name, in the order they run.

@@ -66,6 +66,7 @@ class AudioSpectrogramTransformer(BaseEncoder):
 
     name: ClassVar[str] = "ast"
     modality: ClassVar[str] = "speech"
+    input_column: ClassVar[str] = "logmel"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_mels", "n_frames")
     #: a small contract the registry test builds every preset with
     example: ClassVar[dict[str, Any]] = {"n_mels": 64, "n_frames": 96}

@@ -30,6 +30,7 @@ class BaseEncoder(nn.Module):
     """Base class of the registered encoders.
 
     Subclasses set ``name``, ``modality`` (``eeg``/``speech``/``video``/``features``),
+    ``input_column`` (the feature column a fused model feeds it, if any),
     ``contract_fields`` (the input-contract keyword names) and ``presets`` (``tiny``,
     ``small``, ``base`` -> size keyword values) and ``example`` (a small contract), and
     implement ``input_shape(**contract)`` and ``forward(x) -> EncoderOutput``. ``self.dim`` is the width D of tokens and pooled output.
@@ -37,6 +38,8 @@ class BaseEncoder(nn.Module):
 
     name: ClassVar[str]
     modality: ClassVar[str]
+    #: the feature column it reads in a fused model (:func:`batch_to_tensors` key)
+    input_column: ClassVar[str] = ""
     contract_fields: ClassVar[tuple[str, ...]]
     example: ClassVar[dict[str, Any]]          # a small contract (tests build every preset)
     presets: ClassVar[dict[str, dict[str, Any]]]

@@ -79,6 +79,7 @@ class EEGformer(BaseEncoder):
 
     name: ClassVar[str] = "eegformer"
     modality: ClassVar[str] = "eeg"
+    input_column: ClassVar[str] = "eeg"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_chans", "sfreq", "n_times")
     #: a small contract the registry test builds every preset with
     example: ClassVar[dict[str, Any]] = {"n_chans": 4, "sfreq": 100.0, "n_times": 200}

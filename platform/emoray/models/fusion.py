@@ -133,19 +133,28 @@ class AttentionFusion(nn.Module):
     max_tokens : dict[str, int] | None
         For the modalities named, a learned position embedding of that many positions;
         longer inputs raise :class:`ConfigError`. Modalities not named get none.
+    fuse_aux : bool
+        The fused logits are the attention head's plus the aux heads' logits of the
+        modalities that took part (a product of experts: each modality's own evidence
+        counts even where the attention head overfits). Needs ``aux_heads``.
     """
 
     def __init__(self, modality_dims: dict[str, int], *, n_classes: int, dim: int = 128,
                  heads: int = 4, layers: int = 2, dropout: float = 0.1,
                  modality_dropout: float = 0.0, aux_heads: bool = True,
-                 max_tokens: dict[str, int] | None = None):
+                 max_tokens: dict[str, int] | None = None, fuse_aux: bool = False):
         super().__init__()
         _check_config(modality_dims, n_classes, dim, heads, layers, dropout, modality_dropout,
                       max_tokens)
+        if fuse_aux and not aux_heads:
+            raise ConfigError("fuse_aux needs the auxiliary heads (aux_heads=True)")
         self._config = dict(modality_dims=dict(modality_dims), n_classes=n_classes, dim=dim,
                             heads=heads, layers=layers, dropout=dropout,
                             modality_dropout=modality_dropout, aux_heads=aux_heads,
                             max_tokens=dict(max_tokens) if max_tokens else None)
+        if fuse_aux:                       # absent from older bundles' configs
+            self._config["fuse_aux"] = True
+        self.fuse_aux = fuse_aux
         self.modalities = list(modality_dims)
         self.modality_dims = dict(modality_dims)
         self.n_classes = n_classes
@@ -233,29 +242,41 @@ class AttentionFusion(nn.Module):
             row = row + weights.mean(1)
         row = row / len(self.blocks)
         logits = self.head(self.norm(seq[:, 0]))                           # (B, n_classes)
+        if self.fuse_aux:
+            for m, c in zip(names, cols):
+                logits = logits + aux_logits[m] * kept[:, c, None].to(logits.dtype)
         return FusionOutput(logits=logits, aux_logits=aux_logits,
                             attention_mass=self._mass(row, names, cols, tokens, kept),
                             modalities=list(self.modalities), present=avail, kept=kept)
 
-    def loss(self, out: FusionOutput, y: torch.Tensor, *,
-             aux_weight: float = 0.3) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, out: FusionOutput, y: torch.Tensor, *, aux_weight: float = 0.3,
+             mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """CE on the fused logits + ``aux_weight`` x the mean CE of the aux heads.
 
         Each aux head's CE averages only over samples where its modality was present;
         heads with no such sample in the batch are left out of the mean. Computed in
-        float32. Returns the loss and ``{"loss", "ce_fused", "ce_aux", "ce_aux_<m>"}``.
+        float32. ``mix = (y2, lam)`` is mixup's second label and weight: every CE becomes
+        ``lam * CE(y) + (1 - lam) * CE(y2)``. Returns the loss and
+        ``{"loss", "ce_fused", "ce_aux", "ce_aux_<m>"}``.
         """
         if y.shape != out.logits.shape[:1]:
             raise ConfigError(f"labels y: expected shape {tuple(out.logits.shape[:1])}, "
                               f"got {tuple(y.shape)}")
         y = y.long()
-        ce = F.cross_entropy(out.logits.float(), y)
+        y2, lam = (mix[0].long(), float(mix[1])) if mix is not None else (y, 1.0)
+
+        def cross_entropy(logits: torch.Tensor, sel: torch.Tensor | None = None):
+            a, b = (y, y2) if sel is None else (y[sel], y2[sel])
+            ce = F.cross_entropy(logits, a)
+            return ce if lam == 1.0 else lam * ce + (1 - lam) * F.cross_entropy(logits, b)
+
+        ce = cross_entropy(out.logits.float())
         parts: dict[str, float] = {"ce_fused": float(ce.detach())}
         aux = []
         for m, logits in out.aux_logits.items():
             sel = out.present[:, out.modalities.index(m)]                  # (B,)
             if sel.any():
-                aux.append(F.cross_entropy(logits.float()[sel], y[sel]))
+                aux.append(cross_entropy(logits.float()[sel], sel))
                 parts[f"ce_aux_{m}"] = float(aux[-1].detach())
         total = ce
         if aux and aux_weight:

@@ -17,14 +17,28 @@ from emoray.models.fusion import AttentionFusion, FusionOutput
 from emoray.models.registry import create_encoder, encoder_class, register_model
 
 
-#: modality -> (encoder name, feature column it reads)
+#: modality -> (default encoder name, the feature column it reads)
 ENCODER_OF = {"eeg": ("eegformer", "eeg"), "speech": ("ast", "logmel"),
               "video": ("vit", "video")}
+
+
+def input_column(modality: str, encoder: str | None = None) -> str:
+    """The feature column the fused model feeds ``modality``'s encoder (by default the
+    modality's default encoder, :data:`ENCODER_OF`)."""
+    name = encoder or ENCODER_OF[modality][0]
+    column = encoder_class(name).input_column
+    if not column:
+        raise ConfigError(f"encoder {name!r} reads no feature column of its own; it cannot "
+                          f"encode {modality!r} in the fusion model")
+    return column
 
 
 @register_model("fusion")
 class FusionModel(nn.Module):
     """Per-modality encoders + :class:`~emoray.models.AttentionFusion` over their tokens.
+
+    Each encoder reads its own feature column (``input_column``: ``eeg``, ``eeg_bp``,
+    ``logmel``, ``video``), so a modality's architecture is a setting (``architectures``).
 
     Parameters
     ----------
@@ -56,6 +70,11 @@ class FusionModel(nn.Module):
             for m, e in encoders.items()})
         dims = {m: enc.dim for m, enc in self.encoders.items()}
         self.fusion = AttentionFusion(dims, **fusion)
+        #: modality -> the feature column its encoder reads
+        self.columns = {m: enc.input_column for m, enc in self.encoders.items()}
+        #: per-subject input statistics (:mod:`emoray.data.subject_norm`), set by the
+        #: training stage or by :func:`~emoray.bundle.load_bundle`; None: inputs as they are
+        self.subject_stats = None
 
     @classmethod
     def from_contract(cls, contract: PreprocessContract, *, n_classes: int,
@@ -67,21 +86,30 @@ class FusionModel(nn.Module):
                               "channels; cannot size the eegformer")
         shapes = contract.output_shapes(n_chans)
         contract_kwargs = {
-            "eeg": dict(n_chans=n_chans, sfreq=contract.eeg.sfreq, n_times=shapes["eeg"][1]),
-            "speech": dict(n_mels=contract.audio.n_mels, n_frames=shapes["logmel"][1]),
+            "eeg": dict(n_chans=n_chans, sfreq=contract.eeg.sfreq, n_times=shapes["eeg"][1],
+                        n_bands=len(contract.eeg.bands)),
+            "speech": dict(n_mels=contract.audio.n_mels, n_frames=shapes["logmel"][1],
+                           in_features=shapes["audio_stats"][0]),
             "video": dict(n_frames=contract.video.n_frames, size=contract.video.size)}
         encoders = {}
         for m in cfg.modalities:
-            name = ENCODER_OF[m][0]
+            name = cfg.architectures.get(m) or ENCODER_OF[m][0]
+            cls_ = encoder_class(name)
+            if cls_.modality != m:
+                raise ConfigError(f"architectures.{m}: encoder {name!r} encodes "
+                                  f"{cls_.modality!r}, not {m!r}")
             preset = cfg.encoders.get(m, "tiny")
             if preset not in encoder_class(name).presets:
                 raise ConfigError(f"encoders.{m}: unknown preset {preset!r} for encoder "
                                   f"{name!r}; expected one of "
                                   f"{sorted(encoder_class(name).presets)}")
-            encoders[m] = {"name": name, "preset": preset, "kwargs": contract_kwargs[m]}
+            kwargs = {k: v for k, v in contract_kwargs[m].items() if k in cls_.contract_fields}
+            encoders[m] = {"name": name, "preset": preset, "kwargs": kwargs}
         fusion = dict(n_classes=n_classes, dim=cfg.dim, heads=cfg.heads, layers=cfg.layers,
                       dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
                       aux_heads=cfg.aux_weight > 0)
+        if cfg.fuse_aux:
+            fusion["fuse_aux"] = True
         return cls(encoders, fusion, cfg.per_modality)
 
     @classmethod
@@ -110,13 +138,31 @@ class FusionModel(nn.Module):
         """
         tokens, present = {}, {}
         for m in self.modalities:
-            key = ENCODER_OF[m][1]
+            key = self.columns[m]
             if key not in batch or (modalities is not None and m not in modalities):
                 continue
             tokens[m] = self.encoders[m](batch[key]).tokens              # (B, T_m, D_m)
             if f"{m}_present" in batch:
                 present[m] = batch[f"{m}_present"]                      # (B,)
         return self.fusion(tokens, present=present)
+
+    def scores(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """What evaluation scores: ``{"fused": (logits, rows), <modality>: (logits, rows)}``,
+        ``rows`` a bool mask of the batch rows the logits are for (a modality's own logits
+        come from its aux head or the fused head on it alone, see ``per_modality``)."""
+        out = self(batch)
+        rows_all = torch.ones(out.logits.shape[0], dtype=torch.bool, device=out.logits.device)
+        result = {"fused": (out.logits, rows_all)}
+        for m in self.modalities:
+            sel = batch.get(f"{m}_present")
+            if sel is None or self.columns[m] not in batch or not sel.any():
+                continue
+            if self.per_modality == "aux" and m in out.aux_logits:
+                result[m] = (out.aux_logits[m][sel], sel)
+            else:
+                sub = {k: v[sel] for k, v in batch.items()}
+                result[m] = (self(sub, modalities=[m]).logits, sel)
+        return result
 
     def alone(self, out: FusionOutput, tokens: dict[str, torch.Tensor],
               rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -97,3 +97,21 @@ class MLPEncoder(BaseEncoder):
         check_input(self.name, x, {"in_features": self.in_features})
         pooled = self.out(self.hidden(self.stem(x)))         # (B, D)
         return EncoderOutput(tokens=pooled.unsqueeze(1), pooled=pooled)
+
+
+@register_encoder
+class SpeechStatsEncoder(MLPEncoder):
+    """The MLP over a segment's speech statistics (``audio_stats``: log-mel means and
+    stds, energy, pitch, voicing, rate, jitter), standardised per subject: the speech
+    path that keeps level and spectral tilt (``architectures: {speech: speechstats}``).
+
+    Examples
+    --------
+    >>> from emoray.models import create_encoder
+    >>> create_encoder("speechstats", "tiny", in_features=265)(torch.randn(2, 265)).pooled.shape
+    torch.Size([2, 32])
+    """
+
+    name: ClassVar[str] = "speechstats"
+    modality: ClassVar[str] = "speech"
+    input_column: ClassVar[str] = "audio_stats"

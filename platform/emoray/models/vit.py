@@ -63,6 +63,7 @@ class VideoViT(BaseEncoder):
 
     name: ClassVar[str] = "vit"
     modality: ClassVar[str] = "video"
+    input_column: ClassVar[str] = "video"
     contract_fields: ClassVar[tuple[str, ...]] = ("n_frames", "size")
     #: a small contract the registry test builds every preset with
     example: ClassVar[dict[str, Any]] = {"n_frames": 3, "size": 64}

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from emoray.errors import ConfigError
-from emoray.models import ENCODER_OF
 from emoray.predict.answer import (INCONGRUENCE_THRESHOLD, ModalityPrediction, Prediction,
                                    incongruence, named, valence_arousal)
 
@@ -117,7 +116,7 @@ class ModelParts:
 
 
 class FusionParts(ModelParts):
-    """Attention fusion: encoders ``eegformer``/``ast``/``vit`` send their output tokens;
+    """Attention fusion: each modality's encoder (e.g. ``eegformer``/``ast``/``vit``) sends its output tokens;
     the head runs :class:`~emoray.models.AttentionFusion` on any subset of them."""
 
     def __init__(self, model, meta, incongruence_threshold: float = INCONGRUENCE_THRESHOLD):
@@ -126,7 +125,7 @@ class FusionParts(ModelParts):
         self.label_names = list(meta.get("label_names") or [])
 
     def inputs(self, modality: str) -> list[str]:
-        return [ENCODER_OF[modality][1]]
+        return [self.model.columns[modality]]
 
     @torch.no_grad()
     def encode(self, modality: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
+from emoray.data.subject_norm import normalize
 from emoray.bundle import TRAIN_STATE_FILE, load_bundle
 
 #: The confusion matrix is skipped above this many validation rows (it runs in the driver).
@@ -102,7 +103,6 @@ def val_confusion(checkpoint: str | Path, features: str | Path, split=None,
     for a JMML classifier; None for other stages or a split larger than
     :data:`MAX_CONFUSION_ROWS`."""
     from emoray.bundle import read_bundle_meta
-    from emoray.models import ENCODER_OF
 
     meta = feature_metadata(features)
     stage = read_bundle_meta(checkpoint)["stage"]
@@ -110,9 +110,9 @@ def val_confusion(checkpoint: str | Path, features: str | Path, split=None,
         return None
     model, bundle = load_bundle(checkpoint, feature_meta=meta)
     if stage == "fusion":
-        video = "video_f32" if meta.get("video_storage") == "float32" else "video"
-        wanted = ["label"] + [video if ENCODER_OF[m][1] == "video" else ENCODER_OF[m][1]
-                              for m in model.modalities]
+        from emoray.train.stages.fusion import model_columns
+
+        wanted = ["subject", "label"] + model_columns(meta, model)
         names = {"label": list(bundle["label_names"])}
     else:
         wanted = [f"{t}_high" for t in model.targets] + [model.features["speech"]]
@@ -122,7 +122,7 @@ def val_confusion(checkpoint: str | Path, features: str | Path, split=None,
         return None
     conf = {k: np.zeros((len(v), len(v)), dtype=np.int64) for k, v in names.items()}
     for batch in batches:
-        t = batch_to_tensors(batch, meta)
+        t = normalize(batch_to_tensors(batch, meta), model, batch.get("subject"))
         with torch.no_grad():
             if stage == "fusion":
                 keep = t["label"] >= 0

@@ -318,27 +318,23 @@ def evaluate_bundle(bundle: str | Path, features: str | Path | None = None,
     model, _ = load_bundle(bundle, feature_meta=meta)
     stage = meta_b["stage"]
     if stage == "fusion":
-        from emoray.train.stages.fusion import feature_columns
+        from emoray.data.subject_norm import normalize
+        from emoray.train.stages.fusion import model_columns
 
-        cols = feature_columns(meta, model.modalities)
+        cols = model_columns(meta, model)
         names = ["fused"] + list(model.modalities)
         n = len(meta_b["label_names"])
         conf = {k: torch.zeros(n, n, dtype=torch.float64) for k in names}
-        for batch in val_batches(features, ["label"] + cols, split, batch_size,
+        for batch in val_batches(features, ["subject", "label"] + cols, split, batch_size,
                                  max_rows=None):
-            t = batch_to_tensors(batch, meta)
+            t = normalize(batch_to_tensors(batch, meta), model, batch["subject"])
             keep = t["label"] >= 0
             if not keep.any():
                 continue
             t = {k: v[keep] for k, v in t.items()}
             with torch.no_grad():
-                conf["fused"] += confusion(t["label"], model(t).logits.argmax(1), n)
-                for m in model.modalities:
-                    sel = t[f"{m}_present"]
-                    if sel.any():
-                        sub = {k: v[sel] for k, v in t.items()}
-                        pred = model(sub, modalities=[m]).logits.argmax(1)
-                        conf[m] += confusion(sub["label"], pred, n)
+                for name, (logits, rows) in model.scores(t).items():
+                    conf[name] += confusion(t["label"][rows], logits.argmax(1), n)
         out = {"val_acc": float(conf["fused"].diag().sum() / conf["fused"].sum().clamp_min(1)),
                "val_f1": macro_f1(conf["fused"]), "val_n": int(conf["fused"].sum())}
         for m in model.modalities:

@@ -128,7 +128,7 @@ def restore(model: torch.nn.Module, device: torch.device):
 def report(metrics: dict[str, Any], *, rank: int, model: torch.nn.Module,
            model_config: dict[str, Any], meta: dict[str, Any], label_names: list[str],
            stage: str, train_state: dict[str, Any], extra: dict[str, Any] | None = None,
-           servable: bool = False) -> None:
+           servable: bool = False, files: dict[str, bytes] | None = None) -> None:
     """Report ``metrics`` from every rank (a barrier); rank 0 attaches the bundle and the
     training state (optimizer, epoch, history) as the checkpoint; ``servable`` marks a
     bundle that answers predictions (the stage's :attr:`~emoray.train.stages.Stage.servable`)."""
@@ -144,7 +144,7 @@ def report(metrics: dict[str, Any], *, rank: int, model: torch.nn.Module,
         save_bundle(tmp, model.state_dict(), model_config=model_config,
                     contract=meta["contract"], label_names=label_names, metrics=metrics,
                     stage=stage, model=type(getattr(model, "module", model)).model_name,
-                    servable=servable, extra=extra)
+                    servable=servable, extra=extra, files=files)
         torch.save(train_state, Path(tmp) / TRAIN_STATE_FILE)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 

@@ -24,7 +24,9 @@ from emoray.config.contract import PreprocessContract
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import DataError
-from emoray.models import ENCODER_OF, FusionModel
+from emoray.data.subject_norm import STATS_FILE, SubjectStats, normalize, stats_of_features
+from emoray.models import FusionModel
+from emoray.models.fusion_model import input_column
 from emoray.train.loop import all_reduce, fit_stage, mine, report, restore, scheduled_lr
 from emoray.train.metrics import confusion, macro_f1
 from emoray.train.split import check_columns, split_datasets, split_records
@@ -65,7 +67,8 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
     features = Path(features).resolve()
     meta = feature_metadata(features)
     files = shard_files(features)
-    check_columns(files, dict(zip(cfg.modalities, feature_columns(meta, cfg.modalities))),
+    check_columns(files, dict(zip(cfg.modalities, feature_columns(meta, cfg.modalities,
+                                                                   cfg.architectures))),
                   "fusion")
     contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
                                             source=f"{features} contract")
@@ -75,23 +78,38 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
                         kind="label")
     model = FusionModel.from_contract(contract, n_classes=len(label_names), cfg=cfg)
     train_ids, val_ids = split_records(files, split, str(features))
-    columns = ["record_id", "label"] + feature_columns(meta, cfg.modalities)
+    columns = ["record_id", "subject", "label"] + feature_columns(meta, cfg.modalities,
+                                                                  cfg.architectures)
     datasets = split_datasets(features, columns, train_ids, val_ids, cfg.materialize)
+    # statistics of the train split only: validation subjects' rows never leak into them
+    # (a held-out subject is normalised with the pooled statistics, as an uncalibrated
+    # user would be)
+    stats = (stats_of_features(features, cfg.subject_norm, train_ids).to_bytes()
+             if cfg.subject_norm else None)
     loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": meta,
-                   "model_config": model.config(), "label_names": label_names}
+                   "model_config": model.config(), "label_names": label_names,
+                   "subject_stats": stats}
     # val is read whole by every rank (each scores its share of batches): no rows lost
     out = fit_stage(train_loop, loop_config, cfg, datasets, run_dir, name,
                     datasets_to_split=["train"])
     return {**out, "n_train": len(train_ids), "n_val": len(val_ids)}
 
 
-def feature_columns(meta: dict[str, Any], modalities: list[str]) -> list[str]:
-    cols = []
-    for m in modalities:
-        col = ENCODER_OF[m][1]
-        cols.append("video_f32" if col == "video" and meta.get("video_storage") == "float32"
-                    else col)
-    return cols
+def feature_columns(meta: dict[str, Any], modalities: list[str],
+                    architectures: dict[str, str] | None = None) -> list[str]:
+    """The shard columns the encoders of ``modalities`` read (``architectures``: modality
+    -> encoder name, default :data:`~emoray.models.ENCODER_OF`)."""
+    return [_stored(meta, input_column(m, (architectures or {}).get(m))) for m in modalities]
+
+
+def model_columns(meta: dict[str, Any], model: FusionModel) -> list[str]:
+    """The shard columns a built fusion model's encoders read."""
+    return [_stored(meta, model.columns[m]) for m in model.modalities]
+
+
+def _stored(meta: dict[str, Any], column: str) -> str:
+    return ("video_f32" if column == "video" and meta.get("video_storage") == "float32"
+            else column)
 
 
 # -- worker loop ----------------------------------------------------------------------------
@@ -109,6 +127,11 @@ def train_loop(config: dict[str, Any]) -> None:
     np.random.seed(cfg.seed + rank)
     device = ray.train.torch.get_device()
     model = FusionModel.from_config(config["model_config"])
+    stats_bytes = config.get("subject_stats")
+    if stats_bytes:
+        model.subject_stats = SubjectStats.from_bytes(stats_bytes)
+    files = {STATS_FILE: stats_bytes} if stats_bytes else None
+    mixer = np.random.default_rng(cfg.seed * 7919 + rank)
     restored = restore(model, device)              # own restart or a re-run of the same name
     optimizer_state, start_epoch, history = restored or (None, 0, [])
     ddp = ray.train.torch.prepare_model(
@@ -131,12 +154,13 @@ def train_loop(config: dict[str, Any]) -> None:
                    if cfg.shuffle_buffer else {})
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=cfg.batch_size, batch_format="numpy", **shuffle):
-            t = _labelled(batch_to_tensors(batch, meta, device))
+            t = _labelled(_tensors(batch, meta, device, raw))
             if t is None:
                 continue
+            mix = _mixup(t, raw, cfg.mixup, mixer) if cfg.mixup > 0 else None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 out = ddp(t)
-            loss, _ = raw.fusion.loss(out, t["label"], aux_weight=cfg.aux_weight)
+            loss, _ = raw.fusion.loss(out, t["label"], aux_weight=cfg.aux_weight, mix=mix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -157,7 +181,27 @@ def train_loop(config: dict[str, Any]) -> None:
                   f"{parts}", flush=True)
         report(metrics, rank=rank, model=raw, model_config=raw.config(), meta=meta,
                label_names=label_names, stage=STAGE.name, servable=STAGE.servable,
-               train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
+               files=files, train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
+
+
+def _tensors(batch: dict[str, np.ndarray], meta: dict[str, Any], device,
+             model: FusionModel) -> dict[str, torch.Tensor]:
+    """The batch's tensors, standardised with each row's subject's statistics."""
+    return normalize(batch_to_tensors(batch, meta, device), model, batch.get("subject"))
+
+
+def _mixup(t: dict[str, torch.Tensor], model: FusionModel, alpha: float,
+           rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+    """Mix every row of ``t`` with a random other row in place (each modality's input and
+    presence); returns mixup's second labels and weight for the loss."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(len(t["label"]))).to(t["label"].device)
+    for m, key in model.columns.items():
+        if key in t:
+            t[key] = lam * t[key] + (1.0 - lam) * t[key][perm]
+        if f"{m}_present" in t:
+            t[f"{m}_present"] = t[f"{m}_present"] | t[f"{m}_present"][perm]
+    return t["label"][perm], lam
 
 
 def _labelled(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -185,22 +229,15 @@ def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp
             keep = mine(batch["record_id"], rank, world)
             if not keep.any():
                 continue
-            t = _labelled(batch_to_tensors({k: v[keep] for k, v in batch.items()}, meta,
-                                           device))
+            t = _labelled(_tensors({k: v[keep] for k, v in batch.items()}, meta, device,
+                                   model))
             if t is None:
                 continue
-            out = model(t)
-            conf[0] += confusion(t["label"], out.logits.argmax(1), n_classes)
-            for j, m in enumerate(model.modalities, start=1):
-                sel = t[f"{m}_present"]
-                if not sel.any():
-                    continue
-                if model.per_modality == "aux" and m in out.aux_logits:   # its own head
-                    pred = out.aux_logits[m][sel].argmax(1)
-                else:                                   # the fused head on it alone
-                    sub = {k: v[sel] for k, v in t.items()}
-                    pred = model(sub, modalities=[m]).logits.argmax(1)
-                conf[j] += confusion(t["label"][sel], pred, n_classes)
+            scores = model.scores(t)
+            for j, name in enumerate(names):
+                if name in scores:
+                    logits, rows = scores[name]
+                    conf[j] += confusion(t["label"][rows], logits.argmax(1), n_classes)
     all_reduce(conf, world)
     model.train()
     total = float(conf[0].sum())
@@ -223,7 +260,8 @@ def preflight(features: Path, cfg: FusionStageConfig, plan: dict[str, Any]) -> N
     """The feature columns are there and the model builds from the features' contract."""
     meta = feature_metadata(features)
     check_columns(shard_files(features),
-                  dict(zip(cfg.modalities, feature_columns(meta, cfg.modalities))), "fusion")
+                  dict(zip(cfg.modalities, feature_columns(meta, cfg.modalities,
+                                                           cfg.architectures))), "fusion")
     contract = PreprocessContract.from_json(json.dumps(meta["contract"]),
                                             source=f"{features} contract")
     FusionModel.from_contract(contract, n_classes=max(2, len(meta.get("label_names") or [])),
