@@ -128,13 +128,15 @@ def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
     from emoray.bundle import load_bundle
     from emoray.data.features import batch_to_tensors, feature_metadata
     from emoray.data.shards import shard_files
+    from emoray.data.subject_norm import normalize
     from emoray.predict.heads import model_parts
+    from emoray.train.stages.fusion import model_columns
     from emoray.synth.corpus import read_ground_truth
 
     model, meta = load_bundle(bundle)
     parts = model_parts(model, meta)
     fmeta = feature_metadata(features)
-    cols = ["record_id", "label", "eeg", "logmel", "video"]
+    cols = ["record_id", "subject", "label", *model_columns(fmeta, model)]
     scores: dict[str, list[float]] = {}
     for f in shard_files(features):
         t = pq.read_table(f, columns=cols)
@@ -143,7 +145,7 @@ def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
         if not t.num_rows:
             continue
         batch = {c: np.array(t[c].to_pylist() + [None], dtype=object)[:-1] for c in cols}
-        tensors = batch_to_tensors(batch, fmeta)
+        tensors = normalize(batch_to_tensors(batch, fmeta), model, batch["subject"])
         present = {m: tensors[f"{m}_present"].numpy() for m in parts.modalities
                    if f"{m}_present" in tensors}
         encoded = {m: parts.encode(m, tensors) for m in present}

@@ -104,7 +104,7 @@ def eav_features(ray_cluster, corpus_factory, tmp_path_factory) -> Path:
 #: the tiny fusion stage the fusion, inference and tuning tests share (2 workers, 2 epochs)
 FUSION_FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=2,
                    cpus_per_worker=0.25, controller_failure_limit=0, max_failures=0,
-                   materialize=True)
+                   materialize=True, subject_norm=["eeg", "logmel", "video"])
 
 
 @pytest.fixture(scope="session")

@@ -401,3 +401,58 @@ def test_killed_encoder_replica_under_load(served, record):
     assert rate < 0.01
     assert last_failure < 15
     assert any(ok for t, ok in log if t > killed_at + last_failure)
+
+
+def _train_rows_of(eav_features, subject: str) -> list[dict]:
+    """The raw record rows of ``subject`` in the training split (what its statistics in
+    the bundle were computed from), as model inputs with the JPEG frames as stored."""
+    from emoray.train.split import split_records
+
+    train_ids, _ = split_records(shard_files(eav_features / "feat"), None, "feat")
+    names = list(read_metadata(eav_features / "rec")["dataset"]["eeg_channels"])
+    rows = [r for r in pq.read_table(shard_files(eav_features / "rec")).to_pylist()
+            if r["subject"] == subject and r["record_id"] in train_ids]
+    return [{"eeg": EEGInput(unflatten(r["eeg"], r["eeg_shape"]), r["eeg_sfreq"], names)
+             if r["eeg"] is not None else None,
+             "speech": SpeechInput(np.asarray(r["audio"], np.float32), r["audio_rate"])
+             if r["audio"] is not None else None,
+             "video": VideoInput(list(r["video"]), r["video_fps"])
+             if r["video"] is not None else None} for r in sorted(rows, key=lambda r: r["record_id"])]
+
+
+def test_subject_calibration_round_trips_the_training_statistics(served, record, eav_features):
+    """Calibrating a new name with a training subject's own train-split recordings over HTTP
+    reproduces the statistics the bundle holds for that subject: answers naming either are
+    equal, and differ from the subject-independent (pooled) answer."""
+    url, subject = served["url"], "sub-01"
+    rows = _train_rows_of(eav_features, subject)
+    assert len(rows) >= 8
+    for i, inputs in enumerate(rows):
+        answer = _post(url, json_request(**{m: v for m, v in inputs.items() if v is not None}),
+                       path="/v1/subjects/calib-1/calibration" + ("?reset=true" if i == 0 else ""))
+        assert answer.status_code == 200, answer.text
+    summary = answer.json()
+    assert summary["subject"] == "calib-1" and summary["segments"] == len(rows)
+    assert set(summary["modalities"]) == {"eeg", "speech", "video"}
+
+    body = json_request(eeg=record["eeg"], speech=record["speech"])
+    pooled = _post(url, body).json()
+    training = _post(url, body, path=f"/v1/predict?subject={subject}").json()
+    calibrated = _post(url, body, path="/v1/predict?subject=calib-1").json()
+    unknown = _post(url, body, path="/v1/predict?subject=never-seen").json()
+    diff = lambda a, b: max(abs(a["probabilities"][k] - b["probabilities"][k])   # noqa: E731
+                            for k in a["probabilities"])
+    print("calibrated vs training", diff(calibrated, training),
+          "training vs pooled", diff(training, pooled))
+    assert diff(calibrated, training) < 1e-3
+    assert diff(training, pooled) > 10 * diff(calibrated, training)
+    assert diff(unknown, pooled) < 1e-6
+
+    local = Predictor.from_bundle(served["bundle"], device="cpu")
+    _close(local.predict(eeg=record["eeg"], speech=record["speech"],
+                         subject=subject).probabilities, training["probabilities"])
+
+    bad = _post(url, body, path="/v1/predict?subject=" + "x" * 200)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "subject"
+    empty = _post(url, {"eeg": None}, path="/v1/subjects/calib-2/calibration")
+    assert empty.status_code in (400, 422)

@@ -17,14 +17,17 @@ CONTRACTS = {
     "mlp": dict(in_features=20),
     "bandpower": dict(n_chans=4, n_bands=5),
     "speechstats": dict(in_features=20),
+    "bandpower-mlp": dict(n_chans=4, n_bands=5),
 }
 INPUTS = {"eegformer": (4, 200), "ast": (64, 96), "vit": (3, 3, 64, 64), "mlp": (20,),
-          "bandpower": (4, 5), "speechstats": (20,)}
+          "bandpower": (4, 5), "speechstats": (20,), "bandpower-mlp": (4, 5)}
 # ceil(200/25); 2x3; N; 1; a token per band + the all-band token; 1
-N_TOKENS = {"eegformer": 8, "ast": 6, "vit": 3, "mlp": 1, "bandpower": 6, "speechstats": 1}
+N_TOKENS = {"eegformer": 8, "ast": 6, "vit": 3, "mlp": 1, "bandpower": 6, "speechstats": 1,
+            "bandpower-mlp": 1}
 FIRST_LAYER = {"eegformer": "temporal.weight", "ast": "patch_embed.weight",
                "vit": "patch_embed.weight", "mlp": "stem.0.weight",
-               "bandpower": "spatial", "speechstats": "stem.0.weight"}
+               "bandpower": "spatial", "speechstats": "stem.0.weight",
+               "bandpower-mlp": "stem.0.weight"}
 # The real contract defaults (EAV preprocessing): used for parameter counts on "meta".
 REAL = {
     "eegformer": dict(n_chans=30, sfreq=100.0, n_times=500),
@@ -33,8 +36,9 @@ REAL = {
     "mlp": dict(in_features=265),
     "bandpower": dict(n_chans=30, n_bands=5),
     "speechstats": dict(in_features=265),
+    "bandpower-mlp": dict(n_chans=30, n_bands=5),
 }
-NAMES = ["ast", "bandpower", "eegformer", "mlp", "speechstats", "vit"]
+NAMES = ["ast", "bandpower", "bandpower-mlp", "eegformer", "mlp", "speechstats", "vit"]
 
 
 @pytest.fixture(autouse=True, scope="module")

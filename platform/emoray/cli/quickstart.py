@@ -18,7 +18,7 @@ from emoray.config import EmorayConfig, dump, resolve
 #: run takes a few minutes on 2 cores; configs/data/quickstart.yaml holds the same values.
 QUICKSTART_DEFAULTS: dict = {
     "ray": {"num_cpus": 2},
-    "synth": {"mode": "parallel", "layout": "native", "subjects": 4, "trials_per_class": 3,
+    "synth": {"mode": "parallel", "layout": "native", "subjects": 4, "trials_per_class": 6,
               "seconds": 10.0, "seed": 0},
     "ingest": {"layout": "manifest", "segment_seconds": 5.0},
     "preprocess": {"contract": {"video": {"n_frames": 10, "size": 64}}},
@@ -29,9 +29,13 @@ QUICKSTART_DEFAULTS: dict = {
         "inter": {"k": 4, "hidden": 32, "epochs": 10, "batch_size": 24, "num_workers": 2,
                   "cpus_per_worker": 0.25, "materialize": True},
         "classifier": {"num_workers": 1, "cpus_per_worker": 0.25, "materialize": True},
-        "fusion": {"encoders": {"eeg": "tiny", "speech": "tiny", "video": "tiny"}, "dim": 32,
-                   "heads": 2, "layers": 1, "epochs": 12, "lr": 0.002, "batch_size": 8, "num_workers": 2,
-                   "cpus_per_worker": 0.25, "materialize": True}}},
+        "fusion": {"encoders": {"eeg": "tiny", "speech": "tiny", "video": "tiny"},
+                   "architectures": {"eeg": "bandpower", "speech": "speechstats"},
+                   "subject_norm": ["eeg_bp", "audio_stats", "video"], "fuse_aux": True,
+                   "per_modality": "aux", "mixup": 0.4, "dropout": 0.3, "dim": 32,
+                   "heads": 2, "layers": 1, "epochs": 20, "lr": 0.002, "weight_decay": 0.05,
+                   "batch_size": 16, "num_workers": 2, "cpus_per_worker": 0.25,
+                   "materialize": True}}},
 }
 
 #: How the quickstart evaluates its run: protocol -> (seeds, folds); two plans at a time.
@@ -95,7 +99,8 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
         echo(f"  overview: {overview_png(folder)}")
     reports = train_and_evaluate(cfg, features, out / "train", timings, echo)
     t = time.perf_counter()
-    answers = serve_and_ask(cfg, out / "train" / cfg.train.name, corpus, echo)
+    answers = serve_and_ask(cfg, out / "train" / cfg.train.name, corpus, echo,
+                            features=features)
     timings["serve"] = time.perf_counter() - t
     echo("")
     echo("quickstart done in " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
@@ -138,33 +143,53 @@ SUBSETS = [("eeg",), ("speech",), ("video",), ("eeg", "speech"), ("eeg", "video"
            ("speech", "video"), ("eeg", "speech", "video")]
 
 
-def serve_and_ask(cfg: EmorayConfig, run: Path, corpus: Path, echo=print) -> dict:
-    """Serve the trained run on Ray Serve (``cfg.serve``), send one real trial's files with
-    every modality subset over HTTP, print the answers and shut Serve down."""
+def demo_trial(corpus: Path, features: Path | None, split=None) -> dict[str, str]:
+    """The manifest row of the first trial with all three modalities that the model never
+    trained on (a validation trial of ``split``; any trial without ``features``)."""
     import csv
 
+    held: set[tuple[str, ...]] | None = None
+    if features is not None:
+        from emoray.data.shards import shard_files
+        from emoray.train.split import split_records
+
+        _, val_ids = split_records(shard_files(features), split, str(features))
+        held = {tuple(r.split("/")[1:4]) for r in val_ids}     # dataset/subject/session/trial/seg
+    with open(corpus / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("eeg") and r.get("audio")
+                and r.get("video")]
+    for r in rows:
+        if held is None or (r["subject"], r["session"], r["trial"]) in held:
+            return r
+    return rows[0]
+
+
+def serve_and_ask(cfg: EmorayConfig, run: Path, corpus: Path, echo=print,
+                  features: Path | None = None) -> dict:
+    """Serve the trained run on Ray Serve (``cfg.serve``), send one validation trial's files
+    with every modality subset over HTTP (naming its subject, whose statistics the model
+    keeps), print the answers beside the true label and shut Serve down."""
     from ray import serve
 
     from emoray.cli.format import format_prediction
     from emoray.serving.app import run as serve_run
     from emoray.serving.client import predict_files
 
-    with open(corpus / "manifest.csv", newline="") as fh:
-        row = next(r for r in csv.DictReader(fh) if r.get("eeg") and r.get("audio")
-                   and r.get("video"))
+    row = demo_trial(corpus, features, cfg.train.split)
     files = {"eeg": corpus / row["eeg"], "speech": corpus / row["audio"],
              "video": corpus / row["video"]}
     settings = cfg.serve.model_copy(update={"checkpoint": str(run)})
     echo("")
-    echo(f"[7/7] serve: {run} on Ray Serve; one request per modality subset "
-         f"(true label of {row['subject']} trial {row['trial']}: {row['label']})")
+    echo(f"[7/7] serve: {run} on Ray Serve; one request per modality subset of validation "
+         f"trial {row['trial']} of {row['subject']} (true label: {row['label']})")
     url = serve_run(settings, echo=echo)
     answers = {}
     try:
         for subset in SUBSETS:
-            answer = predict_files(url, [files[m] for m in subset])
+            answer = predict_files(url, [files[m] for m in subset], subject=row["subject"])
             answers["+".join(subset)] = answer
-            echo(f"  {'+'.join(subset):<17} -> " + format_prediction(answer).splitlines()[0])
+            echo(f"  {'+'.join(subset):<17} -> " + format_prediction(answer).splitlines()[0]
+                 + f"   (true: {row['label']})")
         echo("  full answer for eeg+speech+video:")
         echo("    " + format_prediction(answers["eeg+speech+video"]).replace("\n", "\n    "))
         echo(f"  serve it yourself: emoray serve {run}   (docs at {url}/docs)")

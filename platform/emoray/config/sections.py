@@ -204,6 +204,8 @@ class ServeConfig(_Strict):
     max_seconds: float = Field(120.0, gt=0, description="Longest recording accepted.")
     max_channels: int = Field(256, ge=1)
     max_frames: int = Field(3000, ge=1)
+    max_subjects: int = Field(10000, ge=0, description="Calibrated subjects a router "
+                              "replica keeps (POST /v1/subjects/{id}/calibration).")
     incongruence_threshold: float = Field(0.2, ge=0, le=1, description="JS divergence "
                                           "(bits) from which speech-vs-EEG is flagged.")
     batching: bool = Field(True, description="@serve.batch in the encoders.")

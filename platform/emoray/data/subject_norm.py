@@ -234,6 +234,16 @@ class SubjectStats:
                             kind="layout") from None
         return cls.from_bytes(data, str(path))
 
+    def adopt(self, subject: str, other: "SubjectStats") -> "SubjectStats":
+        """A copy whose entry for ``subject`` is ``other``'s (e.g. a calibration recording's);
+        the pooled entry, and so the std floor, stay this one's."""
+        if not other.has(subject):
+            raise DataError(None, f"no statistics of subject {subject!r} to adopt",
+                            kind="layout", field="subject")
+        out = SubjectStats(self.columns)
+        out._acc = {**self._acc, str(subject): other._acc[str(subject)]}
+        return out
+
     def only(self, subjects: Sequence[str]) -> "SubjectStats":
         """A copy with the pooled entry and the given subjects' statistics only."""
         out = SubjectStats(self.columns)

@@ -115,3 +115,35 @@ class SpeechStatsEncoder(MLPEncoder):
     name: ClassVar[str] = "speechstats"
     modality: ClassVar[str] = "speech"
     input_column: ClassVar[str] = "audio_stats"
+
+
+@register_encoder
+class BandPowerMLPEncoder(MLPEncoder):
+    """The MLP over a segment's log band power per channel (``eeg_bp`` ``(C, n_bands)``,
+    flattened), standardised per subject: the smallest EEG path that keeps band power and
+    topography (``architectures: {eeg: bandpower-mlp}``); on a few hundred segments it
+    overfits less than the per-band spatial-filter transformer (``bandpower``).
+
+    Examples
+    --------
+    >>> from emoray.models import create_encoder
+    >>> enc = create_encoder("bandpower-mlp", "tiny", n_chans=30, n_bands=5)
+    >>> enc(torch.randn(2, 30, 5)).pooled.shape
+    torch.Size([2, 32])
+    """
+
+    name: ClassVar[str] = "bandpower-mlp"
+    modality: ClassVar[str] = "eeg"
+    input_column: ClassVar[str] = "eeg_bp"
+    contract_fields: ClassVar[tuple[str, ...]] = ("n_chans", "n_bands")
+    example: ClassVar[dict[str, Any]] = {"n_chans": 4, "n_bands": 5}
+
+    def __init__(self, n_chans: int, n_bands: int, dim: int, hidden: int, depth: int,
+                 dropout: float = 0.1):
+        check_positive(self.name, n_chans=n_chans, n_bands=n_bands)
+        super().__init__(n_chans * n_bands, dim, hidden, depth, dropout)
+
+    @classmethod
+    def input_shape(cls, **contract: Any) -> tuple[int, ...]:
+        """One sample's input: ``(n_chans, n_bands)``."""
+        return (contract["n_chans"], contract["n_bands"])

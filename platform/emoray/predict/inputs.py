@@ -125,15 +125,21 @@ def prepare_inputs(contract: PreprocessContract, samples: Sequence[Mapping[str, 
     return out
 
 
+#: keys of a sample that describe it rather than hold a signal (the subject recorded:
+#: whose statistics standardise the inputs, :mod:`emoray.data.subject_norm`)
+SAMPLE_METADATA = ("subject",)
+
+
 def _sample_rows(contract: PreprocessContract, sample: Mapping[str, Any],
                  where: str) -> list[dict[str, np.ndarray]]:
     """Validate one sample, cut it into segments and preprocess each: feature rows."""
     if not isinstance(sample, Mapping):
         raise ConfigError(f"{where}: expected a dict of inputs by modality, got "
                           f"{type(sample).__name__}")
-    unknown = sorted(set(sample) - set(MODALITIES))
+    unknown = sorted(set(sample) - set(MODALITIES) - set(SAMPLE_METADATA))
     if unknown:
-        raise ConfigError(f"{where}: unknown modality {unknown[0]!r}; expected {MODALITIES}")
+        raise ConfigError(f"{where}: unknown modality {unknown[0]!r}; expected {MODALITIES}"
+                          f" (and optionally {SAMPLE_METADATA})")
     eeg, speech, video = (sample.get(m) for m in MODALITIES)
     if eeg is None and speech is None and video is None:
         raise DataError(where, "no modality given; expected at least one of eeg, speech, "

@@ -17,6 +17,7 @@ import torch
 
 from emoray.bundle import load_servable
 from emoray.config.contract import PreprocessContract
+from emoray.data.subject_norm import normalize
 from emoray.predict.answer import INCONGRUENCE_THRESHOLD, Prediction
 from emoray.predict.heads import model_parts
 from emoray.predict.inputs import (MODALITIES, EEGInput, SpeechInput, VideoInput,
@@ -67,18 +68,23 @@ class Predictor:
         return prepare_inputs(self.contract, _as_samples(eeg, speech, video), self.device)
 
     def predict(self, eeg: EEGInput | None = None, speech: SpeechInput | None = None,
-                video: VideoInput | None = None) -> Prediction:
-        """The prediction for one sample from any non-empty subset of modalities."""
-        return self.predict_batch([{"eeg": eeg, "speech": speech, "video": video}])[0]
+                video: VideoInput | None = None, subject: str | None = None) -> Prediction:
+        """The prediction for one sample from any non-empty subset of modalities
+        (``subject``: whose statistics standardise the inputs, for a model trained with
+        per-subject statistics; None or an unknown subject: the pooled ones)."""
+        return self.predict_batch([{"eeg": eeg, "speech": speech, "video": video,
+                                    "subject": subject}])[0]
 
     def predict_batch(self, samples: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        """Predictions for several samples (dicts of inputs by modality) in one batch."""
+        """Predictions for several samples (dicts of inputs by modality, and optionally a
+        ``subject``) in one batch."""
         batch = prepare_inputs(self.contract, samples, self.device)
+        owner = batch["sample_index"].cpu().numpy()
+        normalize(batch, self.model, [samples[i].get("subject") for i in owner])
         parts = self.parts
         present = {m: batch[f"{m}_present"].cpu().numpy() for m in parts.modalities
                    if f"{m}_present" in batch}
         encoded = {m: parts.encode(m, batch) for m in present}
-        owner = batch["sample_index"].cpu().numpy()
         results = parts.combine(encoded, present, owner, len(samples))
         given = {m: batch[f"{m}_present"].cpu().numpy() for m in MODALITIES
                  if m not in parts.modalities and f"{m}_present" in batch}

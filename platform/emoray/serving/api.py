@@ -15,6 +15,13 @@ Endpoints (versioned; OpenAPI at ``/openapi.json``, docs at ``/docs``):
     Version, classes, expected channels and rates.
 ``GET /v1/health``
     ``?deep=true`` also asks every encoder deployment.
+``POST /v1/subjects/{subject}/calibration``
+    A short recording of one person (the same body as ``/v1/predict``, any modalities, no
+    label): the router keeps its input statistics, and every later ``/v1/predict?subject=ID``
+    is standardised with them (:mod:`emoray.data.subject_norm`). Recordings of one subject
+    add up; ``?reset=true`` starts the subject over. A request naming no
+    subject, or one never calibrated, takes the subject-independent (pooled) path. The
+    statistics live in the router replica's memory (bounded by ``max_subjects``).
 
 Every refusal is a 4xx with ``{"error": {"status", "field", "kind", "message"}}``: 400 for
 a body that cannot be parsed, 401 for a missing or wrong API key, 413 for a body over
@@ -266,15 +273,39 @@ def refusal(err: Exception) -> JSONResponse:
     return error(422, str(err), None, "config")
 
 
+def subject_id(value: str | None, field: str = "subject") -> str | None:
+    """A subject id from a URL (None stays None): 1-128 printable characters, no ``/``."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= 128 or not value.isprintable() or "/" in value:
+        raise Refused(422, f"{field}: expected 1-128 printable characters without '/', got "
+                      f"{len(value)} characters", field=field)
+    return value
+
+
 async def handle_predict(backend: Any, request: Request) -> JSONResponse:
     timings = Timings()
     try:
         with timings.step("total"):
+            subject = subject_id(request.query_params.get("subject"))
             inputs = await decode_request(backend, request, timings)
+            inputs["subject"] = subject
             answer = await backend.predict(inputs, timings)
     except (Refused, DataError, ConfigError) as err:
         return refusal(err)
     return JSONResponse(answer, headers={"Server-Timing": timings.header()})
+
+
+async def handle_calibration(backend: Any, request: Request, subject: str) -> JSONResponse:
+    """Keep the input statistics of ``subject``'s calibration recording (module docstring)."""
+    try:
+        subject = subject_id(subject)
+        reset = request.query_params.get("reset", "").lower() in ("1", "true", "yes")
+        inputs = await decode_request(backend, request)
+        answer = await backend.calibrate(subject, inputs, reset)
+    except (Refused, DataError, ConfigError) as err:
+        return refusal(err)
+    return JSONResponse(answer)
 
 
 async def handle_model(backend: Any, request: Request) -> JSONResponse:
@@ -298,6 +329,12 @@ PREDICT_DOC = dict(
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
         "multipart/form-data": {"schema": _MULTIPART_DOC}}}})
+
+
+CALIBRATION_DOC = dict(
+    summary="Calibrate a subject: keep the input statistics of a short recording of them",
+    responses={s: {"model": ErrorResponse} for s in (400, 401, 413, 415, 422)},
+    openapi_extra=PREDICT_DOC["openapi_extra"])
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -342,5 +379,9 @@ def make_app(backend: Any) -> FastAPI:
     @app.get("/v1/health")
     async def health(request: Request):
         return await handle_health(backend, request)
+
+    @app.post("/v1/subjects/{subject}/calibration", **CALIBRATION_DOC)
+    async def calibration(subject: str, request: Request):
+        return await handle_calibration(backend, request, subject)
 
     return app

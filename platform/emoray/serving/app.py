@@ -89,6 +89,18 @@ class RouterCore:
             pred = self.model.combine(encoded, prepared)
         return {**pred.to_dict(), "model_version": self.model.version}
 
+    async def calibrate(self, subject: str, inputs: dict[str, Any],
+                        reset: bool = False) -> dict[str, Any]:
+        """Keep ``subject``'s calibration statistics (see :meth:`ServedModel.calibrate`)."""
+        if subject not in self.model.calibrations \
+                and len(self.model.calibrations) >= self.settings.max_subjects:
+            from emoray.errors import DataError
+
+            raise DataError("request", f"this router already holds {self.settings.max_subjects}"
+                            f" calibrated subjects (serve.max_subjects)", kind="layout",
+                            field="subject")
+        return await asyncio.to_thread(self.model.calibrate, subject, inputs, reset)
+
     async def health(self, deep: bool) -> dict[str, Any]:
         return {"status": "ok", "model_version": self.model.version,
                 "modalities": self.model.modalities, "pid": os.getpid()}
@@ -163,6 +175,10 @@ class FusionRouter:
                       timings: api.Timings | None = None) -> dict[str, Any]:
         return await self.core.predict(inputs, timings)
 
+    async def calibrate(self, subject: str, inputs: dict[str, Any],
+                        reset: bool = False) -> dict[str, Any]:
+        return await self.core.calibrate(subject, inputs, reset)
+
     async def health(self, deep: bool) -> dict[str, Any]:
         report = await self.core.health(deep)
         if deep:
@@ -189,6 +205,10 @@ class FusionRouter:
     @app.get("/v1/health")
     async def http_health(self, request: Request):
         return await api.handle_health(self, request)
+
+    @app.post("/v1/subjects/{subject}/calibration", **api.CALIBRATION_DOC)
+    async def http_calibration(self, subject: str, request: Request):
+        return await api.handle_calibration(self, request, subject)
 
 
 def _options(cfg: ServeConfig, role: str) -> dict[str, Any]:

@@ -168,11 +168,12 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {API_KEY_HEADER: api_key} if api_key else {}
 
 
-def _send(url: str, timeout: float, **kwargs: Any) -> dict:
-    """POST to ``{url}/v1/predict``; the answer's JSON, or a ClientError."""
+def _send(url: str, timeout: float, path: str | None = None, **kwargs: Any) -> dict:
+    """POST to ``{url}/v1/predict`` (or ``{url}{path}``); the answer's JSON, or a
+    ClientError."""
     import requests
 
-    endpoint = _endpoint(url)
+    endpoint = _endpoint(url) if path is None else url.rstrip("/") + path
     try:
         resp = requests.post(endpoint, timeout=timeout, **kwargs)
     except requests.exceptions.ReadTimeout:
@@ -208,7 +209,8 @@ def _refused(status: int, answer: Any, text: str, endpoint: str) -> ClientError:
 
 
 def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = None,
-                  video_fps: float | None = None, timeout: float = 60.0) -> dict:
+                  video_fps: float | None = None, timeout: float = 60.0,
+                  subject: str | None = None) -> dict:
     """Send files to ``{url}/v1/predict`` as multipart and return the prediction.
 
     Parameters
@@ -223,6 +225,9 @@ def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = No
         Frame rate of JPEG frames.
     timeout : float
         Seconds to wait for the answer.
+    subject : str | None
+        The person recorded: the server standardises the inputs with that subject's
+        calibration (:func:`calibrate_files`), else subject-independently.
 
     Returns
     -------
@@ -236,13 +241,28 @@ def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = No
         inputs refused before sending.
     """
     files = build_multipart([Path(p) for p in paths], video_fps)
-    return _send(url, timeout, files=files, headers=_headers(api_key))
+    return _send(url, timeout, files=files, headers=_headers(api_key),
+                 params={"subject": subject} if subject is not None else None)
+
+
+def calibrate_files(url: str, subject: str, paths: list[str | Path], *,
+                    api_key: str | None = None, video_fps: float | None = None,
+                    timeout: float = 60.0) -> dict:
+    """Send a calibration recording of ``subject`` (files as in :func:`predict_files`) to
+    ``{url}/v1/subjects/{subject}/calibration``; later predictions naming the subject use
+    its statistics. Returns the server's summary (segments, modalities)."""
+    from urllib.parse import quote
+
+    files = build_multipart([Path(p) for p in paths], video_fps)
+    return _send(url, timeout, path=f"/v1/subjects/{quote(subject, safe='')}/calibration",
+                 files=files, headers=_headers(api_key))
 
 
 def post_json(url: str, body: dict, *, api_key: str | None = None,
-              timeout: float = 60.0) -> dict:
+              timeout: float = 60.0, subject: str | None = None) -> dict:
     """POST a JSON body (see :func:`json_request`) to ``{url}/v1/predict``."""
-    return _send(url, timeout, json=body, headers=_headers(api_key))
+    return _send(url, timeout, json=body, headers=_headers(api_key),
+                 params={"subject": subject} if subject is not None else None)
 
 
 def _float_pcm(samples: np.ndarray) -> np.ndarray:

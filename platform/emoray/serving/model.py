@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emoray.data.subject_norm import MODALITY, SubjectStats
 from emoray.errors import ConfigError
 from emoray.bundle import META_FILE, load_servable, read_bundle_meta, servable
 from emoray.predict import (INCONGRUENCE_THRESHOLD, MIN_SECONDS, MODALITIES, ModelParts,
@@ -139,6 +140,12 @@ class ServedModel:
         self.meta = meta
         self.contract = meta["contract"]
         self.version = _version(bundle)
+        #: the bundle's per-subject input statistics (None: the model uses none), and the
+        #: statistics of subjects calibrated while serving (POST /v1/subjects/{id}/calibration)
+        self.subject_stats: SubjectStats | None = getattr(model, "subject_stats", None)
+        self.calibrations: dict[str, SubjectStats] = {}
+        self._calibration_sums: dict[str, SubjectStats] = {}
+        self._calibration_rows: dict[str, int] = {}
         self._prune(role)
 
     @property
@@ -188,10 +195,66 @@ class ServedModel:
             raise DataError("request", f"the model has no encoder for {have}; it takes "
                             f"{self.modalities}", kind="layout", field="input")
         batch = prepare_inputs(self.contract, [sample], "cpu")
+        self.normalize(batch, sample.get("subject"))
         present = {m: batch[f"{m}_present"].numpy() for m in usable}
         inputs = {m: {k: batch[k] for k in self.parts.inputs(m)} for m in usable}
         return Prepared(inputs=inputs, present=present, owner=batch["sample_index"].numpy(),
                         n_samples=1, ignored=[m for m in have if m not in usable])
+
+    def normalize(self, batch: dict[str, torch.Tensor], subject: str | None) -> str:
+        """Standardise ``batch``'s inputs in place as the model was trained: with the
+        subject's calibration, else the subject's training statistics, else the pooled
+        (subject-independent) ones. Returns which was used: ``calibration``, ``training``,
+        ``pooled`` or ``none`` (a model without subject statistics)."""
+        if self.subject_stats is None:
+            return "none"
+        n = int(batch["sample_index"].shape[0])
+        stats, source = self.subject_stats, "pooled"
+        if subject is not None and subject in self.calibrations:
+            stats, source = self.calibrations[subject], "calibration"
+        elif subject is not None and self.subject_stats.has(subject):
+            source = "training"
+        stats.apply(batch, [subject] * n)
+        return source
+
+    def calibrate(self, subject: str, sample: Mapping[str, Any],
+                  reset: bool = False) -> dict[str, Any]:
+        """Keep the statistics of ``subject``'s calibration recording (``sample`` as in
+        :meth:`prepare`, labels unused); later requests naming the subject use them.
+        Recordings of one subject add up (a calibration session may be several
+        recordings, ideally spanning the states the person will be in); ``reset`` starts
+        the subject over.
+
+        Raises
+        ------
+        ConfigError
+            The model was trained without subject statistics.
+        DataError
+            The recording holds no modality whose inputs the model standardises.
+        """
+        from emoray.errors import DataError
+
+        if self.subject_stats is None:
+            raise ConfigError("this model was trained without per-subject statistics "
+                              "(fusion stage subject_norm empty): a calibration would not "
+                              "change its answers")
+        batch = prepare_inputs(self.contract, [sample], "cpu")
+        fresh = SubjectStats(self.subject_stats.columns)
+        fresh.update(batch, [subject] * int(batch["sample_index"].shape[0]))
+        if not fresh.has(subject):
+            raise DataError("calibration", f"the recording holds none of the inputs the model "
+                            f"standardises per subject ({self.subject_stats.columns})",
+                            kind="layout", field="input")
+        if not reset and subject in self._calibration_sums:
+            fresh = self._calibration_sums[subject].merge(fresh)
+        self._calibration_sums[subject] = fresh
+        self.calibrations[subject] = self.subject_stats.adopt(subject, fresh)
+        modalities = sorted({MODALITY[c] for c in fresh.columns if c in batch}
+                            & {m for m in MODALITIES if bool(batch[f"{m}_present"].any())})
+        self._calibration_rows[subject] = (0 if reset else self._calibration_rows.get(
+            subject, 0)) + int(batch["sample_index"].shape[0])
+        return {"subject": subject, "segments": self._calibration_rows[subject],
+                "modalities": modalities, "calibrated_subjects": len(self.calibrations)}
 
     def encode(self, modality: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Encoder output of ``modality`` for the rows of ``tensors`` (float32, CPU)."""
