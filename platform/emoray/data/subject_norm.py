@@ -148,6 +148,10 @@ class SubjectStats:
         """The subjects with statistics (not the pooled entry)."""
         return sorted(s for s in self._acc if s != POOLED)
 
+    def columns_of(self, subject: str) -> list[str]:
+        """The columns with statistics for ``subject``."""
+        return [c for c in self.columns if c in self._acc.get(str(subject), {})]
+
     def has(self, subject: str) -> bool:
         return str(subject) in self._acc
 

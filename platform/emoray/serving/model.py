@@ -249,8 +249,7 @@ class ServedModel:
             fresh = self._calibration_sums[subject].merge(fresh)
         self._calibration_sums[subject] = fresh
         self.calibrations[subject] = self.subject_stats.adopt(subject, fresh)
-        modalities = sorted({MODALITY[c] for c in fresh.columns if c in batch}
-                            & {m for m in MODALITIES if bool(batch[f"{m}_present"].any())})
+        modalities = sorted({MODALITY[c] for c in fresh.columns_of(subject)})
         self._calibration_rows[subject] = (0 if reset else self._calibration_rows.get(
             subject, 0)) + int(batch["sample_index"].shape[0])
         return {"subject": subject, "segments": self._calibration_rows[subject],
