@@ -75,6 +75,24 @@ def corpus_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def model_features(ray_cluster, corpus_factory, tmp_path_factory) -> Path:
+    """Feature shards of the model-behaviour corpus (3 subjects x 8 trials per class x 4 s,
+    one 4 s segment per trial, video 4 frames of 32 x 32) through the Ray Data path."""
+    from emoray.config import IngestConfig, PreprocessConfig
+    from emoray.data.ingest import run_ingest
+    from emoray.data.preprocess import run_preprocess
+
+    corpus = corpus_factory(subjects=3, trials_per_class=8, seconds=4.0, seed=11)
+    out = tmp_path_factory.mktemp("modelfeatures")
+    run_ingest(IngestConfig(source=str(corpus), output=str(out / "rec"), segment_seconds=4.0),
+               echo=lambda *_: None)
+    cfg = PreprocessConfig(input=str(out / "rec"), output=str(out / "feat"))
+    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
+    run_preprocess(cfg, echo=lambda *_: None)
+    return out / "feat"
+
+
+@pytest.fixture(scope="session")
 def native_corpus(corpus_factory) -> Path:
     """Parallel native corpus: 2 subjects x 5 trials x 4 s, EEG FIF + WAV + MP4."""
     return corpus_factory()

@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from emoray.config import FusionStageConfig, IngestConfig, PreprocessConfig
-from emoray.data import ingest, preprocess
+from emoray.config import FusionStageConfig
 
 pytestmark = pytest.mark.integration
 
 
-def test_the_quickstart_recipe_beats_chance_by_a_clear_margin(ray_cluster, tmp_path,
-                                                             corpus_factory):
+def test_the_quickstart_recipe_beats_chance_by_a_clear_margin(model_features, tmp_path):
     from emoray.cli.quickstart import QUICKSTART_DEFAULTS
     from emoray.train.stages.fusion import train_fusion
-
-    corpus = corpus_factory(subjects=3, trials_per_class=8, seconds=4.0, seed=11)
-    ingest.run_ingest(IngestConfig(source=str(corpus), output=str(tmp_path / "rec"),
-                                   segment_seconds=4.0), echo=lambda *_: None)
-    cfg = PreprocessConfig(input=str(tmp_path / "rec"), output=str(tmp_path / "feat"))
-    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
-    preprocess.run_preprocess(cfg, echo=lambda *_: None)
 
     recipe = dict(QUICKSTART_DEFAULTS["train"]["stages"]["fusion"])
     recipe.update(num_workers=1, cpus_per_worker=0.5, epochs=15, max_failures=0,
                   controller_failure_limit=0)
-    out = train_fusion(tmp_path / "feat", tmp_path / "runs", FusionStageConfig(**recipe))
+    out = train_fusion(model_features, tmp_path / "runs", FusionStageConfig(**recipe))
     m = out["metrics"]
     print({k: round(v, 3) for k, v in m.items() if k.startswith("val_acc")}, m["val_n"])
     assert m["val_n"] >= 30

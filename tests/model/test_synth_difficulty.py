@@ -13,22 +13,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from emoray.config import IngestConfig, PreprocessConfig
-from emoray.data import ingest, preprocess
 from emoray.data.shards import shard_files
 
 pytestmark = pytest.mark.integration
 
 
-def _features(tmp_path, corpus_factory) -> pd.DataFrame:
-    """Features of a 3-subject x 40-trial corpus through the Ray Data ingest/preprocess."""
-    corpus = corpus_factory(subjects=3, trials_per_class=8, seconds=4.0, seed=11)
-    ingest.run_ingest(IngestConfig(source=str(corpus), output=str(tmp_path / "rec"),
-                                   segment_seconds=4.0), echo=lambda *_: None)
-    cfg = PreprocessConfig(input=str(tmp_path / "rec"), output=str(tmp_path / "feat"))
-    cfg.contract.video.size, cfg.contract.video.n_frames = 32, 4
-    preprocess.run_preprocess(cfg, echo=lambda *_: None)
-    return pd.concat([pq.read_table(f).to_pandas() for f in shard_files(tmp_path / "feat")],
+def _features(folder) -> pd.DataFrame:
+    """The model-behaviour corpus's feature shards (3 subjects x 40 trials) as one frame."""
+    return pd.concat([pq.read_table(f).to_pandas() for f in shard_files(folder)],
                      ignore_index=True)
 
 
@@ -49,8 +41,8 @@ def _scores(x: np.ndarray, y: np.ndarray, subjects: np.ndarray, folds: int = 4) 
     return scores
 
 
-def test_eeg_most_reliable_each_above_chance_fusion_best(ray_cluster, tmp_path, corpus_factory):
-    df = _features(tmp_path, corpus_factory).sort_values("record_id").reset_index(drop=True)
+def test_eeg_most_reliable_each_above_chance_fusion_best(model_features):
+    df = _features(model_features).sort_values("record_id").reset_index(drop=True)
     y = df["label"].to_numpy(int)
     subjects = df["subject"].to_numpy()
     video = np.stack(df["video"].map(lambda v: np.asarray(v, np.float32)))
