@@ -248,11 +248,6 @@ class SubjectStats:
         out._acc = {**self._acc, str(subject): other._acc[str(subject)]}
         return out
 
-    def only(self, subjects: Sequence[str]) -> "SubjectStats":
-        """A copy with the pooled entry and the given subjects' statistics only."""
-        out = SubjectStats(self.columns)
-        out._acc = {k: v for k, v in self._acc.items() if k == POOLED or k in set(subjects)}
-        return out
 
 
 #: the file of a model bundle that holds its subject statistics
