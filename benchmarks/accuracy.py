@@ -11,8 +11,10 @@ One synthetic corpus in real formats (full: 6 subjects x 8 trials per class x 20
 * **probe**: logistic regression on fixed hand features (:mod:`benchmarks._probe`) on
   exactly the same train/validation records of every split, late-fused by averaged
   probabilities;
-* **incongruence**: the fused model's speech-vs-EEG divergence on the validation trials
-  against the corpus's ground truth ``acted`` flag (ROC AUC);
+* **incongruence**: the fused model's expressed (speech + face) vs EEG divergence on each
+  validation trial, sent whole, against the corpus's ground truth ``acted`` flag (ROC AUC);
+* **repeatability**: the fusion stage trained once more with the first seed in a fresh
+  folder, its fused accuracy beside the evaluation's for that seed;
 * the JMML ablation (speech and EEG macro-F1 for raw features, JEC-SSL, JMML) as
   ``emoray evaluate`` reports it.
 
@@ -106,6 +108,18 @@ def deep(cfg, features: Path, work: Path, seeds: list[int], folds: int) -> dict[
                               cfg=plan_cfg, echo=quiet, parallel=2)
 
 
+def repeat_fusion(cfg, features: Path, work: Path, seed: int) -> dict[str, Any]:
+    """Train the plan's fusion stage once more with ``seed`` on the within-subject split (a
+    fresh run folder): what a user re-running the same config gets."""
+    from emoray.config import SplitConfig
+    from emoray.train.stages.fusion import train_fusion
+
+    stage = cfg.train.stages["fusion"].model_copy(update={"seed": seed})
+    out = train_fusion(features, work / "repeat", stage, name=f"repeat-seed{seed}",
+                       split=SplitConfig(fraction=cfg.train.split.fraction))
+    return out["metrics"]
+
+
 def unit_split(features: Path, unit: dict[str, Any]) -> tuple[set[str], set[str]]:
     """The train and validation record ids of one evaluation unit (a seed or a fold)."""
     from emoray.config import SplitConfig
@@ -119,10 +133,13 @@ def unit_split(features: Path, unit: dict[str, Any]) -> tuple[set[str], set[str]
 
 def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
                      corpus: Path) -> dict[str, Any]:
-    """ROC AUC of the speech-vs-EEG divergence of ``bundle`` on the validation trials
-    against the ground truth ``acted`` flag (trial score: mean over its segments)."""
+    """ROC AUC of ``bundle``'s incongruence score on the validation trials against the
+    ground truth ``acted`` flag. Each trial is one input made of its validation segments,
+    as a client sending the whole trial gets it: per-modality probabilities averaged over
+    the segments, then the expressed (speech + face) vs EEG divergence."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch
     from sklearn.metrics import roc_auc_score
 
     from emoray.bundle import load_bundle
@@ -137,7 +154,9 @@ def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
     parts = model_parts(model, meta)
     fmeta = feature_metadata(features)
     cols = ["record_id", "subject", "label", *model_columns(fmeta, model)]
-    scores: dict[str, list[float]] = {}
+    trial_of: list[str] = []
+    encoded: dict[str, list] = {}
+    present: dict[str, list] = {}
     for f in shard_files(features):
         t = pq.read_table(f, columns=cols)
         keep = np.isin(np.array(t["record_id"].to_pylist()), list(val_ids))
@@ -146,21 +165,34 @@ def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
             continue
         batch = {c: np.array(t[c].to_pylist() + [None], dtype=object)[:-1] for c in cols}
         tensors = normalize(batch_to_tensors(batch, fmeta), model, batch["subject"])
-        present = {m: tensors[f"{m}_present"].numpy() for m in parts.modalities
-                   if f"{m}_present" in tensors}
-        encoded = {m: parts.encode(m, tensors) for m in present}
-        answers = parts.combine(encoded, present, np.arange(t.num_rows), t.num_rows)
-        for rid, answer in zip(batch["record_id"], answers):
-            if answer.incongruence is not None:
-                scores.setdefault(rid.rsplit("/", 1)[0], []).append(answer.incongruence.score)
+        for m in parts.modalities:
+            if f"{m}_present" in tensors:
+                present.setdefault(m, []).append(tensors[f"{m}_present"].numpy())
+                encoded.setdefault(m, []).append(parts.encode(m, tensors))
+        trial_of += [rid.rsplit("/", 1)[0] for rid in batch["record_id"]]
+    trials = sorted(set(trial_of))
+    owner = np.array([trials.index(r) for r in trial_of])
+    answers = parts.combine({m: torch.cat(v) for m, v in encoded.items()},
+                            {m: np.concatenate(v) for m, v in present.items()},
+                            owner, len(trials))
+    scores = {t: a.incongruence.score for t, a in zip(trials, answers)
+              if a.incongruence is not None}
     gt = read_ground_truth(corpus)
     acted = {str(r): str(a).lower() == "true" for r, a in zip(gt["record_id"], gt["acted"])}
-    trials = [t for t in scores if t in acted]
-    y = [acted[t] for t in trials]
-    out = {"n_trials": len(trials), "n_acted": int(sum(y))}
-    out["auc"] = (float(roc_auc_score(y, [np.mean(scores[t]) for t in trials]))
+    scored = [t for t in scores if t in acted]
+    y = [acted[t] for t in scored]
+    out = {"n_trials": len(scored), "n_acted": int(sum(y))}
+    out["auc"] = (float(roc_auc_score(y, [scores[t] for t in scored]))
                   if 0 < sum(y) < len(y) else None)
     return out
+
+
+def _per_seed(report: dict[str, Any], seed: int) -> float | None:
+    """The fused accuracy of one seed in an evaluation report."""
+    fused = next((r for r in report.get("fusion", []) if r["model"] == "fused"), None)
+    per = (fused or {}).get("acc", {}).get("per_seed", {})
+    value = per.get(seed, per.get(str(seed)))
+    return None if value is None else float(value)
 
 
 def _rows(deep_reports: dict[str, Any], probes: dict[str, list[dict]]) -> list[dict[str, str]]:
@@ -210,6 +242,14 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         t = time.perf_counter()
         reports = deep(cfg, features, work, sizes["seeds"], sizes["folds"])
         times["deep"] = time.perf_counter() - t
+        repeat = None
+        if "fusion" in cfg.train.stages:
+            t = time.perf_counter()
+            again = repeat_fusion(cfg, features, work, sizes["seeds"][0])["val_acc"]
+            first = _per_seed(reports["within-subject"], sizes["seeds"][0])
+            repeat = {"seed": sizes["seeds"][0], "first": first, "again": again,
+                      "diff": None if first is None else abs(again - first)}
+            times["repeat"] = time.perf_counter() - t
         t = time.perf_counter()
         data = load_table(features)
         probes: dict[str, list[dict]] = {}
@@ -239,7 +279,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                    "rows": rows,
                    "jmml": _jmml_rows(within), "incongruence": aucs,
                    "incongruence_auc": float(np.mean(auc_values)) if auc_values else None,
-                   "deep_fused": deep_fused, "probe_fused": probe_fused,
+                   "repeat": repeat, "deep_fused": deep_fused, "probe_fused": probe_fused,
                    "reports": {p: {k: v for k, v in r.items() if k != "units"}
                                for p, r in reports.items()},
                    "probe": probes, "seconds": times}
@@ -254,6 +294,10 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     auc = details["incongruence_auc"]
     print(f"\nincongruence ROC AUC on acted trials: "
           f"{'-' if auc is None else f'{auc:.3f}'} (target 0.75)")
+    if repeat and repeat["diff"] is not None:
+        print(f"same seed twice ({repeat['seed']}): fused {100 * repeat['first']:.1f} then "
+              f"{100 * repeat['again']:.1f}, |diff| {100 * repeat['diff']:.1f} points "
+              f"(target <= 2)")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     path = write_result(out_dir, "accuracy", ratio, TARGET, json.loads(json.dumps(
         details, default=float)))

@@ -193,6 +193,11 @@ def test_every_modality_subset_over_json_matches_in_process(served, record):
             _close(got["per_modality"][m]["probabilities"],
                    expected.per_modality[m].probabilities)
         assert (got["incongruence"] is not None) == ({"eeg", "speech"} <= set(subset))
+        if got["incongruence"] is not None:      # the face counts as expressed when given
+            assert got["incongruence"]["expressed_by"] == [m for m in ("speech", "video")
+                                                           if m in subset]
+            assert got["incongruence"]["score"] == pytest.approx(
+                expected.incongruence.score, abs=1e-4)
         assert got["valence"] is not None and -1 <= got["valence"] <= 1
 
 
@@ -235,7 +240,7 @@ def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
     done = subprocess.run(cli + [str(tmp_path / "rec.wav"), str(tmp_path / "rec.fif")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "speech vs EEG" in done.stdout and fif_only["model_version"] in done.stdout
+    assert "expressed (speech) vs EEG" in done.stdout and fif_only["model_version"] in done.stdout
     refused = subprocess.run(cli[:-2] + [str(tmp_path / "rec.wav")], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "X-API-Key" in refused.stderr
@@ -257,6 +262,8 @@ def test_jmml_speech_only_path_from_a_uri(jmml_http, record):
     conflict = both["incongruence"]
     assert 0 <= conflict["score"] <= 1 and conflict["flag"] == (
         conflict["speech"] != conflict["eeg"] and conflict["score"] >= conflict["threshold"])
+    # JMML has no video encoder: what is expressed is speech alone
+    assert conflict["expressed_by"] == ["speech"] and conflict["expressed"] == conflict["speech"]
     local = Predictor.from_bundle(jmml_http["bundle"], device="cpu")
     _close(speech["probabilities"], local.predict(speech=record["speech"]).probabilities)
     only_video = requests.post(url + "/v1/predict", json=json_request(video=record["video"]),

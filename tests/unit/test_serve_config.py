@@ -66,3 +66,19 @@ def test_incongruence_is_a_bounded_symmetric_divergence():
     close = incongruence(names, p, np.array([0.45, 0.4, 0.15]), threshold=0.2)
     assert not close.flag                                     # same label: never flagged
     assert not incongruence(names, p, q, threshold=0.99).flag
+
+
+def test_incongruence_averages_voice_and_face_as_what_is_expressed():
+    names = ["happy", "neutral", "sad"]
+    speech, face = np.array([0.5, 0.4, 0.1]), np.array([0.1, 0.8, 0.1])
+    eeg = np.array([0.1, 0.2, 0.7])
+    alone = incongruence(names, speech, eeg, threshold=0.1)
+    both = incongruence(names, speech, eeg, threshold=0.1, face=face)
+    assert alone.expressed_by == ["speech"] and alone.expressed == "happy"
+    assert both.expressed_by == ["speech", "video"]
+    assert both.speech == "happy" and both.expressed == "neutral"     # (0.3, 0.6, 0.1)
+    assert both.score == pytest.approx(js_divergence([0.3, 0.6, 0.1], eeg))
+    assert both.flag and both.eeg == "sad"
+    # a face agreeing with EEG pulls the expressed distribution towards it: lower score
+    calm = incongruence(names, speech, eeg, threshold=0.1, face=eeg)
+    assert calm.score < alone.score

@@ -19,8 +19,9 @@ def format_prediction(answer: dict[str, Any]) -> str:
     conflict = answer.get("incongruence")
     if conflict:
         state = "INCONGRUENT" if conflict["flag"] else "congruent"
-        lines.append(f"speech vs EEG: {state} (JS divergence {conflict['score']:.2f}, "
-                     f"threshold {conflict['threshold']:.2f})")
+        shown = " + ".join(conflict.get("expressed_by") or ["speech"])
+        lines.append(f"expressed ({shown}) vs EEG: {state} (JS divergence "
+                     f"{conflict['score']:.2f}, threshold {conflict['threshold']:.2f})")
     if answer.get("ignored"):
         lines.append(f"ignored (no encoder in this model): {answer['ignored']}")
     lines.append(f"model {answer.get('stage')} {answer.get('model_version')}, "

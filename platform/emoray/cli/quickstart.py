@@ -30,7 +30,7 @@ QUICKSTART_DEFAULTS: dict = {
                   "cpus_per_worker": 0.25, "materialize": True},
         "classifier": {"num_workers": 1, "cpus_per_worker": 0.25, "materialize": True},
         "fusion": {"encoders": {"eeg": "tiny", "speech": "tiny", "video": "tiny"},
-                   "architectures": {"eeg": "bandpower", "speech": "speechstats"},
+                   "architectures": {"eeg": "bandpower-mlp", "speech": "speechstats"},
                    "subject_norm": ["eeg_bp", "audio_stats", "video"], "fuse_aux": True,
                    "per_modality": "aux", "mixup": 0.4, "dropout": 0.3, "dim": 32,
                    "heads": 2, "layers": 1, "epochs": 20, "lr": 0.002, "weight_decay": 0.05,

@@ -207,7 +207,7 @@ class ServeConfig(_Strict):
     max_subjects: int = Field(10000, ge=0, description="Calibrated subjects a router "
                               "replica keeps (POST /v1/subjects/{id}/calibration).")
     incongruence_threshold: float = Field(0.2, ge=0, le=1, description="JS divergence "
-                                          "(bits) from which speech-vs-EEG is flagged.")
+                                          "(bits) from which expressed (speech, face) vs EEG is flagged.")
     batching: bool = Field(True, description="@serve.batch in the encoders.")
     torch_threads: int = Field(1, ge=1, description="torch threads per replica.")
     device: str | None = Field(None, description="cpu / cuda; null: CUDA when present.")

@@ -101,7 +101,8 @@ class ModelParts:
             mods = [m for m in self.modalities if m in present and present[m][sel].all()]
             own = {m: single[m][sel].mean(0) for m in mods if m in single}
             v, a = self.valence_arousal(mean)
-            conflict = incongruence(names, own["speech"], own["eeg"], self.threshold) \
+            conflict = incongruence(names, own["speech"], own["eeg"], self.threshold,
+                                    face=own.get("video")) \
                 if "speech" in own and "eeg" in own else None
             fields = {k: (val(sel) if callable(val) else val) for k, val in (extra or {}).items()}
             results.append(Prediction(

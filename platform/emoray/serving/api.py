@@ -84,10 +84,14 @@ class ModalityAnswer(BaseModel):
 
 class IncongruenceAnswer(BaseModel):
     flag: bool
-    score: float = Field(..., description="JS divergence (bits) of speech vs EEG.")
+    score: float = Field(..., description="JS divergence (bits) of the expressed "
+                         "distribution (speech, averaged with video when given) vs EEG's.")
     threshold: float
-    speech: str
-    eeg: str
+    speech: str = Field(..., description="speech's own label")
+    eeg: str = Field(..., description="EEG's own label")
+    expressed: str = Field("", description="label of the expressed distribution")
+    expressed_by: list[str] = Field(default_factory=list,
+                                    description="modalities averaged as expressed")
 
 
 class PredictResponse(BaseModel):
