@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import accumulate
 from pathlib import Path
 
 import psutil
@@ -350,6 +351,9 @@ def test_stage_recovers_from_a_lost_node(node_loss_run):
     assert state["status"] == "finished" and state["epoch"] == EPOCHS - 1
     history = _history(state["bundle"])
     assert [h["epoch"] for h in history] == list(range(EPOCHS))     # every epoch once
+    # the step count carries over the restart: each epoch adds its own steps
+    assert [h["steps"] for h in history] == list(accumulate(h["train_steps"]
+                                                            for h in history))
     # one restart, from the checkpoint registered before the removal (or a later one)
     resumed = [h["resumed_from"] for h in history]
     r = state["metrics"]["resumed_from"]

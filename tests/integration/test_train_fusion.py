@@ -41,6 +41,7 @@ def test_run_reports_metrics_and_writes_a_bundle(fusion_run, eav_features):
                 "val_acc_speech", "val_acc_video"):
         assert key in m
     assert m["epoch"] == 1 and np.isfinite(m["train_loss"])
+    assert m["steps"] > m["train_steps"] > 0               # two epochs' optimiser steps
     assert m["val_n"] == fusion_run["n_val"] > 0          # every val row scored exactly once
     assert 0.0 <= m["val_f1"] <= 1.0 and 0.0 <= m["val_acc"] <= 1.0
     ckpt = Path(fusion_run["checkpoint"])
@@ -156,3 +157,37 @@ def test_unschedulable_workers_fail_fast(eav_features, tmp_path, monkeypatch):
         train_fusion(eav_features / "feat", tmp_path / "runs",
                      FusionStageConfig(**{**FAST, "cpus_per_worker": 8.0}))
     assert time.perf_counter() - t0 < 45
+
+
+def test_inner_split_selection_ships_the_chosen_epochs_weights(model_features, tmp_path):
+    """select_epoch 'inner': the epoch is chosen on held-out TRAIN trials (never val), the
+    bundle holds that epoch's weights, and its metrics are theirs on the validation split."""
+    from emoray.bundle import TRAIN_STATE_FILE
+    from emoray.train.stages.fusion import BEST_FILE
+
+    cfg = FusionStageConfig(**{
+        **FAST, "epochs": 4, "num_workers": 1, "select_epoch": "inner", "inner_fraction": 0.2,
+        "architectures": {"eeg": "bandpower-mlp", "speech": "speechstats"},
+        "subject_norm": ["eeg_bp", "audio_stats", "video"], "lr": 3e-3})
+    out = train_fusion(model_features, tmp_path / "runs", cfg)
+    m = out["metrics"]
+    train, val = within_subject_split(shard_files(model_features))
+    assert out["n_inner"] > 0 and out["n_train"] + out["n_inner"] == len(train)
+    assert out["n_val"] == len(val) == m["val_n"]
+    ckpt = Path(out["checkpoint"])
+    history = torch.load(ckpt / TRAIN_STATE_FILE, weights_only=False)["history"]
+    inner = [h["inner_acc"] for h in history]
+    assert m["selected_epoch"] == int(np.argmax(inner))     # the first best inner epoch
+    chosen = torch.load(ckpt / BEST_FILE, weights_only=False)
+    assert chosen["epoch"] == m["selected_epoch"] and chosen["acc"] == max(inner)
+    shipped = torch.load(ckpt / "model.pt", weights_only=True)
+    assert shipped.keys() == chosen["state"].keys()
+    assert all(torch.equal(shipped[k], chosen["state"][k]) for k in shipped)
+
+
+def test_inner_selection_without_enough_train_trials_fails_before_training(eav_features,
+                                                                          tmp_path):
+    cfg = FusionStageConfig(**{**FAST, "select_epoch": "inner"})
+    with pytest.raises(DataError, match="inner_fraction"):
+        train_fusion(eav_features / "feat", tmp_path / "runs", cfg)
+    assert not (tmp_path / "runs").exists()

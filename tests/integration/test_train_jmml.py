@@ -67,6 +67,9 @@ def test_metrics_hold_the_ablation_and_the_pairing(jmml_run):
     inter = stages["inter"]["metrics"]
     assert inter["pairing"] == "natural"                 # EAV is parallel
     assert inter["train_corr"] > 0
+    # steps, not just epochs: each epoch's optimiser steps add up (intra ran 3 epochs)
+    assert intra["steps"] > intra["train_steps"] > 0
+    assert inter["steps"] >= inter["train_steps"] > 0
     clf = stages["classifier"]["metrics"]
     for rep in ("raw_speech", "jec_speech", "speech_only", "raw_eeg", "jec_eeg", "eeg_only",
                 "combined"):

@@ -201,6 +201,13 @@ class FusionStageConfig(StageCommon):
                            "the attention head)")
     mixup: float = Field(0.0, ge=0, description="mixup's Beta(a, a) parameter (0: off): "
                          "pairs of rows mixed in every feature column and in the loss")
+    select_epoch: Literal["last", "inner"] = Field(
+        "last", description="which epoch's weights the stage ships: 'last', or 'inner': the "
+        "epoch with the best accuracy on an inner split of the TRAIN records (the last "
+        "INNER_FRACTION of each subject x class's train trials, held out of the fit), so "
+        "that the validation split stays unseen by the choice")
+    inner_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of each subject "
+                                  "x class's train trials held out as the inner split")
 
     @field_validator("modalities")
     @classmethod

@@ -95,6 +95,15 @@ def scheduled_lr(lr: float, epoch: int, epochs: int, warmup: int, schedule: str)
     return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
 
 
+def count_steps(history: list[dict[str, Any]], steps: int) -> dict[str, int]:
+    """``{"train_steps": steps, "steps": total}``: this epoch's optimiser steps of one worker
+    and the total since the stage began (the last epoch's ``steps`` in ``history`` plus
+    ``steps``), so that a resumed run keeps counting. On few records an epoch is a handful
+    of steps: the step count, not the epoch count, says how much a stage trained."""
+    before = int(history[-1].get("steps", 0)) if history else 0
+    return {"train_steps": int(steps), "steps": before + int(steps)}
+
+
 def all_reduce(t: torch.Tensor, world: int) -> None:
     """Sum ``t`` across the Train workers in place (no-op for one worker)."""
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():

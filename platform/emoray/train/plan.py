@@ -205,9 +205,10 @@ def format_summary(results: dict[str, Any]) -> str:
         m = r.get("metrics") or {}
         shown = " ".join(f"{k}={v:.3f}" for k, v in m.items()
                          if isinstance(v, float) and (k.startswith("val_") or k == "train_loss"))
-        epoch = m.get("epoch")
-        lines.append(f"  {stage}: {r['status']} (epoch {None if epoch is None else epoch + 1}, "
-                     f"{r['seconds']:.1f} s) {shown}")
+        epoch, steps = m.get("epoch"), m.get("steps")
+        trained = "" if steps is None else f", {steps} steps"
+        lines.append(f"  {stage}: {r['status']} (epoch {None if epoch is None else epoch + 1}"
+                     f"{trained}, {r['seconds']:.1f} s) {shown}")
         lines.append(f"  {stage} bundle: {r['bundle']}")
         for c in r.get("curves", []):
             lines.append(f"  {stage} plot: {c}")

@@ -29,19 +29,22 @@ def _id_table(files: list[Path]) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, columns=_ID_COLUMNS) for f in files])
 
 
-def within_subject_split(files: list[Path],
-                         fraction: float = TRAIN_FRACTION) -> tuple[set[str], set[str]]:
+def within_subject_split(files: list[Path], fraction: float = TRAIN_FRACTION,
+                         among: set[str] | None = None) -> tuple[set[str], set[str]]:
     """Record ids of the within-subject split, by trial (reads the id columns only).
 
     Per (subject, label), the trials sorted by (session, trial), digit runs as numbers: the
     first
     ``round(fraction * n_trials)`` (at least one) train, the rest validate, and every
     segment goes with its trial: segments of one trial are near-duplicates, so a trial is
-    never on both sides. Unlabelled records (label null or < 0) are in neither.
+    never on both sides. Unlabelled records (label null or < 0) are in neither. ``among``:
+    split only these records (e.g. the train side again, for an inner split).
     """
     groups: dict[tuple[str, int], dict[tuple, list[str]]] = {}
     for r in _id_table(files).to_pylist():
         if r["label"] is None or r["label"] < 0:
+            continue
+        if among is not None and r["record_id"] not in among:
             continue
         trials = groups.setdefault((r["subject"], int(r["label"])), {})
         trials.setdefault((str(r["session"]), str(r["trial"])), []).append(r["record_id"])
@@ -91,14 +94,33 @@ def split_records(files: list[Path], split: SplitConfig | None,
     return train, val
 
 
+def inner_split(files: list[Path], train_ids: set[str], fraction: float,
+                source: str) -> tuple[set[str], set[str]]:
+    """``(fit, inner)``: the train records split again by trial, the last ``fraction`` of
+    each subject x class's train trials held out (for choosing an epoch without looking
+    at the validation split); DataError if no trial is left to hold out."""
+    fit, inner = within_subject_split(files, 1.0 - fraction, among=train_ids)
+    if not inner or not fit:
+        raise DataError(source, f"select_epoch 'inner': holding out {fraction:.0%} of each "
+                        f"subject x class's train trials leaves {len(fit)} fit and "
+                        f"{len(inner)} inner records; need both non-empty (more trials per "
+                        "class, a larger inner_fraction, or select_epoch 'last')",
+                        kind="label")
+    return fit | (train_ids - fit - inner), inner
+
+
 def split_datasets(features: Path, columns: list[str], train_ids: set[str],
-                   val_ids: set[str], materialize: bool) -> dict[str, Any]:
-    """``{"train", "val"}`` Ray Datasets of ``columns`` (blocks stay in the object store)."""
+                   val_ids: set[str], materialize: bool,
+                   inner_ids: set[str] | None = None) -> dict[str, Any]:
+    """``{"train", "val"}`` Ray Datasets of ``columns`` (blocks stay in the object store),
+    and ``"inner"`` when ``inner_ids`` are given."""
     ds = read_features(features, columns=columns)
     # the workers' per-epoch reads would print a progress bar each; the stage prints its own
     # progress line per epoch instead
     ds.context.enable_progress_bars = False
     datasets = {"train": keep_ids(ds, train_ids), "val": keep_ids(ds, val_ids)}
+    if inner_ids:
+        datasets["inner"] = keep_ids(ds, inner_ids)
     if materialize:
         datasets = {k: v.materialize() for k, v in datasets.items()}
     return datasets

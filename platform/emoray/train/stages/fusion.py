@@ -10,6 +10,7 @@ reports fused and per-modality validation metrics and a checkpoint bundle
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -27,9 +28,10 @@ from emoray.errors import DataError
 from emoray.data.subject_norm import STATS_FILE, SubjectStats, normalize, stats_of_features
 from emoray.models import FusionModel
 from emoray.models.fusion_model import input_column
-from emoray.train.loop import all_reduce, fit_stage, mine, report, restore, scheduled_lr
+from emoray.train.loop import (all_reduce, count_steps, fit_stage, mine, report, restore,
+                               scheduled_lr)
 from emoray.train.metrics import confusion, macro_f1
-from emoray.train.split import check_columns, split_datasets, split_records
+from emoray.train.split import check_columns, inner_split, split_datasets, split_records
 from emoray.train.stages.base import Stage, register_stage
 
 __all__ = ["train_fusion", "train_loop"]
@@ -78,12 +80,15 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
                         kind="label")
     model = FusionModel.from_contract(contract, n_classes=len(label_names), cfg=cfg)
     train_ids, val_ids = split_records(files, split, str(features))
+    fit_ids, inner_ids = ((inner_split(files, train_ids, cfg.inner_fraction, str(features)))
+                          if cfg.select_epoch == "inner" else (train_ids, set()))
     columns = ["record_id", "subject", "label"] + feature_columns(meta, cfg.modalities,
                                                                   cfg.architectures)
-    datasets = split_datasets(features, columns, train_ids, val_ids, cfg.materialize)
-    # statistics of the train split only: validation subjects' rows never leak into them
-    # (a held-out subject is normalised with the pooled statistics, as an uncalibrated
-    # user would be)
+    datasets = split_datasets(features, columns, fit_ids, val_ids, cfg.materialize,
+                              inner_ids=inner_ids)
+    # statistics of the train split only (inner records included: labels unused):
+    # validation subjects' rows never leak into them (a held-out subject is normalised with
+    # the pooled statistics, as an uncalibrated user would be)
     stats = (stats_of_features(features, cfg.subject_norm, train_ids).to_bytes()
              if cfg.subject_norm else None)
     loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": meta,
@@ -92,7 +97,7 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
     # val is read whole by every rank (each scores its share of batches): no rows lost
     out = fit_stage(train_loop, loop_config, cfg, datasets, run_dir, name,
                     datasets_to_split=["train"])
-    return {**out, "n_train": len(train_ids), "n_val": len(val_ids)}
+    return {**out, "n_train": len(fit_ids), "n_val": len(val_ids), "n_inner": len(inner_ids)}
 
 
 def feature_columns(meta: dict[str, Any], modalities: list[str],
@@ -142,12 +147,15 @@ def train_loop(config: dict[str, Any]) -> None:
         opt.load_state_dict(optimizer_state)
     amp = device.type == "cuda"
     resumed_from = start_epoch
+    select = cfg.select_epoch == "inner"
+    best = _restore_best() if select and restored else None
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         lr = scheduled_lr(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule)
         for group in opt.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)   # (sum, count)
+        n_steps = 0
         t_epoch = time.perf_counter()
         shuffle = ({"local_shuffle_buffer_size": cfg.shuffle_buffer,
                     "local_shuffle_seed": cfg.seed * 100_003 + epoch * 101 + rank}
@@ -164,24 +172,73 @@ def train_loop(config: dict[str, Any]) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            n_steps += 1
             loss_sum += torch.tensor([float(loss.detach()) * len(t["label"]), len(t["label"])],
                                      dtype=torch.float64, device=device)
         train_seconds = time.perf_counter() - t_epoch
         metrics = _evaluate(raw, meta, cfg, device, rank, world, len(label_names), amp)
+        if select:
+            best = _select(raw, metrics, best, epoch, cfg,
+                           lambda split: _evaluate(raw, meta, cfg, device, rank, world,
+                                                   len(label_names), amp, split=split))
         all_reduce(loss_sum, world)
         metrics.update(epoch=epoch, lr=lr,
                        train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)),
                        train_samples=int(loss_sum[1]), train_seconds=train_seconds,
-                       resumed_from=resumed_from)
+                       resumed_from=resumed_from, **count_steps(history, n_steps))
         history.append(metrics)
         if rank == 0:
             parts = " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                              if k.startswith("val_acc") or k == "val_f1")
-            print(f"[fusion] epoch {epoch + 1}/{cfg.epochs} loss={metrics['train_loss']:.4f} "
+            print(f"[fusion] epoch {epoch + 1}/{cfg.epochs} steps={metrics['steps']} "
+                  f"loss={metrics['train_loss']:.4f} "
                   f"{parts}", flush=True)
+        saved = dict(files or {})
+        if select:
+            saved[BEST_FILE] = _best_bytes(best)
         report(metrics, rank=rank, model=raw, model_config=raw.config(), meta=meta,
                label_names=label_names, stage=STAGE.name, servable=STAGE.servable,
-               files=files, train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
+               files=saved or None, train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
+
+
+#: the inner-split choice so far (epoch, accuracy, weights), kept in each checkpoint so
+#: that a restarted run goes on choosing
+BEST_FILE = "selected_epoch.pt"
+
+
+def _select(model: FusionModel, metrics: dict[str, Any], best: dict[str, Any] | None,
+            epoch: int, cfg: FusionStageConfig, score) -> dict[str, Any]:
+    """Score this epoch on the inner split (``score(split) -> metrics``); keep its weights
+    if it is the best so far (ties: the earlier epoch). At the last epoch, load the best
+    weights and report their validation metrics in ``metrics`` (the shipped model)."""
+    inner = score("inner")["val_acc"]
+    metrics["inner_acc"] = inner
+    if best is None or inner > best["acc"]:
+        best = {"epoch": epoch, "acc": inner,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    if epoch == cfg.epochs - 1 and best["epoch"] != epoch:
+        model.load_state_dict(best["state"])
+        metrics.update(score("val"))
+    metrics["selected_epoch"] = best["epoch"]
+    return best
+
+
+def _best_bytes(best: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(best, buf)
+    return buf.getvalue()
+
+
+def _restore_best() -> dict[str, Any] | None:
+    """The inner-split choice saved in the checkpoint a restarted run resumes from."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        path = Path(d) / BEST_FILE
+        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
 
 def _tensors(batch: dict[str, np.ndarray], meta: dict[str, Any], device,
@@ -214,16 +271,18 @@ def _labelled(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     return {k: v[keep] for k, v in t.items()}
 
 
-def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp) -> dict:
-    """Fused and per-modality confusion matrices over the whole val set: every rank reads
-    it and scores the records whose id hash falls to it; counts are summed across ranks."""
+def _evaluate(model: FusionModel, meta, cfg, device, rank, world, n_classes, amp,
+              split: str = "val") -> dict:
+    """Fused and per-modality confusion matrices over the whole ``split`` (val, or the
+    inner split): every rank reads it and scores the records whose id hash falls to it;
+    counts are summed across ranks (keys ``val_*`` whichever the split)."""
     import ray.train
 
     model.eval()
     names = ["fused"] + list(model.modalities)
     conf = torch.zeros(len(names), n_classes, n_classes, dtype=torch.float64, device=device)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        batches = ray.train.get_dataset_shard("val").iter_batches(
+        batches = ray.train.get_dataset_shard(split).iter_batches(
             batch_size=cfg.batch_size, batch_format="numpy")
         for batch in batches:
             keep = mine(batch["record_id"], rank, world)

@@ -85,7 +85,8 @@ def bundle_extra(model: JMMLModel) -> dict[str, Any]:
 
 def progress(stage: str, epoch: int, epochs: int, metrics: dict[str, Any],
               keys: list[str]) -> None:
-    shown = " ".join(f"{k}={metrics[k]:.3f}" for k in keys if k in metrics)
+    shown = " ".join(f"{k}={metrics[k]}" if isinstance(metrics[k], int) else
+                     f"{k}={metrics[k]:.3f}" for k in keys if k in metrics)
     print(f"[{stage}] epoch {epoch + 1}/{epochs} {shown}", flush=True)
 
 

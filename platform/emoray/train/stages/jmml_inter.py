@@ -24,7 +24,7 @@ from emoray.data.shards import shard_files
 from emoray.errors import ConfigError
 from emoray.models.jmml import pair_by_label
 from emoray.models.jmml_model import JMMLModel, joint_label
-from emoray.train.loop import fit_stage, report, restore
+from emoray.train.loop import count_steps, fit_stage, report, restore
 from emoray.train.split import check_columns, split_datasets, split_records
 from emoray.train.stages.base import Stage, register_stage
 from emoray.train.stages.jmml_common import (bundle_extra, codes, columns, context,
@@ -162,12 +162,13 @@ def inter_loop(config: dict[str, Any]) -> None:
         metrics.update(epoch=epoch, resumed_from=start, pairing=pairing,
                        train_loss=float(sums[0] / n), train_corr=float(sums[1] / n),
                        train_self=float(sums[2] / n), train_cross=float(sums[3] / n),
-                       n_pairs=int(len(rows_s)), train_seconds=time.perf_counter() - t0)
+                       n_pairs=int(len(rows_s)), train_seconds=time.perf_counter() - t0,
+                       **count_steps(history, int(sums[4])))
         metrics["val_f1"] = metrics.get("val_f1_speech_only", 0.0)
         history.append(metrics)
         if rank == 0:
             progress("inter", epoch, cfg.epochs, metrics,
-                      ["train_loss", "train_corr", "val_f1_speech_only", "val_f1_eeg_only",
+                      ["steps", "train_loss", "train_corr", "val_f1_speech_only", "val_f1_eeg_only",
                        "val_f1_combined"])
         report(metrics, rank=rank, model=model, model_config=model.config(), meta=meta,
                label_names=model.targets, stage=STAGE.name, servable=STAGE.servable, extra=bundle_extra(model),

@@ -25,7 +25,7 @@ from emoray.errors import ConfigError
 from emoray.models import encoder_class
 from emoray.models.jmml_model import JMMLModel, Standardizer
 from emoray.models.losses import feature_mask, gaussian_noise, supcon_loss
-from emoray.train.loop import all_reduce, fit_stage, mine, report, restore
+from emoray.train.loop import all_reduce, count_steps, fit_stage, mine, report, restore
 from emoray.train.metrics import confusion, macro_f1
 from emoray.train.split import check_columns, split_datasets, split_records
 from emoray.train.stages.base import Stage, register_stage
@@ -134,6 +134,7 @@ def intra_loop(config: dict[str, Any]) -> None:
     for epoch in range(start, cfg.epochs):
         ddp.train()
         sums = torch.zeros(len(model.modalities) + 1, dtype=torch.float64, device=device)
+        n_steps = 0
         t0 = time.perf_counter()
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=cfg.batch_size, batch_format="numpy"):
@@ -143,17 +144,19 @@ def intra_loop(config: dict[str, Any]) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            n_steps += 1
             sums += torch.cat([parts.double(), torch.ones(1, dtype=torch.float64,
                                                           device=device)])
         all_reduce(sums, world)
         metrics = _intra_val(model, meta, cfg, device, rank, world)
-        metrics.update(epoch=epoch, resumed_from=start, train_seconds=time.perf_counter() - t0)
+        metrics.update(epoch=epoch, resumed_from=start, train_seconds=time.perf_counter() - t0,
+                       **count_steps(history, n_steps))
         for j, m in enumerate(model.modalities):
             metrics[f"train_loss_{m}"] = float(sums[j] / sums[-1].clamp_min(1))
         metrics["train_loss"] = float(sums[:-1].sum() / sums[-1].clamp_min(1))
         history.append(metrics)
         if rank == 0:
-            progress("intra", epoch, cfg.epochs, metrics, ["train_loss", "val_f1"] +
+            progress("intra", epoch, cfg.epochs, metrics, ["steps", "train_loss", "val_f1"] +
                       [f"val_f1_{m}" for m in model.modalities])
         report(metrics, rank=rank, model=model, model_config=model.config(), meta=meta,
                label_names=model.targets, stage=STAGE.name, servable=STAGE.servable, extra=bundle_extra(model),
