@@ -161,14 +161,16 @@ def test_unschedulable_workers_fail_fast(eav_features, tmp_path, monkeypatch):
 
 def test_inner_split_selection_ships_the_chosen_epochs_weights(model_features, tmp_path):
     """select_epoch 'inner': the epoch is chosen on held-out TRAIN trials (never val), the
-    bundle holds that epoch's weights, and its metrics are theirs on the validation split."""
+    bundle holds that epoch's weights, and its metrics are theirs on the validation split;
+    fuse_weights 'inner' then fits the experts' weights on those trials and ships them."""
     from emoray.bundle import TRAIN_STATE_FILE
     from emoray.train.stages.fusion import BEST_FILE
 
     cfg = FusionStageConfig(**{
         **FAST, "epochs": 4, "num_workers": 1, "select_epoch": "inner", "inner_fraction": 0.2,
         "architectures": {"eeg": "bandpower-mlp", "speech": "speechstats"},
-        "subject_norm": ["eeg_bp", "audio_stats", "video"], "lr": 3e-3})
+        "subject_norm": ["eeg_bp", "audio_stats", "video"], "lr": 3e-3, "fuse_aux": True,
+        "fuse_weights": "inner"})
     out = train_fusion(model_features, tmp_path / "runs", cfg)
     m = out["metrics"]
     train, val = within_subject_split(shard_files(model_features))
@@ -182,7 +184,13 @@ def test_inner_split_selection_ships_the_chosen_epochs_weights(model_features, t
     assert chosen["epoch"] == m["selected_epoch"] and chosen["acc"] == max(inner)
     shipped = torch.load(ckpt / "model.pt", weights_only=True)
     assert shipped.keys() == chosen["state"].keys()
-    assert all(torch.equal(shipped[k], chosen["state"][k]) for k in shipped)
+    weight = "fusion.expert_weight"
+    assert all(torch.equal(shipped[k], chosen["state"][k]) for k in shipped if k != weight)
+    fitted = [m[f"expert_weight_{n}"] for n in ("head", "eeg", "speech", "video")]
+    assert torch.allclose(shipped[weight], torch.tensor(fitted), atol=1e-6)
+    assert min(fitted) >= 0 and not torch.allclose(shipped[weight], torch.ones(4))
+    model, _ = load_bundle(ckpt)                         # the bundle rebuilds with them
+    assert torch.equal(model.fusion.expert_weight, shipped[weight])
 
 
 def test_inner_selection_without_enough_train_trials_fails_before_training(eav_features,

@@ -312,3 +312,27 @@ def test_modality_dropout_keeps_accuracy_without_video(trained):
     assert with_dropout > 0.5                    # chance is 0.25; speech's weak signal
     assert with_dropout > without + 0.15         # robustness comes from modality dropout
     assert _accuracy(result[0.5][0], {"eeg": toks["eeg"]}, y) < 0.4   # EEG is noise
+
+
+def test_fitted_expert_weights_favour_the_reliable_modality_and_are_saved():
+    torch.manual_seed(0)
+    f = AttentionFusion({"a": 8, "b": 8}, n_classes=3, dim=16, heads=2, layers=1,
+                        fuse_aux=True, expert_weights=True).eval()
+    x = {"a": torch.randn(64, 2, 8), "b": torch.randn(64, 3, 8)}
+    before = f(x)
+    # equal weights until fitted: the plain fuse_aux sum
+    summed = before.head_logits + before.aux_logits["a"] + before.aux_logits["b"]
+    assert torch.allclose(before.logits, summed, atol=1e-6)
+    y = before.aux_logits["a"].argmax(1)              # labels expert "a" gets right
+    w = f.fit_expert_weights(before.head_logits, before.aux_logits, before.kept, y)
+    assert (w >= 0).all() and w[1] > w[0] and w[1] > w[2]
+    after = f(x)
+    weighted = w[0] * after.head_logits + w[1] * after.aux_logits["a"] + \
+        w[2] * after.aux_logits["b"]
+    assert torch.allclose(after.logits, weighted, atol=1e-5)
+    assert F.cross_entropy(after.logits, y) < F.cross_entropy(before.logits, y)
+    again = AttentionFusion(**f.config())                 # the config asks for the buffer
+    again.load_state_dict(f.state_dict())
+    assert torch.equal(again.expert_weight, f.expert_weight)
+    with pytest.raises(ConfigError, match="fuse_aux"):
+        AttentionFusion({"a": 8}, n_classes=3, dim=16, heads=2, expert_weights=True)

@@ -58,6 +58,9 @@ class FusionOutput:
     kept : Tensor
         ``(B, M)`` bool: the modality took part in the fusion (``present`` minus what
         modality dropout removed; equals ``present`` in eval mode).
+    head_logits : Tensor | None
+        ``(B, n_classes)``: the attention head's logits alone (``logits`` adds the aux
+        heads' to them under ``fuse_aux``).
     """
 
     logits: torch.Tensor
@@ -66,6 +69,7 @@ class FusionOutput:
     modalities: list[str]
     present: torch.Tensor
     kept: torch.Tensor
+    head_logits: torch.Tensor | None = None
 
 
 class _Block(nn.Module):
@@ -137,12 +141,17 @@ class AttentionFusion(nn.Module):
         The fused logits are the attention head's plus the aux heads' logits of the
         modalities that took part (a product of experts: each modality's own evidence
         counts even where the attention head overfits). Needs ``aux_heads``.
+    expert_weights : bool
+        Under ``fuse_aux``, weigh the attention head and each aux head by a stored weight
+        (buffer ``expert_weight``, ``(1 + M,)``, ones until :meth:`fit_expert_weights` sets
+        them on held-out rows): a modality whose own head is unreliable counts less.
     """
 
     def __init__(self, modality_dims: dict[str, int], *, n_classes: int, dim: int = 128,
                  heads: int = 4, layers: int = 2, dropout: float = 0.1,
                  modality_dropout: float = 0.0, aux_heads: bool = True,
-                 max_tokens: dict[str, int] | None = None, fuse_aux: bool = False):
+                 max_tokens: dict[str, int] | None = None, fuse_aux: bool = False,
+                 expert_weights: bool = False):
         super().__init__()
         _check_config(modality_dims, n_classes, dim, heads, layers, dropout, modality_dropout,
                       max_tokens)
@@ -152,8 +161,12 @@ class AttentionFusion(nn.Module):
                             heads=heads, layers=layers, dropout=dropout,
                             modality_dropout=modality_dropout, aux_heads=aux_heads,
                             max_tokens=dict(max_tokens) if max_tokens else None)
+        if expert_weights and not fuse_aux:
+            raise ConfigError("expert_weights weigh the experts of fuse_aux: set fuse_aux")
         if fuse_aux:                       # absent from older bundles' configs
             self._config["fuse_aux"] = True
+        if expert_weights:
+            self._config["expert_weights"] = True
         self.fuse_aux = fuse_aux
         self.modalities = list(modality_dims)
         self.modality_dims = dict(modality_dims)
@@ -174,6 +187,10 @@ class AttentionFusion(nn.Module):
              for m in self.modalities}) if aux_heads else None
         for p in [self.modality_embed, self.fusion_token, *self.pos_embed.values()]:
             nn.init.trunc_normal_(p, std=0.02)
+        if expert_weights:
+            self.register_buffer("expert_weight", torch.ones(1 + len(self.modalities)))
+        else:
+            self.expert_weight = None
 
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this module (saved with its weights)."""
@@ -241,13 +258,55 @@ class AttentionFusion(nn.Module):
             seq, weights = block(seq, pad)
             row = row + weights.mean(1)
         row = row / len(self.blocks)
-        logits = self.head(self.norm(seq[:, 0]))                           # (B, n_classes)
+        head = self.head(self.norm(seq[:, 0]))                             # (B, n_classes)
+        logits = head
         if self.fuse_aux:
+            w = self.expert_weight
+            logits = head if w is None else head * w[0].to(head.dtype)
             for m, c in zip(names, cols):
-                logits = logits + aux_logits[m] * kept[:, c, None].to(logits.dtype)
+                gate = kept[:, c, None].to(logits.dtype)
+                if w is not None:
+                    gate = gate * w[1 + c].to(logits.dtype)
+                logits = logits + aux_logits[m] * gate
         return FusionOutput(logits=logits, aux_logits=aux_logits,
                             attention_mass=self._mass(row, names, cols, tokens, kept),
-                            modalities=list(self.modalities), present=avail, kept=kept)
+                            modalities=list(self.modalities), present=avail, kept=kept,
+                            head_logits=head)
+
+    @torch.no_grad()
+    def fit_expert_weights(self, head: torch.Tensor, aux: dict[str, torch.Tensor],
+                           kept: torch.Tensor, y: torch.Tensor, l2: float = 0.01,
+                           steps: int = 100) -> torch.Tensor:
+        """Set ``expert_weight`` to the non-negative weights of the attention head and the
+        aux heads that minimise the cross-entropy of their weighted sum on held-out rows
+        (``head`` ``(N, K)``, ``aux[m]`` ``(N, K)``, ``kept`` ``(N, M)``, ``y`` ``(N,)``),
+        with an L2 pull of ``l2`` towards equal weights (L-BFGS; deterministic, so every
+        worker fitting the same rows gets the same weights). Returns the weights."""
+        if self.expert_weight is None:
+            raise ConfigError("fit_expert_weights: built without expert_weights=True")
+        experts = [head.float()] + [
+            aux[m].float() * kept[:, c, None].float() if m in aux
+            else torch.zeros_like(head, dtype=torch.float32)
+            for c, m in enumerate(self.modalities)]
+        stacked = torch.stack(experts)                                     # (1+M, N, K)
+        y = y.long()
+        offset = math.log(math.e - 1.0)                                    # softplus(offset) = 1
+        with torch.enable_grad():
+            raw = torch.zeros(len(experts), requires_grad=True)
+            opt = torch.optim.LBFGS([raw], max_iter=steps, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                w = F.softplus(raw + offset)
+                loss = (F.cross_entropy(torch.einsum("e,enk->nk", w, stacked), y)
+                        + l2 * ((w - 1.0) ** 2).sum())
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        w = F.softplus(raw.detach() + offset)
+        self.expert_weight.copy_(w.to(self.expert_weight.device))
+        return w
 
     def loss(self, out: FusionOutput, y: torch.Tensor, *, aux_weight: float = 0.3,
              mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -110,6 +110,8 @@ class FusionModel(nn.Module):
                       aux_heads=cfg.aux_weight > 0)
         if cfg.fuse_aux:
             fusion["fuse_aux"] = True
+        if cfg.fuse_weights == "inner":
+            fusion["expert_weights"] = True
         return cls(encoders, fusion, cfg.per_modality)
 
     @classmethod

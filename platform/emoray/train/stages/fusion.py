@@ -180,7 +180,9 @@ def train_loop(config: dict[str, Any]) -> None:
         if select:
             best = _select(raw, metrics, best, epoch, cfg,
                            lambda split: _evaluate(raw, meta, cfg, device, rank, world,
-                                                   len(label_names), amp, split=split))
+                                                   len(label_names), amp, split=split),
+                           lambda: _fit_expert_weights(raw, meta, cfg, device, rank, world,
+                                                       amp))
         all_reduce(loss_sum, world)
         metrics.update(epoch=epoch, lr=lr,
                        train_loss=float(loss_sum[0] / loss_sum[1].clamp_min(1)),
@@ -207,20 +209,72 @@ BEST_FILE = "selected_epoch.pt"
 
 
 def _select(model: FusionModel, metrics: dict[str, Any], best: dict[str, Any] | None,
-            epoch: int, cfg: FusionStageConfig, score) -> dict[str, Any]:
+            epoch: int, cfg: FusionStageConfig, score, fit_weights) -> dict[str, Any]:
     """Score this epoch on the inner split (``score(split) -> metrics``); keep its weights
     if it is the best so far (ties: the earlier epoch). At the last epoch, load the best
-    weights and report their validation metrics in ``metrics`` (the shipped model)."""
+    weights, under ``fuse_weights: inner`` fit the experts' weights on the inner split
+    (``fit_weights() -> weights``), and report the validation metrics of the shipped
+    model in ``metrics``."""
     inner = score("inner")["val_acc"]
     metrics["inner_acc"] = inner
     if best is None or inner > best["acc"]:
         best = {"epoch": epoch, "acc": inner,
                 "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-    if epoch == cfg.epochs - 1 and best["epoch"] != epoch:
-        model.load_state_dict(best["state"])
-        metrics.update(score("val"))
+    if epoch == cfg.epochs - 1:
+        changed = best["epoch"] != epoch
+        if changed:
+            model.load_state_dict(best["state"])
+        if cfg.fuse_weights == "inner":
+            weights = fit_weights()
+            metrics.update({f"expert_weight_{name}": float(w) for name, w in
+                            zip(["head", *model.modalities], weights)})
+            metrics["inner_acc_weighted"] = score("inner")["val_acc"]
+            changed = True
+        if changed:
+            metrics.update(score("val"))
     metrics["selected_epoch"] = best["epoch"]
     return best
+
+
+def _fit_expert_weights(model: FusionModel, meta, cfg, device, rank, world,
+                        amp) -> torch.Tensor:
+    """The fused model's expert weights fitted on the whole inner split: each rank scores
+    its hash-share of the records, every rank fits on all of them (same rows, same order,
+    deterministic L-BFGS: the same weights everywhere)."""
+    import ray.train
+
+    from emoray.train.loop import all_gather_objects
+
+    model.eval()
+    local: dict[str, list] = {"ids": [], "head": [], "kept": [], "y": [],
+                              **{f"aux_{m}": [] for m in model.modalities}}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        for batch in ray.train.get_dataset_shard("inner").iter_batches(
+                batch_size=cfg.batch_size, batch_format="numpy"):
+            keep = mine(batch["record_id"], rank, world)
+            if not keep.any():
+                continue
+            rows = {k: v[keep] for k, v in batch.items()}
+            t = _labelled(_tensors(rows, meta, device, model))
+            if t is None:
+                continue
+            out = model(t)
+            labels = np.asarray(rows["label"], dtype=float)                # None -> nan
+            local["ids"] += [str(r) for r, y in zip(rows["record_id"], labels) if y >= 0]
+            local["head"].append(out.head_logits.float().cpu())
+            local["kept"].append(out.kept.cpu())
+            local["y"].append(t["label"].cpu())
+            for m in model.modalities:
+                a = out.aux_logits.get(m)
+                local[f"aux_{m}"].append(a.float().cpu() if a is not None
+                                         else torch.zeros_like(out.head_logits.float().cpu()))
+    parts = all_gather_objects(local, world)
+    ids = [r for p in parts for r in p["ids"]]
+    order = torch.from_numpy(np.argsort(np.array(ids, dtype=object), kind="stable"))
+    cat = {k: torch.cat([c for p in parts for c in p[k]])[order] for k in local if k != "ids"}
+    model.train()
+    return model.fusion.fit_expert_weights(
+        cat["head"], {m: cat[f"aux_{m}"] for m in model.modalities}, cat["kept"], cat["y"])
 
 
 def _best_bytes(best: dict[str, Any]) -> bytes:
