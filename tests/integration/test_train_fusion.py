@@ -199,3 +199,33 @@ def test_inner_selection_without_enough_train_trials_fails_before_training(eav_f
     with pytest.raises(DataError, match="inner_fraction"):
         train_fusion(eav_features / "feat", tmp_path / "runs", cfg)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_a_held_out_subject_is_pooled_or_calibrated_with_its_own_records(eav_features,
+                                                                        tmp_path, calibrate):
+    """Leave-subjects-out: without calibrate_unseen the held-out subject has no statistics
+    of its own (the pooled ones apply); with it, its own records' (labels unused), while
+    the pooled statistics stay the train split's."""
+    from emoray.config import SplitConfig
+    from emoray.data.subject_norm import stats_of_features
+    from emoray.train.split import split_records, subjects_of
+
+    feat = eav_features / "feat"
+    files = shard_files(feat)
+    held = subjects_of(files)[-1]
+    split = SplitConfig(protocol="subjects", val_subjects=[held])
+    cfg = FusionStageConfig(**{**FAST, "epochs": 1, "calibrate_unseen": calibrate})
+    out = train_fusion(feat, tmp_path / "runs", cfg, split=split)
+    stats = load_bundle(out["checkpoint"])[0].subject_stats
+    train_ids, val_ids = split_records(files, split, "eav")
+    fitted = stats_of_features(feat, FAST["subject_norm"], train_ids)
+    own = stats_of_features(feat, FAST["subject_norm"], val_ids)
+    assert (held in stats.subjects) == calibrate
+    for column in FAST["subject_norm"]:
+        pooled, train_pooled = stats.moments(column), fitted.moments(column)
+        assert all(np.allclose(a, b) for a, b in zip(pooled, train_pooled))
+        if calibrate:
+            mine, expected = stats.moments(column, held), own.moments(column, held)
+            assert all(np.allclose(a, b) for a, b in zip(mine, expected))
+            assert not np.allclose(mine[0], pooled[0])

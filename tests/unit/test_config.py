@@ -85,14 +85,13 @@ def test_quickstart_yaml_matches_code_defaults():
     assert quickstart_config() == resolve(REPO / "configs/data/quickstart.yaml")
 
 
-def test_fitted_fusion_weights_need_the_inner_split_and_fuse_aux():
+def test_fitted_fusion_weights_need_fuse_aux():
     from pydantic import ValidationError
 
     from emoray.config import FusionStageConfig
 
-    for bad in ({"fuse_weights": "inner"}, {"fuse_weights": "inner", "fuse_aux": True},
-                {"fuse_weights": "inner", "select_epoch": "inner"}):
-        with pytest.raises(ValidationError, match="select_epoch: inner"):
+    for bad in ({"fuse_weights": "inner"}, {"fuse_weights": "inner", "select_epoch": "inner"}):
+        with pytest.raises(ValidationError, match="fuse_aux: true"):
             FusionStageConfig(**bad)
-    ok = FusionStageConfig(fuse_weights="inner", fuse_aux=True, select_epoch="inner")
-    assert ok.inner_fraction == 0.15
+    ok = FusionStageConfig(fuse_weights="inner", fuse_aux=True)
+    assert ok.inner_fraction == 0.15 and ok.select_epoch == "last"

@@ -208,10 +208,16 @@ class FusionStageConfig(StageCommon):
         "that the validation split stays unseen by the choice")
     inner_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of each subject "
                                   "x class's train trials held out as the inner split")
+    calibrate_unseen: bool = Field(
+        False, description="with subject_norm: a subject that only validates (leave-"
+        "subjects-out) is standardised with statistics of its own records, labels unused, as "
+        "a calibration recording gives a served model (POST /v1/subjects/{id}/calibration); "
+        "false: the pooled statistics, as for an uncalibrated user")
     fuse_weights: Literal["equal", "inner"] = Field(
         "equal", description="under fuse_aux, how the attention head and the aux heads are "
         "weighed: 'equal', or 'inner': non-negative weights fitted on the inner split after "
-        "the last epoch (stacking; needs select_epoch 'inner')")
+        "the last epoch (stacking; the inner split is held out of the fit, as for "
+        "select_epoch 'inner')")
 
     @field_validator("modalities")
     @classmethod
@@ -226,10 +232,9 @@ class FusionStageConfig(StageCommon):
     def _heads_divide_dim(self):
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
-        if self.fuse_weights == "inner" and not (self.fuse_aux and
-                                                 self.select_epoch == "inner"):
+        if self.fuse_weights == "inner" and not self.fuse_aux:
             raise ValueError("fuse_weights 'inner' fits the weights of fuse_aux's experts on "
-                             "the inner split: set fuse_aux: true and select_epoch: inner")
+                             "the inner split: set fuse_aux: true")
         return self
 
     @field_validator("subject_norm")

@@ -94,6 +94,16 @@ def split_records(files: list[Path], split: SplitConfig | None,
     return train, val
 
 
+def unseen_subject_records(files: list[Path], train_ids: set[str],
+                           val_ids: set[str]) -> set[str]:
+    """The validation records of subjects that have no training record (leave-subjects-
+    out): what a calibration recording of a new user would cover."""
+    rows = _id_table(files).select(["record_id", "subject"]).to_pylist()
+    seen = {r["subject"] for r in rows if r["record_id"] in train_ids}
+    return {r["record_id"] for r in rows
+            if r["record_id"] in val_ids and r["subject"] not in seen}
+
+
 def inner_split(files: list[Path], train_ids: set[str], fraction: float,
                 source: str) -> tuple[set[str], set[str]]:
     """``(fit, inner)``: the train records split again by trial, the last ``fraction`` of

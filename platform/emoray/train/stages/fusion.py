@@ -31,7 +31,8 @@ from emoray.models.fusion_model import input_column
 from emoray.train.loop import (all_reduce, count_steps, fit_stage, mine, report, restore,
                                scheduled_lr)
 from emoray.train.metrics import confusion, macro_f1
-from emoray.train.split import check_columns, inner_split, split_datasets, split_records
+from emoray.train.split import (check_columns, inner_split, split_datasets, split_records,
+                                unseen_subject_records)
 from emoray.train.stages.base import Stage, register_stage
 
 __all__ = ["train_fusion", "train_loop"]
@@ -81,16 +82,26 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
     model = FusionModel.from_contract(contract, n_classes=len(label_names), cfg=cfg)
     train_ids, val_ids = split_records(files, split, str(features))
     fit_ids, inner_ids = ((inner_split(files, train_ids, cfg.inner_fraction, str(features)))
-                          if cfg.select_epoch == "inner" else (train_ids, set()))
+                          if "inner" in (cfg.select_epoch, cfg.fuse_weights)
+                          else (train_ids, set()))
     columns = ["record_id", "subject", "label"] + feature_columns(meta, cfg.modalities,
                                                                   cfg.architectures)
     datasets = split_datasets(features, columns, fit_ids, val_ids, cfg.materialize,
                               inner_ids=inner_ids)
-    # statistics of the train split only (inner records included: labels unused):
-    # validation subjects' rows never leak into them (a held-out subject is normalised with
-    # the pooled statistics, as an uncalibrated user would be)
-    stats = (stats_of_features(features, cfg.subject_norm, train_ids).to_bytes()
-             if cfg.subject_norm else None)
+    # statistics of the train split (inner records included: labels unused); a held-out
+    # subject is normalised with the pooled statistics, as an uncalibrated user would be,
+    # or with ``calibrate_unseen`` with its own records' (labels unused), as a calibrated
+    # one; validation records of training subjects never enter
+    stats = None
+    if cfg.subject_norm:
+        fitted = stats_of_features(features, cfg.subject_norm, train_ids)
+        calibration = (unseen_subject_records(files, train_ids, val_ids)
+                       if cfg.calibrate_unseen else set())
+        if calibration:                      # pooled statistics stay the train split's
+            own = stats_of_features(features, cfg.subject_norm, calibration)
+            for subject in own.subjects:
+                fitted = fitted.adopt(subject, own)
+        stats = fitted.to_bytes()
     loop_config = {"cfg": cfg.model_dump(mode="json"), "meta": meta,
                    "model_config": model.config(), "label_names": label_names,
                    "subject_stats": stats}
@@ -148,6 +159,7 @@ def train_loop(config: dict[str, Any]) -> None:
     amp = device.type == "cuda"
     resumed_from = start_epoch
     select = cfg.select_epoch == "inner"
+    use_inner = select or cfg.fuse_weights == "inner"
     best = _restore_best() if select and restored else None
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
@@ -177,7 +189,7 @@ def train_loop(config: dict[str, Any]) -> None:
                                      dtype=torch.float64, device=device)
         train_seconds = time.perf_counter() - t_epoch
         metrics = _evaluate(raw, meta, cfg, device, rank, world, len(label_names), amp)
-        if select:
+        if use_inner:
             best = _select(raw, metrics, best, epoch, cfg,
                            lambda split: _evaluate(raw, meta, cfg, device, rank, world,
                                                    len(label_names), amp, split=split),
@@ -196,7 +208,7 @@ def train_loop(config: dict[str, Any]) -> None:
                   f"loss={metrics['train_loss']:.4f} "
                   f"{parts}", flush=True)
         saved = dict(files or {})
-        if select:
+        if best is not None:
             saved[BEST_FILE] = _best_bytes(best)
         report(metrics, rank=rank, model=raw, model_config=raw.config(), meta=meta,
                label_names=label_names, stage=STAGE.name, servable=STAGE.servable,
@@ -210,18 +222,18 @@ BEST_FILE = "selected_epoch.pt"
 
 def _select(model: FusionModel, metrics: dict[str, Any], best: dict[str, Any] | None,
             epoch: int, cfg: FusionStageConfig, score, fit_weights) -> dict[str, Any]:
-    """Score this epoch on the inner split (``score(split) -> metrics``); keep its weights
-    if it is the best so far (ties: the earlier epoch). At the last epoch, load the best
-    weights, under ``fuse_weights: inner`` fit the experts' weights on the inner split
+    """Score this epoch on the inner split (``score(split) -> metrics``); under
+    ``select_epoch: inner`` keep its weights if it is the best so far (ties: the earlier
+    epoch). At the last epoch, load the best weights, under ``fuse_weights: inner`` fit the experts' weights on the inner split
     (``fit_weights() -> weights``), and report the validation metrics of the shipped
     model in ``metrics``."""
     inner = score("inner")["val_acc"]
     metrics["inner_acc"] = inner
-    if best is None or inner > best["acc"]:
+    if cfg.select_epoch == "inner" and (best is None or inner > best["acc"]):
         best = {"epoch": epoch, "acc": inner,
                 "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
     if epoch == cfg.epochs - 1:
-        changed = best["epoch"] != epoch
+        changed = best is not None and best["epoch"] != epoch
         if changed:
             model.load_state_dict(best["state"])
         if cfg.fuse_weights == "inner":
@@ -232,7 +244,8 @@ def _select(model: FusionModel, metrics: dict[str, Any], best: dict[str, Any] | 
             changed = True
         if changed:
             metrics.update(score("val"))
-    metrics["selected_epoch"] = best["epoch"]
+    if best is not None:
+        metrics["selected_epoch"] = best["epoch"]
     return best
 
 
