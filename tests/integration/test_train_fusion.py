@@ -215,7 +215,10 @@ def test_a_held_out_subject_is_pooled_or_calibrated_with_its_own_records(eav_fea
     files = shard_files(feat)
     held = subjects_of(files)[-1]
     split = SplitConfig(protocol="subjects", val_subjects=[held])
-    cfg = FusionStageConfig(**{**FAST, "epochs": 1, "calibrate_unseen": calibrate})
+    # one worker: what is checked is the statistics (a 2-worker DDP run on this 2-subject
+    # leave-one-out split crashes in gloo, an open defect)
+    cfg = FusionStageConfig(**{**FAST, "epochs": 1, "num_workers": 1,
+                               "calibrate_unseen": calibrate})
     out = train_fusion(feat, tmp_path / "runs", cfg, split=split)
     stats = load_bundle(out["checkpoint"])[0].subject_stats
     train_ids, val_ids = split_records(files, split, "eav")
@@ -224,8 +227,8 @@ def test_a_held_out_subject_is_pooled_or_calibrated_with_its_own_records(eav_fea
     assert (held in stats.subjects) == calibrate
     for column in FAST["subject_norm"]:
         pooled, train_pooled = stats.moments(column), fitted.moments(column)
-        assert all(np.allclose(a, b) for a, b in zip(pooled, train_pooled))
+        assert all(np.allclose(a, b, rtol=1e-5, atol=0) for a, b in zip(pooled, train_pooled))
         if calibrate:
             mine, expected = stats.moments(column, held), own.moments(column, held)
-            assert all(np.allclose(a, b) for a, b in zip(mine, expected))
-            assert not np.allclose(mine[0], pooled[0])
+            assert all(np.allclose(a, b, rtol=1e-5, atol=0) for a, b in zip(mine, expected))
+            assert not np.allclose(mine[0], pooled[0], rtol=1e-3, atol=0)   # volts: ~1e-10

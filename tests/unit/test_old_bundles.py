@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from emoray.bundle import load_bundle, read_bundle_meta, servable
-from emoray.predict import EEGInput, Predictor, SpeechInput, VideoInput
+from emoray.predict import EEGInput, Predictor, SpeechInput, VideoInput, js_divergence
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bundles_v0"
 
@@ -118,7 +118,23 @@ def test_prediction_matches_the_old_code(stage, case, predictors, inputs):
         assert abs(got["probabilities"][name] - p) <= TOL, f"{where}.{name}"
     # the rest of the answer too: modalities, per-modality predictions, attention mass,
     # valence/arousal, incongruence, path, segments, ignored modalities
-    _close(got, want, where)
+    conflict, old = got.pop("incongruence"), want.get("incongruence")
+    _close(got, {k: v for k, v in want.items() if k != "incongruence"}, where)
+    assert (conflict is None) == (old is None), where
+    if old is not None:
+        # since stop 23 the incongruence compares what is expressed (speech, averaged with
+        # the face's video-only distribution when the model has one) with EEG
+        for key in ("speech", "eeg", "threshold"):
+            _close(conflict[key], old[key], f"{where}.incongruence.{key}")
+        per = want["per_modality"]
+        shown = [m for m in ("speech", "video") if m in per]
+        assert conflict["expressed_by"] == shown, where
+        expressed = np.mean([list(per[m]["probabilities"].values()) for m in shown], 0)
+        eeg = list(per["eeg"]["probabilities"].values())
+        _close(conflict["score"], js_divergence(expressed, eeg), f"{where}.incongruence")
+        if shown == ["speech"]:                            # unchanged without video
+            _close(conflict, {**old, "expressed": old["speech"], "expressed_by": ["speech"]},
+                   f"{where}.incongruence")
 
 
 @pytest.mark.parametrize("stage,model", [("fusion", "fusion"), ("classifier", "jmml")])
