@@ -164,7 +164,6 @@ def test_inner_split_selection_ships_the_chosen_epochs_weights(model_features, t
     bundle holds that epoch's weights, and its metrics are theirs on the validation split;
     fuse_weights 'inner' then fits the experts' weights on those trials and ships them."""
     from emoray.bundle import TRAIN_STATE_FILE
-    from emoray.train.stages.fusion import BEST_FILE
 
     cfg = FusionStageConfig(**{
         **FAST, "epochs": 4, "num_workers": 1, "select_epoch": "inner", "inner_fraction": 0.2,
@@ -177,10 +176,11 @@ def test_inner_split_selection_ships_the_chosen_epochs_weights(model_features, t
     assert out["n_inner"] > 0 and out["n_train"] + out["n_inner"] == len(train)
     assert out["n_val"] == len(val) == m["val_n"]
     ckpt = Path(out["checkpoint"])
-    history = torch.load(ckpt / TRAIN_STATE_FILE, weights_only=False)["history"]
+    state = torch.load(ckpt / TRAIN_STATE_FILE, weights_only=False)
+    history = state["history"]
     inner = [h["inner_acc"] for h in history]
     assert m["selected_epoch"] == int(np.argmax(inner))     # the first best inner epoch
-    chosen = torch.load(ckpt / BEST_FILE, weights_only=False)
+    chosen = state["selected"]                            # kept for a restarted run
     assert chosen["epoch"] == m["selected_epoch"] and chosen["acc"] == max(inner)
     shipped = torch.load(ckpt / "model.pt", weights_only=True)
     assert shipped.keys() == chosen["state"].keys()

@@ -119,9 +119,11 @@ def all_gather_objects(obj: Any, world: int) -> list[Any]:
     return [obj]
 
 
-def restore(model: torch.nn.Module, device: torch.device):
+def restore(model: torch.nn.Module, device: torch.device,
+            extra: dict[str, Any] | None = None):
     """Load the run's latest checkpoint (own restart, or a re-run of the same name) into
-    ``model``; return ``(optimizer_state, start_epoch, history)`` or None for a fresh run."""
+    ``model``; return ``(optimizer_state, start_epoch, history)`` or None for a fresh run.
+    ``extra`` receives the training state's other entries (what a stage added to it)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -131,6 +133,9 @@ def restore(model: torch.nn.Module, device: torch.device):
         model.load_state_dict(torch.load(Path(d) / MODEL_FILE, map_location=device,
                                          weights_only=True))
         state = torch.load(Path(d) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
+    if extra is not None:
+        extra.update({k: v for k, v in state.items()
+                      if k not in ("optimizer", "epoch", "history")})
     return state["optimizer"], state["epoch"] + 1, state["history"]
 
 

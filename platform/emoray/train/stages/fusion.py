@@ -10,7 +10,6 @@ reports fused and per-modality validation metrics and a checkpoint bundle
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -81,7 +80,7 @@ def train_fusion(features: str | Path, run_dir: str | Path, cfg: FusionStageConf
                         kind="label")
     model = FusionModel.from_contract(contract, n_classes=len(label_names), cfg=cfg)
     train_ids, val_ids = split_records(files, split, str(features))
-    fit_ids, inner_ids = ((inner_split(files, train_ids, cfg.inner_fraction, str(features)))
+    fit_ids, inner_ids = (inner_split(files, train_ids, cfg.inner_fraction, str(features))
                           if "inner" in (cfg.select_epoch, cfg.fuse_weights)
                           else (train_ids, set()))
     columns = ["record_id", "subject", "label"] + feature_columns(meta, cfg.modalities,
@@ -148,7 +147,8 @@ def train_loop(config: dict[str, Any]) -> None:
         model.subject_stats = SubjectStats.from_bytes(stats_bytes)
     files = {STATS_FILE: stats_bytes} if stats_bytes else None
     mixer = np.random.default_rng(cfg.seed * 7919 + rank)
-    restored = restore(model, device)              # own restart or a re-run of the same name
+    kept: dict[str, Any] = {}
+    restored = restore(model, device, extra=kept)  # own restart or a re-run of the same name
     optimizer_state, start_epoch, history = restored or (None, 0, [])
     ddp = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -160,7 +160,7 @@ def train_loop(config: dict[str, Any]) -> None:
     resumed_from = start_epoch
     select = cfg.select_epoch == "inner"
     use_inner = select or cfg.fuse_weights == "inner"
-    best = _restore_best() if select and restored else None
+    best = kept.get("selected") if select else None   # the inner-split choice so far
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         lr = scheduled_lr(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule)
@@ -207,26 +207,21 @@ def train_loop(config: dict[str, Any]) -> None:
             print(f"[fusion] epoch {epoch + 1}/{cfg.epochs} steps={metrics['steps']} "
                   f"loss={metrics['train_loss']:.4f} "
                   f"{parts}", flush=True)
-        saved = dict(files or {})
-        if best is not None:
-            saved[BEST_FILE] = _best_bytes(best)
+        state = {"optimizer": opt.state_dict(), "epoch": epoch, "history": history}
+        if best is not None:                 # a restarted run goes on choosing
+            state["selected"] = best
         report(metrics, rank=rank, model=raw, model_config=raw.config(), meta=meta,
                label_names=label_names, stage=STAGE.name, servable=STAGE.servable,
-               files=saved or None, train_state={"optimizer": opt.state_dict(), "epoch": epoch, "history": history})
-
-
-#: the inner-split choice so far (epoch, accuracy, weights), kept in each checkpoint so
-#: that a restarted run goes on choosing
-BEST_FILE = "selected_epoch.pt"
+               files=files, train_state=state)
 
 
 def _select(model: FusionModel, metrics: dict[str, Any], best: dict[str, Any] | None,
             epoch: int, cfg: FusionStageConfig, score, fit_weights) -> dict[str, Any]:
     """Score this epoch on the inner split (``score(split) -> metrics``); under
     ``select_epoch: inner`` keep its weights if it is the best so far (ties: the earlier
-    epoch). At the last epoch, load the best weights, under ``fuse_weights: inner`` fit the experts' weights on the inner split
-    (``fit_weights() -> weights``), and report the validation metrics of the shipped
-    model in ``metrics``."""
+    epoch). At the last epoch load the best weights, under ``fuse_weights: inner`` fit
+    the experts' weights on the inner split (``fit_weights() -> weights``), and report
+    the validation metrics of the shipped model in ``metrics``."""
     inner = score("inner")["val_acc"]
     metrics["inner_acc"] = inner
     if cfg.select_epoch == "inner" and (best is None or inner > best["acc"]):
@@ -267,13 +262,13 @@ def _fit_expert_weights(model: FusionModel, meta, cfg, device, rank, world,
             keep = mine(batch["record_id"], rank, world)
             if not keep.any():
                 continue
-            rows = {k: v[keep] for k, v in batch.items()}
-            t = _labelled(_tensors(rows, meta, device, model))
-            if t is None:
+            labelled = keep & (np.asarray(batch["label"], dtype=float) >= 0)  # None: nan
+            if not labelled.any():
                 continue
+            rows = {k: v[labelled] for k, v in batch.items()}
+            t = _tensors(rows, meta, device, model)
             out = model(t)
-            labels = np.asarray(rows["label"], dtype=float)                # None -> nan
-            local["ids"] += [str(r) for r, y in zip(rows["record_id"], labels) if y >= 0]
+            local["ids"] += [str(r) for r in rows["record_id"]]
             local["head"].append(out.head_logits.float().cpu())
             local["kept"].append(out.kept.cpu())
             local["y"].append(t["label"].cpu())
@@ -288,24 +283,6 @@ def _fit_expert_weights(model: FusionModel, meta, cfg, device, rank, world,
     model.train()
     return model.fusion.fit_expert_weights(
         cat["head"], {m: cat[f"aux_{m}"] for m in model.modalities}, cat["kept"], cat["y"])
-
-
-def _best_bytes(best: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(best, buf)
-    return buf.getvalue()
-
-
-def _restore_best() -> dict[str, Any] | None:
-    """The inner-split choice saved in the checkpoint a restarted run resumes from."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        path = Path(d) / BEST_FILE
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
 
 def _tensors(batch: dict[str, np.ndarray], meta: dict[str, Any], device,
