@@ -9,36 +9,71 @@ from emoray.errors import ConfigError
 from emoray.models import create_encoder, encoder_class, encoder_names
 from emoray.models.layers import AttentionPool, PositionalEmbedding, TransformerBlock
 
-# Small contracts so that every tiny encoder runs in milliseconds.
+# Per encoder (one line each, so an encoder's file and its rows change together):
+# a small contract (every tiny encoder runs in milliseconds), one sample's input shape,
+# the token count of that input, the first layer's parameter, and the real contract
+# defaults (EAV preprocessing; parameter counts on "meta").
 CONTRACTS = {
     "eegformer": dict(n_chans=4, sfreq=100.0, n_times=200),
+    "eegformer-v0": dict(n_chans=4, sfreq=100.0, n_times=200),
     "ast": dict(n_mels=64, n_frames=96),
+    "ast-v0": dict(n_mels=64, n_frames=96),
     "vit": dict(n_frames=3, size=64),
+    "vit-v0": dict(n_frames=3, size=64),
     "mlp": dict(in_features=20),
     "bandpower": dict(n_chans=4, n_bands=5),
     "speechstats": dict(in_features=20),
     "bandpower-mlp": dict(n_chans=4, n_bands=5),
 }
-INPUTS = {"eegformer": (4, 200), "ast": (64, 96), "vit": (3, 3, 64, 64), "mlp": (20,),
-          "bandpower": (4, 5), "speechstats": (20,), "bandpower-mlp": (4, 5)}
-# ceil(200/25); 2x3; N; 1; a token per band + the all-band token; 1
-N_TOKENS = {"eegformer": 8, "ast": 6, "vit": 3, "mlp": 1, "bandpower": 6, "speechstats": 1,
-            "bandpower-mlp": 1}
-FIRST_LAYER = {"eegformer": "temporal.weight", "ast": "patch_embed.weight",
-               "vit": "patch_embed.weight", "mlp": "stem.0.weight",
-               "bandpower": "spatial", "speechstats": "stem.0.weight",
-               "bandpower-mlp": "stem.0.weight"}
-# The real contract defaults (EAV preprocessing): used for parameter counts on "meta".
+INPUTS = {
+    "eegformer": (4, 200),
+    "eegformer-v0": (4, 200),
+    "ast": (64, 96),
+    "ast-v0": (64, 96),
+    "vit": (3, 3, 64, 64),
+    "vit-v0": (3, 3, 64, 64),
+    "mlp": (20,),
+    "bandpower": (4, 5),
+    "speechstats": (20,),
+    "bandpower-mlp": (4, 5),
+}
+N_TOKENS = {
+    "eegformer": 8,             # ceil(200 / 25)
+    "eegformer-v0": 8,          # ceil(200 / 25)
+    "ast": 6,                   # 2 x 3 patches
+    "ast-v0": 6,                # 2 x 3 patches
+    "vit": 3,                   # one per frame
+    "vit-v0": 3,                # one per frame
+    "mlp": 1,
+    "bandpower": 6,             # a token per band + the all-band token
+    "speechstats": 1,
+    "bandpower-mlp": 1,
+}
+FIRST_LAYER = {
+    "eegformer": "temporal.weight",
+    "eegformer-v0": "temporal.weight",
+    "ast": "patch_embed.weight",
+    "ast-v0": "patch_embed.weight",
+    "vit": "patch_embed.weight",
+    "vit-v0": "patch_embed.weight",
+    "mlp": "stem.0.weight",
+    "bandpower": "spatial",
+    "speechstats": "stem.0.weight",
+    "bandpower-mlp": "stem.0.weight",
+}
 REAL = {
     "eegformer": dict(n_chans=30, sfreq=100.0, n_times=500),
+    "eegformer-v0": dict(n_chans=30, sfreq=100.0, n_times=500),
     "ast": dict(n_mels=128, n_frames=501),
+    "ast-v0": dict(n_mels=128, n_frames=501),
     "vit": dict(n_frames=25, size=224),
+    "vit-v0": dict(n_frames=25, size=224),
     "mlp": dict(in_features=265),
     "bandpower": dict(n_chans=30, n_bands=5),
     "speechstats": dict(in_features=265),
     "bandpower-mlp": dict(n_chans=30, n_bands=5),
 }
-NAMES = ["ast", "bandpower", "bandpower-mlp", "eegformer", "mlp", "speechstats", "vit"]
+NAMES = sorted(CONTRACTS)
 
 
 @pytest.fixture(autouse=True, scope="module")

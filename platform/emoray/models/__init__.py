@@ -12,7 +12,7 @@ from emoray.models.registry import (create_encoder, create_model, encoder_class,
                                     register_encoder, register_model)
 
 # encoders
-from emoray.models import ast, bandpower, eegformer, mlp, vit  # noqa: E402,F401  (they register)
+from emoray.models import ast, bandpower, eegformer, legacy, mlp, vit  # noqa: E402,F401  (they register)
 # whole models
 from emoray.models.fusion import AttentionFusion, FusionOutput
 from emoray.models.fusion_model import ENCODER_OF, FusionModel

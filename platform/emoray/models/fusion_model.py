@@ -14,10 +14,13 @@ from emoray.config.train import FusionStageConfig
 from emoray.config.contract import PreprocessContract
 from emoray.errors import ConfigError
 from emoray.models.fusion import AttentionFusion, FusionOutput
+from emoray.models.legacy import LEGACY_NAMES
 from emoray.models.registry import create_encoder, encoder_class, register_model
 
 
 #: modality -> (default encoder name, the feature column it reads)
+#: the encoder generation new models are built with (see :mod:`emoray.models.legacy`)
+ENCODER_GENERATION = 2
 ENCODER_OF = {"eeg": ("eegformer", "eeg"), "speech": ("ast", "logmel"),
               "video": ("vit", "video")}
 
@@ -46,6 +49,10 @@ class FusionModel(nn.Module):
         Per modality ``{"name", "preset", "kwargs"}`` for :func:`create_encoder`.
     fusion : dict
         Keyword arguments of :class:`AttentionFusion` except ``modality_dims``.
+    encoder_generation : int
+        2: ``eegformer``/``ast``/``vit`` are the published architectures; 1 (a config saved
+        without this key, i.e. every bundle written before them): those names build the old
+        classes of :mod:`emoray.models.legacy` (``eegformer-v0``, ...).
     per_modality : str
         Where a modality's own prediction comes from: ``aux`` (its auxiliary head, trained
         on that modality alone at every step) or ``fusion`` (the fused head given only that
@@ -54,13 +61,17 @@ class FusionModel(nn.Module):
     """
 
     def __init__(self, encoders: dict[str, dict[str, Any]], fusion: dict[str, Any],
-                 per_modality: str = "fusion"):
+                 per_modality: str = "fusion", encoder_generation: int = ENCODER_GENERATION):
         super().__init__()
+        if encoder_generation < ENCODER_GENERATION:     # a bundle written before: old classes
+            encoders = {m: {**e, "name": LEGACY_NAMES.get(e["name"], e["name"])}
+                        for m, e in encoders.items()}
         if per_modality not in ("aux", "fusion"):
             raise ConfigError(f"per_modality: expected 'aux' or 'fusion', got {per_modality!r}")
         if per_modality == "aux" and not fusion.get("aux_heads", True):
             raise ConfigError("per_modality 'aux' needs the auxiliary heads (aux_heads)")
-        self._config = {"encoders": json.loads(json.dumps(encoders)), "fusion": dict(fusion)}
+        self._config = {"encoders": json.loads(json.dumps(encoders)), "fusion": dict(fusion),
+                        "encoder_generation": encoder_generation}
         if per_modality != "fusion":
             self._config["per_modality"] = per_modality
         self.per_modality = per_modality
@@ -125,7 +136,8 @@ class FusionModel(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "FusionModel":
         """Rebuild from :meth:`config` (as saved in a bundle)."""
-        return cls(config["encoders"], config["fusion"], config.get("per_modality", "fusion"))
+        return cls(config["encoders"], config["fusion"], config.get("per_modality", "fusion"),
+                   config.get("encoder_generation", 1))
 
     def config(self) -> dict[str, Any]:
         """JSON-able keyword arguments that rebuild this model."""
