@@ -88,8 +88,11 @@ class BaseEncoder(nn.Module):
         if bad:
             raise ConfigError(f"weights file {path} does not fit {self.name} "
                               f"({self._config}): " + "; ".join(bad[:5]))
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if strict and (missing or unexpected):
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):       # checked first: nothing half-loaded
             raise ConfigError(f"weights file {path} does not fit {self.name}: missing "
-                              f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+                              f"{missing[:5]}, unexpected {unexpected[:5]}; the model is "
+                              f"unchanged")
+        self.load_state_dict(state, strict=False)
         return self
