@@ -308,6 +308,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("models")
+def _models(args: argparse.Namespace) -> int:
+    from emoray.cli.models import run_models
+
+    return run_models(args)
+
+
 @_command("submit")
 def _submit(args: argparse.Namespace) -> int:
     from emoray.cli.cluster import run_submit

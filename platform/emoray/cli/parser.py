@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
 
+    p = sub.add_parser("models", help="list every registered encoder and whole model with "
+                       "its parameters, FLOPs per sample and input at the default contract")
+    p.add_argument("--all", action="store_true", help="every braindecode EEG model "
+                   "(braindecode:<Model>), not only EEGNet, ShallowFBCSPNet and EEGConformer")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+
     add_cluster_parsers(sub)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")

@@ -9,10 +9,11 @@ new file plus its line here.
 from emoray.models.base import BaseEncoder, EncoderOutput
 from emoray.models.registry import (create_encoder, create_model, encoder_class,
                                     encoder_names, model_class, model_names,
-                                    register_encoder, register_model)
+                                    register_encoder, register_model, register_resolver)
 
 # encoders
 from emoray.models import ast, bandpower, eegformer, legacy, mlp, vit  # noqa: E402,F401  (they register)
+from emoray.models.braindecode_eeg import braindecode_encoder, braindecode_names  # noqa: E402
 # whole models
 from emoray.models.fusion import AttentionFusion, FusionOutput
 from emoray.models.fusion_model import ENCODER_OF, FusionModel
@@ -21,7 +22,8 @@ from emoray.models.jmml_model import JMMLModel
 from emoray.models.losses import dcca_correlation, dcca_loss, linear_cca, supcon_loss
 
 __all__ = ["AttentionFusion", "BaseEncoder", "EDCCCAE", "ENCODER_OF", "EncoderOutput",
-           "FusionModel", "FusionOutput", "JMMLModel", "create_encoder", "create_model",
-           "dcca_correlation", "dcca_loss", "encoder_class", "encoder_names",
-           "linear_cca", "model_class", "model_names", "pair_by_label", "register_encoder",
-           "register_model", "supcon_loss"]
+           "FusionModel", "FusionOutput", "JMMLModel", "braindecode_encoder",
+           "braindecode_names", "create_encoder", "create_model", "dcca_correlation",
+           "dcca_loss", "encoder_class", "encoder_names", "linear_cca", "model_class",
+           "model_names", "pair_by_label", "register_encoder", "register_model",
+           "register_resolver", "supcon_loss"]

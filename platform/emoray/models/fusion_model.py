@@ -98,7 +98,8 @@ class FusionModel(nn.Module):
         shapes = contract.output_shapes(n_chans)
         contract_kwargs = {
             "eeg": dict(n_chans=n_chans, sfreq=contract.eeg.sfreq, n_times=shapes["eeg"][1],
-                        n_bands=len(contract.eeg.bands)),
+                        n_bands=len(contract.eeg.bands),
+                        ch_names=list(contract.eeg.channels or [])),
             "speech": dict(n_mels=contract.audio.n_mels, n_frames=shapes["logmel"][1],
                            in_features=shapes["audio_stats"][0]),
             "video": dict(n_frames=contract.video.n_frames, size=contract.video.size)}

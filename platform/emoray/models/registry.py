@@ -3,6 +3,8 @@
 
 The registries are filled one way: :mod:`emoray.models` (the package's ``__init__``)
 imports every model file, and each file registers itself; nothing here imports a model.
+A family of encoders made on demand (``braindecode:<Model>``) registers a *resolver* for
+its prefix (:func:`register_resolver`); its members are not listed by :func:`encoder_names`.
 A bundle names its whole model (``bundle.json``'s ``model``), and
 :func:`emoray.bundle.load_bundle` rebuilds it with :func:`create_model`.
 """
@@ -18,6 +20,8 @@ from emoray.errors import ConfigError
 from emoray.models.base import BaseEncoder
 
 _ENCODERS: dict[str, type[BaseEncoder]] = {}
+#: prefix -> resolver of ``prefix:<member>`` names (e.g. ``braindecode``)
+_RESOLVERS: dict[str, Callable[[str], type[BaseEncoder]]] = {}
 
 
 def register_encoder(cls: type[BaseEncoder]) -> type[BaseEncoder]:
@@ -26,20 +30,33 @@ def register_encoder(cls: type[BaseEncoder]) -> type[BaseEncoder]:
     return cls
 
 
+def register_resolver(prefix: str, resolve: Callable[[str], type[BaseEncoder]]) -> None:
+    """Make the encoders named ``prefix:<member>`` available: ``resolve(member)`` returns
+    the class (made on first use and cached by the resolver) or raises :class:`ConfigError`."""
+    _RESOLVERS[prefix] = resolve
+
+
 def encoder_names() -> list[str]:
+    """The registered encoders (not the members of a resolver's family)."""
     return sorted(_ENCODERS)
 
 
 def encoder_class(name: str) -> type[BaseEncoder]:
-    if name not in _ENCODERS:
-        raise ConfigError(f"unknown encoder {name!r}; expected one of {sorted(_ENCODERS)}")
-    return _ENCODERS[name]
+    if name in _ENCODERS:
+        return _ENCODERS[name]
+    prefix, sep, member = str(name).partition(":")
+    if sep and prefix in _RESOLVERS:
+        return _RESOLVERS[prefix](member)
+    families = "".join(f" or {p}:<model>" for p in sorted(_RESOLVERS))
+    raise ConfigError(f"unknown encoder {name!r}; expected one of {sorted(_ENCODERS)}"
+                      f"{families}")
 
 
 def create_encoder(name: str, preset: str = "tiny", weights: str | Path | None = None,
                    **kwargs: Any) -> BaseEncoder:
     """Build encoder ``name`` at ``preset`` size; ``kwargs`` are contract fields and size
-    overrides. Unknown names, presets or keyword arguments raise :class:`ConfigError`."""
+    overrides (fields the class lists in ``optional_fields`` may be left out). Unknown
+    names, presets or keyword arguments raise :class:`ConfigError`."""
     cls = encoder_class(name)
     if preset not in cls.presets:
         raise ConfigError(f"encoder {name!r} has no preset {preset!r}; expected one of "
@@ -50,7 +67,8 @@ def create_encoder(name: str, preset: str = "tiny", weights: str | Path | None =
     if unknown:
         raise ConfigError(f"encoder {name!r} does not take {unknown}; its inputs are "
                           f"{list(cls.contract_fields)} and sizes {sorted(cls.presets[preset])}")
-    missing = [f for f in cls.contract_fields if f not in config]
+    optional = getattr(cls, "optional_fields", ())
+    missing = [f for f in cls.contract_fields if f not in config and f not in optional]
     if missing:
         raise ConfigError(f"encoder {name!r} needs its input contract {missing}")
     model = cls(**config)
