@@ -41,13 +41,20 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._encoders import compare_encoders
 from benchmarks._probe import MODALITIES, load_table, run_probe
 from benchmarks._runner import runner_parser, table, write_result
 
 TARGET = 1.05
+PARTS = ("deep", "encoders")
 FULL = {"subjects": 6, "trials_per_class": 8, "seconds": 20.0, "seeds": [0, 1, 2],
-        "folds": 3}
-QUICK = {"subjects": 4, "trials_per_class": 3, "seconds": 10.0, "seeds": [0], "folds": 2}
+        "folds": 3, "encoder_preset": "small"}
+QUICK = {"subjects": 4, "trials_per_class": 3, "seconds": 10.0, "seeds": [0], "folds": 2,
+         "encoder_preset": "tiny", "encoder_epochs": 4}
+#: the raw EEG column kept in volts, so that the encoder comparison's per-subject
+#: standardisation (subject_norm: [eeg]) keeps band power and topography; the shipped plan
+#: reads band power, computed before this step, so it is unaffected
+ENCODER_CONTRACT = ["preprocess.contract.eeg.normalize=none"]
 #: t quantiles (0.975) by degrees of freedom, for intervals over seeds
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
@@ -229,80 +236,152 @@ def _jmml_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _encoder_rows(rows: list[dict[str, Any]], probe: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for r in rows:
+        row = {"modality": r["modality"], "encoder": r["encoder"], "preset": r["preset"]}
+        if r.get("error"):
+            row["acc"] = f"refused: {r['error']}"
+        elif r["acc"]:
+            m, s, lo, hi = interval(r["acc"], r.get("n_val", 0))
+            row.update(acc=f"{100 * m:.1f} ± {100 * s:.1f}",
+                       ci=f"[{100 * lo:.1f}, {100 * hi:.1f}]", seconds=f"{r['seconds']:.0f}")
+        if r["modality"] in probe:
+            row["probe"] = f"{100 * probe[r['modality']]['acc']:.1f}"
+        out.append(row)
+    return out
+
+
+def _encoder_ratio(rows: list[dict[str, Any]]) -> float | None:
+    """EEGformer's mean EEG accuracy over the best braindecode model's (None: one missing)."""
+    mean = {r["encoder"]: float(np.mean(r["acc"])) for r in rows
+            if r["modality"] == "eeg" and r["acc"]}
+    peers = [v for k, v in mean.items() if k.startswith("braindecode:")]
+    if "eegformer" not in mean or not peers:
+        return None
+    return mean["eegformer"] / max(max(peers), 1e-9)
+
+
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
                   ray_cfg=None, plan: str | None = None, keep: bool = False,
-                  overrides: list[str] | None = None) -> dict[str, Any]:
+                  overrides: list[str] | None = None,
+                  parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Run the benchmark's ``parts`` (``deep``: the shipped plan vs the probe, JMML,
+    incongruence, repeatability; ``encoders``: the encoder comparison) on one corpus."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ValueError(f"parts: expected some of {list(PARTS)}, got {list(parts)}")
     sizes = QUICK if quick else FULL
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-accuracy-"))
     times: dict[str, float] = {}
+    details: dict[str, Any] = {"sizes": sizes, "quick": quick, "parts": list(parts),
+                               "overrides": list(overrides or [])}
     try:
         t = time.perf_counter()
-        cfg, corpus, features = make_features(work, sizes, plan, ray_cfg, overrides)
+        cfg, corpus, features = make_features(work, sizes, plan, ray_cfg,
+                                              [*ENCODER_CONTRACT, *(overrides or [])])
         times["data"] = time.perf_counter() - t
-        t = time.perf_counter()
-        reports = deep(cfg, features, work, sizes["seeds"], sizes["folds"])
-        times["deep"] = time.perf_counter() - t
-        repeat = None
-        if "fusion" in cfg.train.stages:
-            t = time.perf_counter()
-            again = repeat_fusion(cfg, features, work, sizes["seeds"][0])["val_acc"]
-            first = _per_seed(reports["within-subject"], sizes["seeds"][0])
-            repeat = {"seed": sizes["seeds"][0], "first": first, "again": again,
-                      "diff": None if first is None else abs(again - first)}
-            times["repeat"] = time.perf_counter() - t
-        t = time.perf_counter()
         data = load_table(features)
-        probes: dict[str, list[dict]] = {}
-        splits: dict[str, list] = {}
-        for protocol, report in reports.items():
-            units = report["units"] if protocol == "loso" else report["units"][:1]
-            splits[protocol] = [unit_split(features, u) for u in units]
-            probes[protocol] = [run_probe(data, tr, va) for tr, va in splits[protocol]]
-        times["probe"] = time.perf_counter() - t
-        t = time.perf_counter()
-        from emoray.train.plan import read_state
-
-        within = reports["within-subject"]
-        aucs = []
-        for unit in within["units"]:
-            bundle = (read_state(unit["run_dir"])["stages"].get("fusion") or {}).get("bundle")
-            if bundle:
-                aucs.append(incongruence_auc(bundle, features, splits["within-subject"][0][1],
-                                             corpus))
-        times["incongruence"] = time.perf_counter() - t
-        rows = _rows(reports, probes)
-        deep_fused = next(r for r in within["fusion"] if r["model"] == "fused")["acc"]["mean"]
-        probe_fused = probes["within-subject"][0]["fused"]["acc"]
-        ratio = deep_fused / max(probe_fused, 1e-9)
-        auc_values = [a["auc"] for a in aucs if a["auc"] is not None]
-        details = {"sizes": sizes, "quick": quick, "overrides": list(overrides or []),
-                   "rows": rows,
-                   "jmml": _jmml_rows(within), "incongruence": aucs,
-                   "incongruence_auc": float(np.mean(auc_values)) if auc_values else None,
-                   "repeat": repeat, "deep_fused": deep_fused, "probe_fused": probe_fused,
-                   "reports": {p: {k: v for k, v in r.items() if k != "units"}
-                               for p, r in reports.items()},
-                   "probe": probes, "seconds": times}
+        if "deep" in parts:
+            details.update(_deep_part(cfg, corpus, features, work, sizes, data, times))
+        if "encoders" in parts:
+            t = time.perf_counter()
+            within = unit_split(features, {})
+            probe = run_probe(data, *within)
+            rows = compare_encoders(cfg, features, work, sizes["seeds"],
+                                    preset=sizes["encoder_preset"],
+                                    epochs=sizes.get("encoder_epochs"))
+            details["encoders"] = {"rows": rows, "probe": probe,
+                                   "table": _encoder_rows(rows, probe),
+                                   "ratio": _encoder_ratio(rows)}
+            times["encoders"] = time.perf_counter() - t
+        details["seconds"] = times
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(table(rows, ["protocol", "model", "deep", "deep_ci", "probe", "probe_ci"]))
-    if details["jmml"]:
-        targets = [k for k in details["jmml"][0] if k not in ("modality", "method")]
-        print("\nJMML ablation, macro-F1 within subject (mean ± std over seeds)")
-        print(table(details["jmml"], ["modality", "method", *targets]))
-    auc = details["incongruence_auc"]
-    print(f"\nincongruence ROC AUC on acted trials: "
-          f"{'-' if auc is None else f'{auc:.3f}'} (target 0.75)")
-    if repeat and repeat["diff"] is not None:
-        print(f"same seed twice ({repeat['seed']}): fused {100 * repeat['first']:.1f} then "
-              f"{100 * repeat['again']:.1f}, |diff| {100 * repeat['diff']:.1f} points "
-              f"(target <= 2)")
+    return _report(details, out_dir)
+
+
+def _deep_part(cfg, corpus: Path, features: Path, work: Path, sizes: dict[str, Any],
+               data: dict[str, Any], times: dict[str, float]) -> dict[str, Any]:
+    """The shipped plan against the probe (both protocols), repeatability, incongruence."""
+    from emoray.train.plan import read_state
+
+    t = time.perf_counter()
+    reports = deep(cfg, features, work, sizes["seeds"], sizes["folds"])
+    times["deep"] = time.perf_counter() - t
+    repeat = None
+    if "fusion" in cfg.train.stages:
+        t = time.perf_counter()
+        again = repeat_fusion(cfg, features, work, sizes["seeds"][0])["val_acc"]
+        first = _per_seed(reports["within-subject"], sizes["seeds"][0])
+        repeat = {"seed": sizes["seeds"][0], "first": first, "again": again,
+                  "diff": None if first is None else abs(again - first)}
+        times["repeat"] = time.perf_counter() - t
+    t = time.perf_counter()
+    probes: dict[str, list[dict]] = {}
+    splits: dict[str, list] = {}
+    for protocol, report in reports.items():
+        units = report["units"] if protocol == "loso" else report["units"][:1]
+        splits[protocol] = [unit_split(features, u) for u in units]
+        probes[protocol] = [run_probe(data, tr, va) for tr, va in splits[protocol]]
+    times["probe"] = time.perf_counter() - t
+    t = time.perf_counter()
+    within = reports["within-subject"]
+    aucs = []
+    for unit in within["units"]:
+        bundle = (read_state(unit["run_dir"])["stages"].get("fusion") or {}).get("bundle")
+        if bundle:
+            aucs.append(incongruence_auc(bundle, features, splits["within-subject"][0][1],
+                                         corpus))
+    times["incongruence"] = time.perf_counter() - t
+    deep_fused = next(r for r in within["fusion"] if r["model"] == "fused")["acc"]["mean"]
+    probe_fused = probes["within-subject"][0]["fused"]["acc"]
+    auc_values = [a["auc"] for a in aucs if a["auc"] is not None]
+    return {"rows": _rows(reports, probes), "jmml": _jmml_rows(within), "incongruence": aucs,
+            "incongruence_auc": float(np.mean(auc_values)) if auc_values else None,
+            "repeat": repeat, "deep_fused": deep_fused, "probe_fused": probe_fused,
+            "ratio": deep_fused / max(probe_fused, 1e-9),
+            "reports": {p: {k: v for k, v in r.items() if k != "units"}
+                        for p, r in reports.items()},
+            "probe": probes}
+
+
+def _report(details: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Print the tables, write the JSON; the last line is the headline ratio."""
+    times = details["seconds"]
+    if "rows" in details:
+        print(table(details["rows"], ["protocol", "model", "deep", "deep_ci", "probe",
+                                      "probe_ci"]))
+        if details["jmml"]:
+            targets = [k for k in details["jmml"][0] if k not in ("modality", "method")]
+            print("\nJMML ablation, macro-F1 within subject (mean ± std over seeds)")
+            print(table(details["jmml"], ["modality", "method", *targets]))
+        auc = details["incongruence_auc"]
+        print(f"\nincongruence ROC AUC on acted trials: "
+              f"{'-' if auc is None else f'{auc:.3f}'} (target 0.75)")
+        repeat = details["repeat"]
+        if repeat and repeat["diff"] is not None:
+            print(f"same seed twice ({repeat['seed']}): fused {100 * repeat['first']:.1f} "
+                  f"then {100 * repeat['again']:.1f}, |diff| {100 * repeat['diff']:.1f} "
+                  f"points (target <= 2)")
+    enc = details.get("encoders")
+    if enc:
+        print("\nencoders, one modality alone, within subject (mean ± std over seeds; probe: "
+              "the linear probe of that modality on the same split)")
+        print(table(enc["table"], ["modality", "encoder", "preset", "acc", "ci", "probe",
+                                   "seconds"]))
+        if enc["ratio"] is not None:
+            print(f"EEGformer / best braindecode model: {enc['ratio']:.2f} (target >= 1.0)")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
-    path = write_result(out_dir, "accuracy", ratio, TARGET, json.loads(json.dumps(
+    if "ratio" in details:
+        name, ratio, target = "accuracy", details["ratio"], TARGET
+    else:                                    # the encoder comparison alone
+        name, ratio, target = "accuracy-encoders", enc["ratio"] or 0.0, 1.0
+    path = write_result(out_dir, name, ratio, target, json.loads(json.dumps(
         details, default=float)))
     print(f"wrote {path}")
-    print(f"accuracy: ratio {ratio:.2f} (target {TARGET})")
+    print(f"{name}: ratio {ratio:.2f} (target {target})")
     return details
 
 
@@ -314,9 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field of the run, e.g. "
                         "preprocess.contract.eeg.normalize=global (repeatable)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to run, of {','.join(PARTS)}")
     args = parser.parse_args(argv)
     run_benchmark(quick=args.quick, out_dir=args.out, plan=args.plan, keep=args.keep,
-                  overrides=args.overrides)
+                  overrides=args.overrides, parts=tuple(p for p in args.parts.split(",") if p))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import yaml
 from emoray.cli import build_parser, main
 
 SUBCOMMANDS = ["quickstart", "synth", "ingest", "preprocess", "inspect", "bench", "train",
-               "evaluate", "tune", "serve", "predict", "submit", "jobs"]
+               "evaluate", "tune", "serve", "predict", "submit", "jobs", "models"]
 
 
 def _run(*args, cwd=None, timeout=300):

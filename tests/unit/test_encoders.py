@@ -40,7 +40,7 @@ INPUTS = {
 N_TOKENS = {
     "eegformer": 8,             # ceil(200 / 25)
     "eegformer-v0": 8,          # ceil(200 / 25)
-    "ast": 6,                   # 2 x 3 patches
+    "ast": 35,                  # 5 x 7 overlapping 16 x 16 patches, stride 12
     "ast-v0": 6,                # 2 x 3 patches
     "vit": 3,                   # one per frame
     "vit-v0": 3,                # one per frame
@@ -50,11 +50,11 @@ N_TOKENS = {
     "bandpower-mlp": 1,
 }
 FIRST_LAYER = {
-    "eegformer": "temporal.weight",
+    "eegformer": "odcm.conv1.weight",
     "eegformer-v0": "temporal.weight",
     "ast": "patch_embed.weight",
     "ast-v0": "patch_embed.weight",
-    "vit": "patch_embed.weight",
+    "vit": "backbone.patch_embed.proj.weight",
     "vit-v0": "patch_embed.weight",
     "mlp": "stem.0.weight",
     "bandpower": "spatial",
@@ -165,15 +165,15 @@ def test_one_base_encoder_builds_and_runs():
     assert torch.isfinite(out.pooled).all()
 
 
-@pytest.mark.parametrize("frames,grid_t", [(64, 2), (130, 5), (96, 3)])
+@pytest.mark.parametrize("frames,grid_t", [(64, 5), (130, 10), (96, 7), (10, 1)])
 def test_ast_accepts_other_frame_counts(frames, grid_t):
-    enc = _build("ast").eval()
+    enc = _build("ast").eval()          # tiny: 16 x 16 patches, stride 12; 5 mel rows
     with torch.no_grad():
         out = enc(torch.randn(2, 64, frames))
-    assert out.tokens.shape == (2, 2 * grid_t, enc.dim)
+    assert out.tokens.shape == (2, 5 * grid_t, enc.dim)
     assert torch.isfinite(out.pooled).all()
     # The contract's own length uses the positional table as learned (no interpolation).
-    assert enc.pos.table((2, 3)) is enc.pos.weight
+    assert enc.position_table((5, 7)) is enc.pos_embed
 
 
 def test_ast_wrong_mel_count_names_n_mels():

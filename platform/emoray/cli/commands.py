@@ -301,8 +301,12 @@ def _bench(args: argparse.Namespace) -> int:
         if args.name != "serve":
             raise EmorayError("bench: --checkpoint applies to `bench serve`")
         kwargs["checkpoint"] = args.checkpoint
+    if args.parts and args.name != "accuracy":
+        raise EmorayError("bench: --parts applies to `bench accuracy`")
     if args.name == "accuracy":
         kwargs["overrides"] = list(args.overrides)     # its run's own config (quickstart's)
+        if args.parts:
+            kwargs["parts"] = tuple(p for p in args.parts.split(",") if p)
     bench = importlib.import_module(f"benchmarks.{args.name}")
     bench.run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray, **kwargs)
     return 0

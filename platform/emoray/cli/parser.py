@@ -143,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_parsers(sub)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    p.add_argument("name", choices=["ingest", "train", "tune", "serve", "accuracy"],
+    p.add_argument("name", choices=["ingest", "train", "tune", "serve", "accuracy", "models"],
                    help="which benchmark")
+    p.add_argument("--parts", help="bench accuracy: comma-separated parts to run, of "
+                   "deep,encoders (default: both)")
     p.add_argument("--checkpoint", help="bench serve: serve this checkpoint instead of "
                    "training a tiny model")
     p.add_argument("--features", help="bench train/tune: reuse this preprocess output folder "

@@ -1,0 +1,76 @@
+"""The encoder comparison of ``benchmarks/accuracy.py``: one modality at a time, several
+architectures, the same within-subject split, normalisation and training recipe.
+
+* **EEG**: the published EEGformer (:mod:`emoray.models.eegformer`) against braindecode's
+  EEGNetv4, ShallowFBCSPNet and EEGConformer (``braindecode:<Model>`` encoders), all on the
+  raw EEG column (``(C, T)``, the contract's rate) standardised per subject and channel
+  (``subject_norm: [eeg]``: a calibration recording's statistics, band power kept), with
+  ``bandpower-mlp`` on the same records' log band power as the hand-feature reference;
+* **speech**: the AST on the subject-standardised log-mel against an MLP on the speech
+  statistics (``speechstats``).
+
+Each architecture is the fusion stage restricted to one modality (so the very training
+loop, schedule, augmentation and epoch choice of the shipped recipe), trained once per seed
+on the within-subject split; its validation accuracy is the modality's. The linear probe's
+accuracy for the modality on the same split sits beside it in the table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+#: modality -> [(architecture, the subject-normalised column it reads)]
+ENCODERS: dict[str, list[tuple[str, str]]] = {
+    "eeg": [("eegformer", "eeg"), ("braindecode:EEGNetv4", "eeg"),
+            ("braindecode:ShallowFBCSPNet", "eeg"), ("braindecode:EEGConformer", "eeg"),
+            ("bandpower-mlp", "eeg_bp")],
+    "speech": [("ast", "logmel"), ("speechstats", "audio_stats")],
+}
+
+
+def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, preset: str,
+                     epochs: int | None = None,
+                     encoders: dict[str, list[tuple[str, str]]] | None = None,
+                     echo=print) -> list[dict[str, Any]]:
+    """Train every ``(modality, architecture)`` of ``encoders`` (default :data:`ENCODERS`)
+    once per seed with the plan's fusion-stage recipe on that modality alone; returns one
+    row per architecture: ``{"modality", "encoder", "preset", "acc": [per seed],
+    "n_val", "seconds", "steps"}`` (an architecture that cannot be built on the contract
+    gets ``"error"`` instead of accuracies)."""
+    from emoray.config import SplitConfig
+    from emoray.errors import EmorayError
+    from emoray.train.stages.fusion import train_fusion
+
+    base = cfg.train.stages["fusion"]
+    split = SplitConfig(fraction=cfg.train.split.fraction)
+    rows = []
+    for modality, archs in (encoders or ENCODERS).items():
+        for arch, column in archs:
+            update = {"modalities": [modality], "architectures": {modality: arch},
+                      "encoders": {modality: preset}, "subject_norm": [column],
+                      "calibrate_unseen": False, "fuse_aux": False}
+            if epochs is not None:
+                update["epochs"] = epochs
+            stage = base.model_copy(update=update)
+            row: dict[str, Any] = {"modality": modality, "encoder": arch, "preset": preset,
+                                   "acc": [], "steps": None}
+            t = time.perf_counter()
+            for seed in seeds:
+                name = f"{modality}-{arch.replace(':', '-')}-s{seed}"
+                try:
+                    out = train_fusion(features, work / "encoders", stage.model_copy(
+                        update={"seed": seed}), name=name, split=split)
+                except EmorayError as exc:           # refused before training: say why
+                    row["error"] = str(exc).splitlines()[0]
+                    break
+                metrics = out["metrics"]
+                row["acc"].append(float(metrics["val_acc"]))
+                row["n_val"] = int(metrics.get("val_n", 0))
+                row["steps"] = metrics.get("steps")
+                echo(f"  {modality} {arch} ({preset}) seed {seed}: "
+                     f"{100 * row['acc'][-1]:.1f} %")
+            row["seconds"] = time.perf_counter() - t
+            rows.append(row)
+    return rows
