@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._encoders import compare_encoders
+from benchmarks._encoders import ENCODERS, compare_encoders
 from benchmarks._probe import MODALITIES, load_table, run_probe
 from benchmarks._runner import runner_parser, table, write_result
 
@@ -265,12 +265,17 @@ def _encoder_ratio(rows: list[dict[str, Any]]) -> float | None:
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
                   ray_cfg=None, plan: str | None = None, keep: bool = False,
                   overrides: list[str] | None = None,
-                  parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+                  parts: tuple[str, ...] = PARTS,
+                  encoder_modalities: tuple[str, ...] = tuple(ENCODERS)) -> dict[str, Any]:
     """Run the benchmark's ``parts`` (``deep``: the shipped plan vs the probe, JMML,
-    incongruence, repeatability; ``encoders``: the encoder comparison) on one corpus."""
+    incongruence, repeatability; ``encoders``: the encoder comparison, on
+    ``encoder_modalities``) on one corpus."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         raise ValueError(f"parts: expected some of {list(PARTS)}, got {list(parts)}")
+    if not encoder_modalities or set(encoder_modalities) - set(ENCODERS):
+        raise ValueError(f"encoder modalities: expected some of {list(ENCODERS)}, got "
+                         f"{list(encoder_modalities)}")
     sizes = QUICK if quick else FULL
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-accuracy-"))
     times: dict[str, float] = {}
@@ -290,7 +295,8 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
             probe = run_probe(data, *within)
             rows = compare_encoders(cfg, features, work, sizes["seeds"],
                                     preset=sizes["encoder_preset"],
-                                    epochs=sizes.get("encoder_epochs"))
+                                    epochs=sizes.get("encoder_epochs"),
+                                    encoders={m: ENCODERS[m] for m in encoder_modalities})
             details["encoders"] = {"rows": rows, "probe": probe,
                                    "table": _encoder_rows(rows, probe),
                                    "ratio": _encoder_ratio(rows)}
@@ -395,9 +401,13 @@ def main(argv: list[str] | None = None) -> None:
                         "preprocess.contract.eeg.normalize=global (repeatable)")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to run, of {','.join(PARTS)}")
+    parser.add_argument("--encoder-modalities", default=",".join(ENCODERS),
+                        help="the modalities of the encoder comparison, of "
+                        f"{','.join(ENCODERS)}")
     args = parser.parse_args(argv)
     run_benchmark(quick=args.quick, out_dir=args.out, plan=args.plan, keep=args.keep,
-                  overrides=args.overrides, parts=tuple(p for p in args.parts.split(",") if p))
+                  overrides=args.overrides, parts=tuple(p for p in args.parts.split(",") if p),
+                  encoder_modalities=tuple(m for m in args.encoder_modalities.split(",") if m))
 
 
 if __name__ == "__main__":
