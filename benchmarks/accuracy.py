@@ -266,17 +266,21 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                   ray_cfg=None, plan: str | None = None, keep: bool = False,
                   overrides: list[str] | None = None,
                   parts: tuple[str, ...] = PARTS,
-                  encoder_modalities: tuple[str, ...] = tuple(ENCODERS)) -> dict[str, Any]:
+                  encoder_modalities: tuple[str, ...] = tuple(ENCODERS),
+                  encoder_preset: str | None = None) -> dict[str, Any]:
     """Run the benchmark's ``parts`` (``deep``: the shipped plan vs the probe, JMML,
     incongruence, repeatability; ``encoders``: the encoder comparison, on
-    ``encoder_modalities``) on one corpus."""
+    ``encoder_modalities``, at ``encoder_preset``: default ``small``, ``--quick`` ``tiny``)
+    on one corpus."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         raise ValueError(f"parts: expected some of {list(PARTS)}, got {list(parts)}")
     if not encoder_modalities or set(encoder_modalities) - set(ENCODERS):
         raise ValueError(f"encoder modalities: expected some of {list(ENCODERS)}, got "
                          f"{list(encoder_modalities)}")
-    sizes = QUICK if quick else FULL
+    sizes = dict(QUICK if quick else FULL)
+    if encoder_preset:
+        sizes["encoder_preset"] = encoder_preset
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-accuracy-"))
     times: dict[str, float] = {}
     details: dict[str, Any] = {"sizes": sizes, "quick": quick, "parts": list(parts),
@@ -404,10 +408,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder-modalities", default=",".join(ENCODERS),
                         help="the modalities of the encoder comparison, of "
                         f"{','.join(ENCODERS)}")
+    parser.add_argument("--encoder-preset", choices=("tiny", "small", "base"),
+                        help="the encoders' preset in the comparison (default: small; "
+                        "--quick: tiny)")
     args = parser.parse_args(argv)
     run_benchmark(quick=args.quick, out_dir=args.out, plan=args.plan, keep=args.keep,
                   overrides=args.overrides, parts=tuple(p for p in args.parts.split(",") if p),
-                  encoder_modalities=tuple(m for m in args.encoder_modalities.split(",") if m))
+                  encoder_modalities=tuple(m for m in args.encoder_modalities.split(",") if m),
+                  encoder_preset=args.encoder_preset)
 
 
 if __name__ == "__main__":
