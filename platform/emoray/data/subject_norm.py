@@ -85,6 +85,11 @@ def _std(acc: list[Any]) -> np.ndarray:
     return np.sqrt(np.maximum(acc[3] / acc[4] - m ** 2, 0.0))
 
 
+def _reduced(column: str, x: np.ndarray) -> np.ndarray:
+    """What is standardised of ``column``: log10 power for the power columns, else ``x``."""
+    return np.log10(np.maximum(x, 1e-30)) if REDUCE[column][2] else x
+
+
 class SubjectStats:
     """Running per-subject statistics of some feature columns, and their application.
 
@@ -120,7 +125,7 @@ class SubjectStats:
                     self._add(who, column, rows)
 
     def _prepare(self, column: str, x: np.ndarray) -> np.ndarray:
-        return np.log10(np.maximum(x, 1e-30)) if REDUCE[column][2] else x
+        return _reduced(column, x)
 
     def _add(self, who: str, column: str, rows: np.ndarray) -> None:
         mean_axes, std_axes, _ = REDUCE[column]
@@ -173,6 +178,15 @@ class SubjectStats:
         std = std + _EPS
         return (np.expand_dims(mean, mean_axes).astype(np.float32),
                 np.expand_dims(std, std_axes).astype(np.float32))
+
+    def moments_for(self, subject: str | None,
+                    columns: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The ``(mean, std)`` of each of ``columns`` this object standardises, for
+        ``subject`` (the pooled ones for a subject without statistics or ``None``): what
+        :func:`standardize` applies to one subject's rows away from this object (a serving
+        deployment gets them with the request)."""
+        who = str(subject) if subject is not None and self.has(str(subject)) else POOLED
+        return {c: self.moments(c, who) for c in self.columns if c in columns}
 
     def apply(self, tensors: dict[str, torch.Tensor],
               subjects: Sequence[str | None]) -> dict[str, torch.Tensor]:
@@ -252,6 +266,24 @@ class SubjectStats:
 
 #: the file of a model bundle that holds its subject statistics
 STATS_FILE = "subject_stats.npz"
+
+
+def standardize(tensors: dict[str, torch.Tensor],
+                moments: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Standardise ``tensors``' columns in place with one subject's ``moments``
+    (:meth:`SubjectStats.moments_for`), as :meth:`SubjectStats.apply` does for rows of that
+    subject; absent rows stay 0."""
+    for column, (mean, std) in moments.items():
+        if column not in tensors:
+            continue
+        x = tensors[column]
+        out = torch.from_numpy(_reduced(column, x.detach().float().cpu().numpy()))
+        out = (out - torch.from_numpy(mean)) / torch.from_numpy(std)
+        present = tensors.get(f"{MODALITY[column]}_present")
+        if present is not None:
+            out[~present.cpu()] = 0.0
+        tensors[column] = out.to(x.device)
+    return tensors
 
 
 def stats_of_features(folder: str | Path, columns: Sequence[str],

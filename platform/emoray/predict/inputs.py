@@ -112,15 +112,7 @@ def prepare_inputs(contract: PreprocessContract, samples: Sequence[Mapping[str, 
     # contract channels (always set by `emoray preprocess`); else the inputs' own count
     n_chans = len(contract.eeg.channels or []) or next(
         (np.shape(s["eeg"].data)[0] for s in samples if s.get("eeg") is not None), 0)
-    columns = sorted({c for row in rows for c in row})
-    batch = {}
-    for c in columns:
-        values = np.empty(len(rows), dtype=object)                     # (B,) flat or None
-        values[:] = [row.get(c) for row in rows]
-        batch[c] = values
-    meta = {"feature_shapes": {k: list(v) for k, v in contract.output_shapes(n_chans).items()},
-            "video_storage": "uint8", "contract": contract.model_dump(mode="json")}
-    out = batch_to_tensors(batch, meta, device)
+    out = rows_to_tensors(contract, rows, n_chans, device)
     out["sample_index"] = torch.tensor(owner, dtype=torch.int64, device=device)
     return out
 
@@ -130,9 +122,23 @@ def prepare_inputs(contract: PreprocessContract, samples: Sequence[Mapping[str, 
 SAMPLE_METADATA = ("subject",)
 
 
-def _sample_rows(contract: PreprocessContract, sample: Mapping[str, Any],
-                 where: str) -> list[dict[str, np.ndarray]]:
-    """Validate one sample, cut it into segments and preprocess each: feature rows."""
+@dataclass
+class SamplePlan:
+    """One sample checked and laid on its time grid, before any transform: what the
+    serving router decides (cheap) before each modality's deployment applies the contract.
+
+    ``inputs`` holds the checked inputs by modality (video JPEG blobs still undecoded, and
+    ``fps`` set when it was missing); every modality is cut into ``n_segments`` segments
+    of the contract's length over its first ``usable`` seconds."""
+
+    inputs: dict[str, Any]
+    usable: float
+    n_segments: int
+
+
+def plan_sample(contract: PreprocessContract, sample: Mapping[str, Any],
+                where: str = "input") -> SamplePlan:
+    """Validate one sample (shapes, rates, channels, lengths) and fix its segments."""
     if not isinstance(sample, Mapping):
         raise ConfigError(f"{where}: expected a dict of inputs by modality, got "
                           f"{type(sample).__name__}")
@@ -145,38 +151,75 @@ def _sample_rows(contract: PreprocessContract, sample: Mapping[str, Any],
         raise DataError(where, "no modality given; expected at least one of eeg, speech, "
                         "video", kind="layout", field="input")
     seg = float(contract.segment_seconds)
-    lengths = {}
+    lengths, inputs = {}, {}
     if eeg is not None:
-        eeg, lengths["eeg"] = _check_eeg(eeg, contract, where)
+        inputs["eeg"], lengths["eeg"] = _check_eeg(eeg, contract, where)
     if speech is not None:
-        speech, lengths["speech"] = _check_speech(speech, where)
+        inputs["speech"], lengths["speech"] = _check_speech(speech, where)
     if video is not None:
-        video, seconds = _check_video(video, where)
+        inputs["video"], seconds = _check_video(video, where)
         if seconds is not None:
             lengths["video"] = seconds
-    # imported here: serving's encoder replicas load this module but never preprocess, and
-    # the transforms pull in MNE, torchaudio and torchvision (seconds per replica start)
-    from emoray.data.transforms import preprocess_speech, preprocess_eeg, preprocess_video
-
     usable = min(lengths.values()) if lengths else seg
+    video = inputs.get("video")
     if video is not None and video.fps is None:      # spans the others' time (or a segment)
-        video = VideoInput(video.frames, fps=video.frames.shape[0] / usable)
+        inputs["video"] = VideoInput(video.frames, fps=len(video.frames) / usable)
+    return SamplePlan(inputs, usable, max(1, int(math.floor(usable / seg + 1e-9))))
+
+
+def modality_rows(contract: PreprocessContract, modality: str, value: Any, n_segments: int,
+                  where: str = "input") -> list[dict[str, np.ndarray]]:
+    """The contract applied to one modality of a planned sample (:func:`plan_sample`):
+    one flat feature row per segment."""
+    # imported here: serving's router loads this module but only checks requests (the
+    # modality deployments preprocess), and the transforms pull in MNE, torchaudio and
+    # torchvision (seconds per process start)
+    from emoray.data.transforms import preprocess_eeg, preprocess_speech, preprocess_video
+
+    seg = float(contract.segment_seconds)
+    if modality == "video":
+        value = VideoInput(_decoded_frames(value.frames, where), value.fps)
     rows = []
-    for k in range(max(1, int(math.floor(usable / seg + 1e-9)))):
-        start, row = k * seg, {}
-        if eeg is not None:
-            piece = cut(eeg.data, eeg.sfreq, start, seg, axis=1)             # (C, T)
-            row.update(_run("eeg", where, preprocess_eeg, piece, eeg.sfreq,
-                            list(eeg.ch_names), contract.eeg, source=where))
-        if speech is not None:
-            piece = cut(speech.samples, speech.sample_rate, start, seg, axis=0)  # (T,)
-            row.update(_run("speech", where, preprocess_speech, piece, speech.sample_rate,
-                            contract.audio, source=where))
-        if video is not None:
-            piece = cut(video.frames, video.fps, start, seg, axis=0)        # (N, H, W, 3)
-            row.update(_run("video", where, preprocess_video, piece, contract.video,
-                            normalize=False, source=where))               # uint8, as stored
+    for k in range(n_segments):
+        start = k * seg
+        if modality == "eeg":
+            piece = cut(value.data, value.sfreq, start, seg, axis=1)          # (C, T)
+            row = _run("eeg", where, preprocess_eeg, piece, value.sfreq,
+                       list(value.ch_names), contract.eeg, source=where)
+        elif modality == "speech":
+            piece = cut(value.samples, value.sample_rate, start, seg, axis=0)  # (T,)
+            row = _run("speech", where, preprocess_speech, piece, value.sample_rate,
+                       contract.audio, source=where)
+        else:
+            piece = cut(value.frames, value.fps, start, seg, axis=0)         # (N, H, W, 3)
+            row = _run("video", where, preprocess_video, piece, contract.video,
+                       normalize=False, source=where)                      # uint8, as stored
         rows.append({k: np.asarray(v).ravel() for k, v in row.items()})
+    return rows
+
+
+def rows_to_tensors(contract: PreprocessContract, rows: Sequence[Mapping[str, np.ndarray]],
+                    n_chans: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Feature rows (some modalities each) -> the tensors the training workers make."""
+    columns = sorted({c for row in rows for c in row})
+    batch = {}
+    for c in columns:
+        values = np.empty(len(rows), dtype=object)                     # (B,) flat or None
+        values[:] = [row.get(c) for row in rows]
+        batch[c] = values
+    meta = {"feature_shapes": {k: list(v) for k, v in contract.output_shapes(n_chans).items()},
+            "video_storage": "uint8", "contract": contract.model_dump(mode="json")}
+    return batch_to_tensors(batch, meta, device)
+
+
+def _sample_rows(contract: PreprocessContract, sample: Mapping[str, Any],
+                 where: str) -> list[dict[str, np.ndarray]]:
+    """Validate one sample, cut it into segments and preprocess each: feature rows."""
+    plan = plan_sample(contract, sample, where)
+    rows: list[dict[str, np.ndarray]] = [{} for _ in range(plan.n_segments)]
+    for m, value in plan.inputs.items():
+        for row, part in zip(rows, modality_rows(contract, m, value, plan.n_segments, where)):
+            row.update(part)
     return rows
 
 
@@ -254,18 +297,29 @@ def _check_speech(x: Any, where: str) -> tuple[SpeechInput, float]:
 
 
 def _check_video(x: Any, where: str) -> tuple[VideoInput, float | None]:
+    """Check a clip's frames and rate; JPEG blobs are counted here and decoded where the
+    contract runs (:func:`modality_rows`: the video deployment when serving)."""
     if not isinstance(x, VideoInput):
         raise _bad(where, "video", f"expected a VideoInput, got {type(x).__name__}")
     frames = x.frames
-    if isinstance(frames, (list, tuple)) and frames \
-            and all(isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
-        from emoray.io.video import decode_jpeg
+    if _is_jpeg_list(frames):
+        frames, n = [bytes(f) for f in frames], len(frames)
+    else:
+        frames = _frame_array(frames, where)
+        n = frames.shape[0]
+    fps = None if x.fps is None else _rate(x.fps, where, "video.fps")
+    seconds = None if fps is None else n / fps
+    if seconds is not None:
+        _check_length(seconds, where, "video.frames")
+    return VideoInput(frames, fps), seconds
 
-        try:      # the same decoder (torchvision, RGB) as preprocess_video_jpeg
-            frames = decode_jpeg([bytes(f) for f in frames])                # (N, H, W, 3)
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise _bad(where, "video.frames", f"cannot decode JPEG frames: {err}",
-                       kind="unreadable") from None
+
+def _is_jpeg_list(frames: Any) -> bool:
+    return isinstance(frames, (list, tuple)) and bool(frames) \
+        and all(isinstance(f, (bytes, bytearray, memoryview)) for f in frames)
+
+
+def _frame_array(frames: Any, where: str) -> np.ndarray:
     arr = np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise _bad(where, "video.frames", f"expected (frames, height, width, 3) uint8 RGB or "
@@ -273,11 +327,20 @@ def _check_video(x: Any, where: str) -> tuple[VideoInput, float | None]:
     if min(arr.shape[:3]) == 0:
         raise _bad(where, "video.frames", f"empty clip of shape {arr.shape}",
                    kind="truncated")
-    fps = None if x.fps is None else _rate(x.fps, where, "video.fps")
-    seconds = None if fps is None else arr.shape[0] / fps
-    if seconds is not None:
-        _check_length(seconds, where, "video.frames")
-    return VideoInput(arr, fps), seconds
+    return arr
+
+
+def _decoded_frames(frames: Any, where: str) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 frames of a checked clip (JPEG blobs decoded)."""
+    if not _is_jpeg_list(frames):
+        return frames
+    from emoray.io.video import decode_jpeg
+
+    try:      # the same decoder (torchvision, RGB) as preprocess_video_jpeg
+        return _frame_array(decode_jpeg(list(frames)), where)              # (N, H, W, 3)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise _bad(where, "video.frames", f"cannot decode JPEG frames: {err}",
+                   kind="unreadable") from None
 
 
 def _as_samples(eeg, speech, video) -> list[dict[str, Any]]:

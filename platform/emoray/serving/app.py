@@ -2,16 +2,23 @@
 
 ::
 
-    HTTP ──> FusionRouter (ingress, FastAPI) ──┬──> EEGEncoder     (own replicas, @serve.batch)
-             validate, contract, fuse          ├──> SpeechEncoder
-                                               └──> VideoEncoder
+    HTTP ──> FusionRouter (ingress, FastAPI) ──┬──> EEGEncoder     contract + encoder
+             decode, check, route, fuse        ├──> SpeechEncoder  (own replicas,
+                                               └──> VideoEncoder    @serve.batch)
 
-The router decodes and validates the request (:mod:`emoray.serving.api`), applies the
-checkpoint's preprocessing contract, sends each present modality's features to its encoder
-deployment **concurrently**, and fuses what comes back (:mod:`emoray.predict.heads`: the encoders'
-output tokens for attention fusion, pooled embeddings for JMML). Each deployment has its own
-``autoscaling_config``, and an encoder batches concurrent requests with ``@serve.batch``.
-Encoders are stateless, so the router retries a call once when the replica it went to died.
+The router decodes and checks the request (:mod:`emoray.serving.api`;
+:meth:`ServedModel.route`: shapes, rates, channels, lengths, the segments and the subject's
+standardisation), sends each present modality's raw input (compact arrays, uint8 or JPEG
+frames) to its deployment **concurrently**, and fuses what comes back
+(:mod:`emoray.predict.heads`: the encoders' output tokens for attention fusion, pooled
+embeddings for JMML). Each modality's deployment applies the preprocessing contract to its
+input (:meth:`ServedModel.prepare_modality`: filtering and resampling EEG, the log-mel and
+statistics of speech, decoding and resizing frames) and runs its encoder, so the heaviest
+modality scales on its own replicas. Each deployment has its own ``autoscaling_config``,
+and an encoder batches concurrent requests' encoder passes with ``@serve.batch``. Encoders
+are stateless, so the router retries a call when the replica it went to died; an input the
+contract refuses comes back as a refusal (:func:`~emoray.serving.model.refusal`) and is the
+same 422 as in process.
 
 :func:`build_app` makes the application from a :class:`~emoray.config.ServeConfig`;
 :func:`build` is the same for ``serve run`` / ``serve deploy`` config files (``args`` are the
@@ -33,10 +40,10 @@ from fastapi import Request
 from ray import serve
 
 from emoray.config import SERVE_ROLES, ServeConfig
-from emoray.errors import ConfigError
+from emoray.errors import ConfigError, EmorayError
 from emoray.serving import api
 from emoray.serving.batching import MicroBatcher
-from emoray.serving.model import ServedModel
+from emoray.serving.model import ServedModel, raise_refusal, refusal
 from emoray.storage import is_uri
 
 ENCODER_DEPLOYMENTS = {"eeg": "EEGEncoder", "speech": "SpeechEncoder", "video": "VideoEncoder"}
@@ -55,7 +62,8 @@ class RouterCore:
     settings : ServeConfig
         The serving settings (checkpoint, limits, auth, threshold).
     encode : callable
-        ``async encode(modality, {key: ndarray}) -> ndarray``: the encoder output rows.
+        ``async encode(modality, part) -> ndarray``: the encoder output rows of one routed
+        modality part (:meth:`ServedModel.route`), contract applied where it runs.
     api_key_digest : str | None
         sha256 hex of the API key (None: no auth).
     """
@@ -76,17 +84,19 @@ class RouterCore:
                       timings: api.Timings | None = None) -> dict[str, Any]:
         timings = timings or api.Timings()
         with timings.step("prepare"):
-            prepared = await asyncio.to_thread(self.model.prepare, inputs)
-        mods = list(prepared.inputs)
+            routed = await asyncio.to_thread(self.model.route, inputs)
+        mods = list(routed.parts)
 
         async def encode(m: str) -> np.ndarray:
             with timings.step(m):
-                return await self._encode(m, {k: v.numpy() for k, v in prepared.inputs[m].items()})
+                answer = await self._encode(m, routed.parts[m])
+            raise_refusal(answer)
+            return answer
 
         outs = await asyncio.gather(*(encode(m) for m in mods))
         encoded = {m: torch.from_numpy(np.array(o)) for m, o in zip(mods, outs)}   # own copy
         with timings.step("combine"):
-            pred = self.model.combine(encoded, prepared)
+            pred = self.model.combine(encoded, routed)
         return {**pred.to_dict(), "model_version": self.model.version}
 
     async def calibrate(self, subject: str, inputs: dict[str, Any],
@@ -106,6 +116,16 @@ class RouterCore:
                 "modalities": self.model.modalities, "pid": os.getpid()}
 
 
+def _features(model: ServedModel, modality: str,
+              part: dict[str, Any]) -> dict[str, np.ndarray] | dict[str, Any]:
+    """The contract applied to one routed part: its encoder's input arrays, or a
+    :func:`refusal` naming the field the contract refused."""
+    try:
+        return {k: v.numpy() for k, v in model.prepare_modality(modality, part).items()}
+    except EmorayError as err:
+        return refusal(err)
+
+
 def _encoder_rows(model: ServedModel, modality: str,
                   items: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     """Encode several requests' rows in one forward pass and split the output back."""
@@ -123,13 +143,18 @@ class ModalityEncoder:
         torch.set_num_threads(cfg.torch_threads)
         self.modality = modality
         self.model = ServedModel(cfg.checkpoint, role=modality, device=cfg.device)
+        import emoray.data.transforms  # noqa: F401  (the contract runs here: load it now)
         dep = cfg.deployments[modality]
         self.batching = cfg.batching
         self.encode_batch.set_max_batch_size(dep.max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(dep.batch_wait_timeout_s)
 
-    async def encode(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """The encoder output rows of one request's features."""
+    async def encode(self, part: dict[str, Any]) -> np.ndarray | dict[str, Any]:
+        """The encoder output rows of one routed request part (the contract applied here,
+        in a worker thread, so concurrent requests' contracts overlap), or a refusal."""
+        features = await asyncio.to_thread(_features, self.model, self.modality, part)
+        if "refused" in features:
+            return features
         if self.batching:
             return await self.encode_batch(features)
         return _encoder_rows(self.model, self.modality, [features])[0]
@@ -156,13 +181,13 @@ class FusionRouter:
         self.core = RouterCore(cfg, self._call_encoder, api_key_digest)
         self.settings, self.api_key_digest = cfg, api_key_digest
 
-    async def _call_encoder(self, modality: str, features: dict[str, np.ndarray]):
+    async def _call_encoder(self, modality: str, part: dict[str, Any]):
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         handle = self.encoders[modality]
         for attempt in range(3):        # stateless encoders: a call to a dead replica is retried
             try:
-                return await handle.encode.remote(features)
+                return await handle.encode.remote(part)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == 2:
                     raise
@@ -270,7 +295,10 @@ class LocalBackend(RouterCore):
                                          cfg.deployments[m].batch_wait_timeout_s)
                          for m in self.model.modalities} if self.batching else {}
 
-    async def _local_encode(self, modality: str, features: dict[str, np.ndarray]):
+    async def _local_encode(self, modality: str, part: dict[str, Any]):
+        features = await asyncio.to_thread(_features, self.model, modality, part)
+        if "refused" in features:
+            return features
         if self.batching:
             return await self.batchers[modality](features)
         return _encoder_rows(self.model, modality, [features])[0]

@@ -8,9 +8,16 @@ into a local cache.
 :class:`ServedModel` holds the bundle's model split by :mod:`emoray.predict.heads` for one *role*:
 an encoder replica keeps only its modality's encoder, the router only the combining head
 (attention fusion or the JMML common space and classifiers), so no replica holds weights
-it never uses. :meth:`ServedModel.prepare` applies the checkpoint's preprocessing contract
-(:func:`emoray.predict.prepare_inputs`, the code the training features were made with) and
-splits the batch into what each modality's encoder reads.
+it never uses.
+
+The contract runs where it scales: :meth:`ServedModel.route` (the router) only checks a
+request (shapes, rates, channels, lengths; JPEG frames are counted, not decoded), fixes its
+segments and picks each modality's standardisation (the subject's calibration, training or
+pooled statistics), and :meth:`ServedModel.prepare_modality` (that modality's encoder
+deployment) applies the checkpoint's preprocessing contract to its modality (the code the
+training features were made with: :func:`emoray.predict.inputs.modality_rows`), so the
+heaviest modality scales on its own replicas. :meth:`ServedModel.prepare` is both in one
+process (the in-process path), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoray.data.subject_norm import MODALITY, SubjectStats
-from emoray.errors import ConfigError
+from emoray.data.subject_norm import MODALITY, SubjectStats, standardize
+from emoray.errors import ConfigError, DataError, EmorayError
 from emoray.bundle import META_FILE, load_servable, read_bundle_meta, servable
 from emoray.predict import (INCONGRUENCE_THRESHOLD, MIN_SECONDS, MODALITIES, ModelParts,
                             Prediction, model_parts, prepare_inputs)
+from emoray.predict.inputs import modality_rows, plan_sample, rows_to_tensors
 
 ROLES = ("router", *MODALITIES)
 
@@ -109,6 +117,38 @@ class Prepared:
     ignored: list[str]
 
 
+@dataclass
+class Routed:
+    """One request after the router's checks, before any transform: per present modality
+    the part its deployment gets (:meth:`ServedModel.prepare_modality`: the checked input,
+    the segment count, the standardisation moments), and what the combining head needs."""
+
+    parts: dict[str, dict[str, Any]]
+    present: dict[str, np.ndarray]
+    owner: np.ndarray
+    n_samples: int
+    ignored: list[str]
+    standardised: str
+
+
+def refusal(err: EmorayError) -> dict[str, Any]:
+    """A deployment's answer for an input the contract refused (Ray would not carry the
+    exception's fields back): see :func:`raise_refusal`."""
+    if isinstance(err, DataError):
+        return {"refused": "data", "path": err.path, "reason": err.reason, "kind": err.kind,
+                "field": err.field}
+    return {"refused": "config", "reason": str(err)}
+
+
+def raise_refusal(answer: Any) -> None:
+    """Raise the error of a :func:`refusal` answer; anything else passes."""
+    if isinstance(answer, dict) and "refused" in answer:
+        if answer["refused"] == "data":
+            raise DataError(answer["path"], answer["reason"], kind=answer["kind"],
+                            field=answer["field"])
+        raise ConfigError(answer["reason"])
+
+
 class ServedModel:
     """A bundle loaded for one serving role.
 
@@ -181,41 +221,60 @@ class ServedModel:
             "campaign": json.loads(campaign.read_text()) if campaign.is_file() else None}
 
     def prepare(self, sample: Mapping[str, Any]) -> Prepared:
-        """Apply the contract to one request's inputs (``{"eeg": EEGInput | None, ...}``).
+        """Apply the contract to one request's inputs (``{"eeg": EEGInput | None, ...}``):
+        :meth:`route`, then :meth:`prepare_modality` per modality, in this process.
 
         Raises DataError/ConfigError naming the field for an input the contract refuses.
         A modality the model has no encoder for is listed in ``ignored``; a request holding
         only such modalities is refused.
         """
+        routed = self.route(sample)
+        inputs = {m: self.prepare_modality(m, part) for m, part in routed.parts.items()}
+        return Prepared(inputs=inputs, present=routed.present, owner=routed.owner,
+                        n_samples=routed.n_samples, ignored=routed.ignored)
+
+    def route(self, sample: Mapping[str, Any]) -> Routed:
+        """The router's share of :meth:`prepare`: check the request and lay out each present
+        modality's part (no transform runs here)."""
         have = [m for m in MODALITIES if sample.get(m) is not None]
         usable = [m for m in have if m in self.modalities]
         if have and not usable:
-            from emoray.errors import DataError
-
             raise DataError("request", f"the model has no encoder for {have}; it takes "
                             f"{self.modalities}", kind="layout", field="input")
-        batch = prepare_inputs(self.contract, [sample], "cpu")
-        self.normalize(batch, sample.get("subject"))
-        present = {m: batch[f"{m}_present"].numpy() for m in usable}
-        inputs = {m: {k: batch[k] for k in self.parts.inputs(m)} for m in usable}
-        return Prepared(inputs=inputs, present=present, owner=batch["sample_index"].numpy(),
-                        n_samples=1, ignored=[m for m in have if m not in usable])
+        plan = plan_sample(self.contract, sample)
+        stats, source = self.statistics(sample.get("subject"))
+        n = plan.n_segments
+        parts = {m: {"value": plan.inputs[m], "n_segments": n,
+                     "moments": ({} if stats is None else
+                                 stats.moments_for(sample.get("subject"), self.parts.inputs(m)))}
+                 for m in usable}
+        return Routed(parts=parts, present={m: np.ones(n, dtype=bool) for m in usable},
+                      owner=np.zeros(n, dtype=np.int64), n_samples=1,
+                      ignored=[m for m in have if m not in usable], standardised=source)
 
-    def normalize(self, batch: dict[str, torch.Tensor], subject: str | None) -> str:
-        """Standardise ``batch``'s inputs in place as the model was trained: with the
-        subject's calibration, else the subject's training statistics, else the pooled
-        (subject-independent) ones. Returns which was used: ``calibration``, ``training``,
-        ``pooled`` or ``none`` (a model without subject statistics)."""
+    def prepare_modality(self, modality: str, part: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """A modality deployment's share of :meth:`prepare`: the contract applied to its
+        part of a routed request, standardised; the tensors its encoder reads."""
+        value = part["value"]
+        rows = modality_rows(self.contract, modality, value, int(part["n_segments"]))
+        n_chans = len(self.contract.eeg.channels or []) or (
+            int(np.shape(value.data)[0]) if modality == "eeg" else 0)
+        tensors = rows_to_tensors(self.contract, rows, n_chans)
+        standardize(tensors, part["moments"])
+        return {k: tensors[k] for k in self.parts.inputs(modality)}
+
+    def statistics(self, subject: str | None) -> tuple[SubjectStats | None, str]:
+        """The statistics a request of ``subject`` is standardised with, and which they are:
+        ``calibration`` (kept by :meth:`calibrate`), ``training`` (the subject was in the
+        training data), ``pooled`` (subject-independent) or ``none`` (the model was trained
+        without subject statistics)."""
         if self.subject_stats is None:
-            return "none"
-        n = int(batch["sample_index"].shape[0])
-        stats, source = self.subject_stats, "pooled"
+            return None, "none"
         if subject is not None and subject in self.calibrations:
-            stats, source = self.calibrations[subject], "calibration"
-        elif subject is not None and self.subject_stats.has(subject):
-            source = "training"
-        stats.apply(batch, [subject] * n)
-        return source
+            return self.calibrations[subject], "calibration"
+        if subject is not None and self.subject_stats.has(subject):
+            return self.subject_stats, "training"
+        return self.subject_stats, "pooled"
 
     def calibrate(self, subject: str, sample: Mapping[str, Any],
                   reset: bool = False) -> dict[str, Any]:
@@ -259,8 +318,10 @@ class ServedModel:
         """Encoder output of ``modality`` for the rows of ``tensors`` (float32, CPU)."""
         return self.parts.encode(modality, tensors)
 
-    def combine(self, encoded: Mapping[str, torch.Tensor], prepared: Prepared) -> Prediction:
-        """The prediction of one prepared request from its modalities' encoder outputs."""
+    def combine(self, encoded: Mapping[str, torch.Tensor],
+                prepared: Prepared | Routed) -> Prediction:
+        """The prediction of one prepared (or routed) request from its modalities' encoder
+        outputs."""
         (pred,) = self.parts.combine(encoded, prepared.present, prepared.owner, 1)
         pred.ignored = list(prepared.ignored)
         return pred
