@@ -261,7 +261,7 @@ def _predict(args: argparse.Namespace) -> int:
             raise EmorayError(f"--api-key-env: environment variable {args.api_key_env} is "
                               "unset or empty")
     answer = predict_files(args.url, args.files, api_key=key, video_fps=args.video_fps,
-                           timeout=args.timeout)
+                           timeout=args.timeout, encoding=args.encoding)
     print(json.dumps(answer, indent=2) if args.json else format_prediction(answer))
     return 0
 

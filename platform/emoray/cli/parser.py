@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", metavar="VAR", help="send the API key held in this "
                    "environment variable")
     p.add_argument("--video-fps", type=float, help="frame rate of JPEG frames")
+    p.add_argument("--encoding", choices=["binary", "arrays", "json"], default="binary",
+                   help="binary: the files as they are (default, fewest bytes); arrays: "
+                   "decoded here, sent as .npy arrays (the server parses no file format); "
+                   "json: decoded here, sent as JSON")
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
 

@@ -9,8 +9,9 @@ dict``.
 Endpoints (versioned; OpenAPI at ``/openapi.json``, docs at ``/docs``):
 
 ``POST /v1/predict``
-    ``application/json`` (:class:`PredictRequest`) or ``multipart/form-data`` (files under
-    ``eeg``, ``speech``, ``video``; see :mod:`emoray.serving.decode`).
+    ``application/json`` (:class:`PredictRequest`) or ``multipart/form-data`` (files or
+    arrays (``.npy``, ``.npz``, raw bytes) under ``eeg``, ``speech``, ``video``; see
+    :mod:`emoray.serving.decode`).
 ``GET /v1/model``
     Version, classes, expected channels and rates.
 ``GET /v1/health``
@@ -122,11 +123,26 @@ class ErrorResponse(BaseModel):
 
 
 _MULTIPART_DOC = {"type": "object", "properties": {
-    "eeg": {"type": "string", "format": "binary", "description": "EDF, BDF or FIF file"},
-    "speech": {"type": "string", "format": "binary", "description": "WAV or FLAC file"},
+    "eeg": {"type": "string", "format": "binary", "description": "EDF, BDF or FIF file; or "
+            "float32 (channels, samples) as .npy, .npz (data, sfreq, ch_names) or raw bytes"},
+    "speech": {"type": "string", "format": "binary", "description": "WAV or FLAC file; or "
+               "float32/int16 (samples,) as .npy, .npz (samples, sample_rate) or raw bytes"},
     "video": {"type": "array", "items": {"type": "string", "format": "binary"},
-              "description": "one MP4, or JPEG frames in order"},
-    "video_fps": {"type": "number", "description": "frame rate of JPEG frames"}}}
+              "description": "one MP4, or JPEG frames in order; or uint8 (frames, height, "
+              "width, 3) as .npy, .npz (frames, fps) or raw bytes"},
+    "video_fps": {"type": "number", "description": "frame rate of JPEG frames or arrays"},
+    "eeg_sfreq": {"type": "number", "description": "Hz, of an EEG array"},
+    "eeg_ch_names": {"type": "string", "description": "of an EEG array: a JSON array of "
+                     "strings or names separated by commas"},
+    "speech_sample_rate": {"type": "integer", "description": "Hz, of a speech array"},
+    "eeg_dtype": {"type": "string", "description": "of raw EEG bytes: float32"},
+    "eeg_shape": {"type": "string", "description": "of raw EEG bytes, e.g. 30,2500"},
+    "speech_dtype": {"type": "string", "description": "of raw speech bytes: float32 or "
+                     "int16"},
+    "speech_shape": {"type": "string", "description": "of raw speech bytes (optional)"},
+    "video_dtype": {"type": "string", "description": "of raw video bytes: uint8"},
+    "video_shape": {"type": "string", "description": "of raw video bytes, e.g. "
+                    "50,224,224,3"}}}
 
 
 def error(status: int, message: str, field: str | None = None,
@@ -251,7 +267,8 @@ async def decode_request(backend: Any, request: Request,
                       "of eeg, speech, video", field="body")
     with timings.step("decode"):
         return await _decode_body(request, body, DecodeLimits(
-            max_seconds=s.max_seconds, max_channels=s.max_channels, max_frames=s.max_frames))
+            max_seconds=s.max_seconds, max_channels=s.max_channels, max_frames=s.max_frames,
+            max_array_bytes=int(s.max_body_mb * (1 << 20))))
 
 
 async def _decode_body(request: Request, body: bytes, limits: Any) -> dict[str, Any]:

@@ -1,21 +1,35 @@
 """A small client of the emoray Serve API: the ``emoray predict`` command's side.
 
 :func:`predict_files` sends real files (EDF/BDF/FIF, WAV/FLAC, MP4, JPEG frames or a folder
-of them) as ``multipart/form-data`` to ``{url}/v1/predict``; :func:`json_request` builds the
-JSON body of in-memory signals (the inverse of :func:`emoray.serving.decode.decode_json`)
-and :func:`post_json` sends it. Refusals come back as :class:`ClientError` carrying the
-server's status, field and message. Importing this module does not import torch.
+of them) to ``{url}/v1/predict``; :func:`predict_signals` sends in-memory signals. Each takes
+an ``encoding`` (:data:`ENCODINGS`):
+
+``binary`` (the default)
+    ``multipart/form-data`` in the cheapest binary form: files as they are (:func:`build_multipart`:
+    EDF is 16-bit, FLAC and MP4 are compressed), in-memory signals as ``.npy`` parts
+    (:func:`binary_request`: EEG float32, speech float32 or int16 as given, frames uint8).
+``arrays``
+    Files decoded here (:func:`read_inputs`) and sent as ``.npy`` parts; the server then
+    parses no file format.
+``json``
+    One JSON body (:func:`json_request`, the inverse of
+    :func:`emoray.serving.decode.decode_json`; numbers as text, frames as base64 JPEG).
+
+Refusals come back as :class:`ClientError` carrying the server's status, field and message.
+Importing this module does not import torch.
 
 Examples
 --------
 >>> predict_files("http://127.0.0.1:8000", ["rec.edf", "speech.wav"])  # doctest: +SKIP
 {'label': 'happy', 'probabilities': {...}, ...}
+>>> predict_signals("http://127.0.0.1:8000", eeg=EEGInput(x, 500.0, names))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +50,9 @@ _CONTENT_TYPES = {".edf": "application/octet-stream", ".bdf": "application/octet
                   ".flac": "audio/flac", ".mp4": "video/mp4", ".jpg": "image/jpeg",
                   ".jpeg": "image/jpeg"}
 _EXT_MODALITY = {ext: m for m, exts in MODALITY_EXTENSIONS.items() for ext in exts}
+#: ``encoding=`` values of :func:`predict_files` and :func:`predict_signals`.
+ENCODINGS = ("binary", "arrays", "json")
+_NPY_TYPE = "application/octet-stream"
 
 
 class ClientError(EmorayError):
@@ -114,6 +131,21 @@ def build_multipart(paths: list[Path], video_fps: float | None = None) -> list[t
     DataError
         A missing file or an unknown extension.
     """
+    groups, fps = _group(paths, video_fps)
+    entries: list[tuple] = []
+    for modality, files in groups.items():
+        for p in files:
+            entries.append((modality, (p.name, p.read_bytes(),
+                                       _CONTENT_TYPES[p.suffix.lower()])))
+    if fps is not None:
+        entries.append(("video_fps", (None, repr(float(fps)))))
+    return entries
+
+
+def _group(paths: list[Path], video_fps: float | None) -> tuple[dict[str, list[Path]],
+                                                                 float | None]:
+    """``paths`` by modality (a folder of frames expanded to its JPEG files) and the frame
+    rate of JPEG frames, refusing what :func:`build_multipart` refuses."""
     from emoray.io.video import FPS_FILE, _folder_fps
 
     if not paths:
@@ -142,15 +174,51 @@ def build_multipart(paths: list[Path], video_fps: float | None = None) -> list[t
         raise ClientError("video_fps applies to JPEG frames; an MP4 carries its own rate")
     if fps is not None and not video:
         raise ClientError("video_fps given without video frames")
-    entries: list[tuple] = []
-    for modality, files in (("eeg", by_modality["eeg"]), ("speech", by_modality["speech"]),
-                            ("video", video)):
-        for p in files:
-            entries.append((modality, (p.name, p.read_bytes(),
-                                       _CONTENT_TYPES[p.suffix.lower()])))
-    if fps is not None:
-        entries.append(("video_fps", (None, repr(float(fps)))))
-    return entries
+    return {"eeg": by_modality["eeg"], "speech": by_modality["speech"], "video": video}, fps
+
+
+def read_inputs(paths: list[str | Path], video_fps: float | None = None) -> dict[str, Any]:
+    """Decode files here into model inputs (what the ``arrays`` and ``json`` encodings send).
+
+    Parameters
+    ----------
+    paths, video_fps
+        As in :func:`build_multipart`.
+
+    Returns
+    -------
+    dict
+        ``{"eeg": EEGInput, "speech": SpeechInput, "video": VideoInput}`` for the modalities
+        given. Mono 16-bit PCM speech stays int16 (half the bytes of float32); JPEG frames
+        stay JPEG blobs; an MP4 is decoded to ``(N, H, W, 3)`` uint8 frames.
+    """
+    import soundfile as sf
+
+    from emoray.io.audio import read_audio
+    from emoray.io.eeg import read_eeg
+    from emoray.io.video import read_video
+    from emoray.predict import EEGInput, SpeechInput, VideoInput
+
+    groups, fps = _group([Path(p) for p in paths], video_fps)
+    out: dict[str, Any] = {}
+    for p in groups["eeg"]:
+        eeg = read_eeg(p)                                                   # (C, T) f32
+        out["eeg"] = EEGInput(eeg.data, eeg.sfreq, list(eeg.ch_names))
+    for p in groups["speech"]:
+        info = sf.info(str(p))
+        if info.subtype == "PCM_16" and info.channels == 1:
+            samples, rate = sf.read(str(p), dtype="int16")                  # (T,) i16
+            out["speech"] = SpeechInput(samples, int(rate))
+        else:
+            audio = read_audio(p)                                           # (T,) f32
+            out["speech"] = SpeechInput(audio.samples, audio.sample_rate)
+    video = groups["video"]
+    if video and video[0].suffix.lower() == ".mp4":
+        clip = read_video(video[0])                                         # (N, H, W, 3)
+        out["video"] = VideoInput(clip.frames, clip.fps)
+    elif video:
+        out["video"] = VideoInput([p.read_bytes() for p in video], fps)
+    return out
 
 
 def _check_fps(value: Any) -> float:
@@ -208,10 +276,27 @@ def _refused(status: int, answer: Any, text: str, endpoint: str) -> ClientError:
                        field=field)
 
 
+def _request_kwargs(paths: list[str | Path], video_fps: float | None,
+                    encoding: str) -> dict[str, Any]:
+    """The ``requests.post`` body arguments of files in ``encoding``."""
+    _check_encoding(encoding)
+    if encoding == "binary":
+        return {"files": build_multipart([Path(p) for p in paths], video_fps)}
+    inputs = read_inputs(paths, video_fps)
+    if encoding == "arrays":
+        return {"files": binary_request(**inputs)}
+    return {"json": json_request(**inputs)}
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ClientError(f"encoding {encoding!r}; expected one of {list(ENCODINGS)}")
+
+
 def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = None,
                   video_fps: float | None = None, timeout: float = 60.0,
-                  subject: str | None = None) -> dict:
-    """Send files to ``{url}/v1/predict`` as multipart and return the prediction.
+                  subject: str | None = None, encoding: str = "binary") -> dict:
+    """Send files to ``{url}/v1/predict`` and return the prediction.
 
     Parameters
     ----------
@@ -228,6 +313,9 @@ def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = No
     subject : str | None
         The person recorded: the server standardises the inputs with that subject's
         calibration (:func:`calibrate_files`), else subject-independently.
+    encoding : str
+        ``binary`` (the files as they are), ``arrays`` (decoded here, sent as ``.npy``)
+        or ``json`` (module docstring).
 
     Returns
     -------
@@ -240,22 +328,53 @@ def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = No
         A refusal (status, field and the server's message), an unreachable endpoint, or
         inputs refused before sending.
     """
-    files = build_multipart([Path(p) for p in paths], video_fps)
-    return _send(url, timeout, files=files, headers=_headers(api_key),
-                 params={"subject": subject} if subject is not None else None)
+    body = _request_kwargs(paths, video_fps, encoding)
+    return _send(url, timeout, headers=_headers(api_key),
+                 params={"subject": subject} if subject is not None else None, **body)
 
 
 def calibrate_files(url: str, subject: str, paths: list[str | Path], *,
                     api_key: str | None = None, video_fps: float | None = None,
-                    timeout: float = 60.0) -> dict:
-    """Send a calibration recording of ``subject`` (files as in :func:`predict_files`) to
-    ``{url}/v1/subjects/{subject}/calibration``; later predictions naming the subject use
-    its statistics. Returns the server's summary (segments, modalities)."""
+                    timeout: float = 60.0, encoding: str = "binary") -> dict:
+    """Send a calibration recording of ``subject`` (files and encoding as in
+    :func:`predict_files`) to ``{url}/v1/subjects/{subject}/calibration``; later
+    predictions naming the subject use its statistics. Returns the server's summary
+    (segments, modalities)."""
     from urllib.parse import quote
 
-    files = build_multipart([Path(p) for p in paths], video_fps)
+    body = _request_kwargs(paths, video_fps, encoding)
     return _send(url, timeout, path=f"/v1/subjects/{quote(subject, safe='')}/calibration",
-                 files=files, headers=_headers(api_key))
+                 headers=_headers(api_key), **body)
+
+
+def predict_signals(url: str, eeg: EEGInput | None = None, speech: SpeechInput | None = None,
+                    video: VideoInput | None = None, *, encoding: str = "binary",
+                    api_key: str | None = None, timeout: float = 60.0,
+                    subject: str | None = None) -> dict:
+    """Send in-memory signals to ``{url}/v1/predict`` and return the prediction.
+
+    Parameters
+    ----------
+    url : str
+        The server base, e.g. ``"http://127.0.0.1:8000"``.
+    eeg, speech, video : EEGInput | SpeechInput | VideoInput | None
+        Any non-empty subset.
+    encoding : str
+        ``binary`` or ``arrays`` (both: :func:`binary_request`, ``.npy`` parts) or
+        ``json`` (:func:`json_request`).
+    api_key, timeout, subject
+        As in :func:`predict_files`.
+
+    Returns
+    -------
+    dict
+        The server's JSON answer.
+    """
+    _check_encoding(encoding)
+    body = ({"json": json_request(eeg, speech, video)} if encoding == "json" else
+            {"files": binary_request(eeg, speech, video)})
+    return _send(url, timeout, headers=_headers(api_key),
+                 params={"subject": subject} if subject is not None else None, **body)
 
 
 def post_json(url: str, body: dict, *, api_key: str | None = None,
@@ -324,3 +443,67 @@ def json_request(eeg: EEGInput | None = None, speech: SpeechInput | None = None,
     if not body:
         raise ClientError("no modality given; expected at least one of eeg, speech, video")
     return body
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` in numpy's ``.npy`` format (never pickled)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def binary_request(eeg: EEGInput | None = None, speech: SpeechInput | None = None,
+                   video: VideoInput | None = None, *, video_as_jpeg: bool = False,
+                   jpeg_quality: int = 90) -> list[tuple]:
+    """The multipart body of in-memory signals as ``.npy`` parts: the ``files=`` entries
+    of a ``requests`` POST (:func:`~emoray.serving.decode.decode_multipart` takes them).
+
+    Parameters
+    ----------
+    eeg, speech, video : EEGInput | SpeechInput | VideoInput | None
+        Any non-empty subset. EEG is sent as little-endian float32 ``(C, T)`` with the form
+        fields ``eeg_sfreq`` and ``eeg_ch_names``; int16 speech as int16 (the server scales
+        it by 1/32768), other integer PCM scaled to float32 [-1, 1], float speech as
+        float32, with ``speech_sample_rate``; ``(N, H, W, 3)`` uint8 frames as uint8, JPEG
+        blobs as JPEG parts, with ``video_fps`` when known.
+    video_as_jpeg : bool
+        JPEG-encode uint8 frames (fewer bytes, lossy) instead of sending them as they are.
+    jpeg_quality : int
+        Quality of those JPEGs.
+
+    Returns
+    -------
+    list[tuple]
+        ``(field, (filename, bytes, content_type))`` per part and ``(field, (None, text))``
+        per form field.
+    """
+    entries: list[tuple] = []
+    if eeg is not None:
+        data = np.asarray(eeg.data, dtype="<f4")                           # (C, T)
+        entries += [("eeg", ("eeg.npy", npy_bytes(data), _NPY_TYPE)),
+                    ("eeg_sfreq", (None, repr(float(eeg.sfreq)))),
+                    ("eeg_ch_names", (None, json.dumps([str(n) for n in eeg.ch_names])))]
+    if speech is not None:
+        samples = np.asarray(speech.samples)                               # (T,)
+        samples = samples.astype("<i2") if samples.dtype == np.int16 else \
+            _float_pcm(samples).astype("<f4")
+        entries += [("speech", ("speech.npy", npy_bytes(samples), _NPY_TYPE)),
+                    ("speech_sample_rate", (None, str(int(speech.sample_rate))))]
+    if video is not None:
+        frames = video.frames
+        if isinstance(frames, np.ndarray) and not video_as_jpeg:
+            entries.append(("video", ("video.npy", npy_bytes(frames.astype(np.uint8,
+                                                                           copy=False)),
+                                      _NPY_TYPE)))                        # (N, H, W, 3)
+        else:
+            if isinstance(frames, np.ndarray):
+                from emoray.io.video import encode_jpeg
+
+                frames = encode_jpeg(frames, quality=jpeg_quality)         # one per frame
+            entries += [("video", (f"frame_{i:05d}.jpg", bytes(b), "image/jpeg"))
+                        for i, b in enumerate(frames)]
+        if video.fps is not None:
+            entries.append(("video_fps", (None, repr(float(video.fps)))))
+    if not entries:
+        raise ClientError("no modality given; expected at least one of eeg, speech, video")
+    return entries

@@ -25,12 +25,26 @@ Multipart (``multipart/form-data``)
     from its first bytes (:func:`sniff`); files are read with :mod:`emoray.io` from a
     temporary folder that is removed before returning.
 
+    Or, per modality, one array part (:mod:`emoray.serving.decode.arrays`): an ``.npy``,
+    an ``.npz`` (arrays named as the JSON keys: ``data``/``sfreq``/``ch_names``,
+    ``samples``/``sample_rate``, ``frames``/``fps``), or raw little-endian bytes described
+    by the form fields ``<modality>_dtype`` and ``<modality>_shape``::
+
+        eeg     float32 (channels, samples), volts   + eeg_sfreq, eeg_ch_names
+        speech  float32 [-1, 1] or int16 (samples,)  + speech_sample_rate
+        video   uint8 RGB (frames, height, width, 3) + video_fps (optional)
+
+    ``eeg_ch_names`` is a JSON array of strings or names separated by commas. int16
+    speech is scaled by 1/32768 as 16-bit WAV is; frames go where decoded JPEG frames go.
+
 Limits (:class:`DecodeLimits`) bound the duration of each modality, the EEG channel count
 and the video frame count; they are checked on headers before samples are decoded where
-the format allows. Output arrays: EEG ``(C, T)`` float64 from JSON, float32 from files;
-speech ``(T,)`` float32; video ``(N, H, W, 3)`` uint8 RGB, longer side <= ``max_video_side``.
+the format allows; array parts also by the bytes they decode to (``max_array_bytes``).
+Output arrays: EEG ``(C, T)`` float64 from JSON, float32 from files and arrays; speech
+``(T,)`` float32; video ``(N, H, W, 3)`` uint8 RGB, longer side <= ``max_video_side``.
 """
 
+from emoray.serving.decode.arrays import ARRAY_EXTENSIONS, DTYPES, NPZ_KEYS
 from emoray.serving.decode.common import (FORMAT_NAMES, MODALITIES, MODALITY_EXTENSIONS,
                                               DecodeLimits, Upload, sniff)
 from emoray.serving.decode.json import decode_json, decode_object
@@ -38,6 +52,6 @@ from emoray.serving.decode.media import (MAX_JPEG_PIXELS, check_fif, decode_fram
                                              jpeg_size, short_reason)
 from emoray.serving.decode.multipart import decode_multipart
 
-__all__ = ["DecodeLimits", "FORMAT_NAMES", "MAX_JPEG_PIXELS", "MODALITIES",
+__all__ = ["ARRAY_EXTENSIONS", "DTYPES", "DecodeLimits", "FORMAT_NAMES", "NPZ_KEYS", "MAX_JPEG_PIXELS", "MODALITIES",
            "MODALITY_EXTENSIONS", "Upload", "check_fif", "decode_frames", "decode_json",
            "decode_multipart", "decode_object", "jpeg_size", "short_reason", "sniff"]

@@ -26,7 +26,11 @@ FORMAT_NAMES = {".edf": "EDF", ".bdf": "BDF", ".fif": "FIF", ".wav": "WAV", ".fl
 _KEYS = {"": MODALITIES, "eeg": ("data", "sfreq", "ch_names"),
          "speech": ("samples", "sample_rate", "audio_base64"),
          "video": ("frames_base64", "fps")}
-_FORM_FIELDS = ("video_fps",)
+#: Form fields of a multipart request: the frame rate of JPEG frames, and what describes an
+#: array part (:mod:`emoray.serving.decode.arrays`).
+_FORM_FIELDS = ("video_fps", "eeg_sfreq", "eeg_ch_names", "eeg_dtype", "eeg_shape",
+                "speech_sample_rate", "speech_dtype", "speech_shape", "video_dtype",
+                "video_shape")
 _NEEDS = {"eeg": "data + sfreq + ch_names", "speech": "samples + sample_rate, or "
           "audio_base64", "video": "frames_base64 (+ fps)"}
 _A = {"eeg": "an EEG", "speech": "a speech", "video": "a video"}
@@ -45,6 +49,7 @@ class DecodeLimits:
     max_channels: int = 256
     max_frames: int = 3000         # video frames after decoding
     max_video_side: int = 1024     # decoded frames are scaled so the longer side <= this
+    max_array_bytes: int = 32 << 20   # array parts once decoded (an .npz inflates)
 
 
 @dataclass
@@ -144,11 +149,12 @@ def _numbers(rows: list[list], source: str, field: str, dtype: type,
     return arr
 
 
-def _channel_names(names: Any, n_rows: int, source: str, field: str) -> list[str]:
+def _channel_names(names: Any, n_rows: int, source: str, field: str,
+                   data_field: str = "eeg.data") -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise _bad(source, field, f"expected an array of strings, got {_show(names)}")
     if len(names) != n_rows:
-        raise _bad(source, field, f"{len(names)} names for {n_rows} rows of eeg.data; "
+        raise _bad(source, field, f"{len(names)} names for {n_rows} rows of {data_field}; "
                    "expected one name per row")
     seen: dict[str, str] = {}
     for name in names:
@@ -203,7 +209,9 @@ def _extension(filename: str | None) -> str:
 
 
 def _accepted() -> str:
-    return "; ".join(f"{m}: {', '.join(e)}" for m, e in MODALITY_EXTENSIONS.items())
+    return ("; ".join(f"{m}: {', '.join(e)}" for m, e in MODALITY_EXTENSIONS.items())
+            + "; or an array: .npy, .npz, or raw bytes with <modality>_dtype and "
+            "<modality>_shape")
 
 
 def _sniff(data: bytes, filename: str | None, source: str,

@@ -118,8 +118,8 @@ def decode_frames(blobs: list[bytes], where: list[tuple[str, str]],
     if width * height > MAX_JPEG_PIXELS:
         raise _bad(where[0][0], where[0][1], f"frames of {width}x{height} pixels; the limit is "
                    f"{MAX_JPEG_PIXELS} pixels per frame")
-    scale = min(1.0, max_side / max(width, height))
-    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    out_w, out_h = fit_size(width, height, max_side)
+    resize = (out_w, out_h) != (width, height)
     out = np.empty((len(blobs), out_h, out_w, 3), dtype=np.uint8)       # (N, H', W', 3)
     for i, (blob, (source, field)) in enumerate(zip(blobs, where)):
         try:   # torchvision's decoder, as emoray.io.video.decode_jpeg (whose stacking is slow)
@@ -129,11 +129,17 @@ def decode_frames(blobs: list[bytes], where: list[tuple[str, str]],
             if frame.shape[:2] != (height, width):
                 raise ValueError(f"decoded size {frame.shape[1]}x{frame.shape[0]} differs "
                                  f"from the header's {width}x{height}")
-            out[i] = frame if scale == 1.0 else _resize(frame, out_h, out_w)
+            out[i] = _resize(frame, out_h, out_w) if resize else frame
         except Exception as exc:   # libjpeg errors surface as RuntimeError/ValueError
             raise _bad(source, field, f"cannot decode JPEG: {short_reason(exc)}",
                        "unreadable") from None
     return out
+
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so the longer side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:

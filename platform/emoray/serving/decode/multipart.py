@@ -9,6 +9,8 @@ from pathlib import Path
 
 from typing import Any
 
+from emoray.serving.decode.arrays import (ByteBudget, array_kind, check_form_fields,
+                                          decode_array)
 from emoray.serving.decode.common import (_FORM_FIELDS, FORMAT_NAMES, MODALITIES,
                                           DecodeLimits, Upload, _bad, _limit, _limit_seconds,
                                           _positive, _show, _sniff, _upload_source)
@@ -25,9 +27,12 @@ def decode_multipart(files: list[Upload], fields: dict[str, str],
     ----------
     files : list[Upload]
         File parts in body order, routed by ``Upload.field`` (``eeg``, ``speech``,
-        ``video``).
+        ``video``): files (EDF ... JPEG) or arrays (.npy, .npz, raw bytes;
+        :mod:`emoray.serving.decode.arrays`).
     fields : dict[str, str]
-        Non-file form fields; only ``video_fps`` is known.
+        Non-file form fields: ``video_fps`` and what describes an array part
+        (``eeg_sfreq``, ``eeg_ch_names``, ``speech_sample_rate``, ``<modality>_dtype``,
+        ``<modality>_shape``).
     limits : DecodeLimits
         Size limits.
 
@@ -45,6 +50,9 @@ def decode_multipart(files: list[Upload], fields: dict[str, str],
     from emoray.predict import VideoInput
 
     for name in fields:
+        if name in MODALITIES:
+            raise _bad("request", name, f"sent as a form field (a part without a filename); "
+                       f"send {name} as a file part with a filename, e.g. {name}.npy")
         if name not in _FORM_FIELDS:
             raise _bad("request", str(name), f"unknown form field {_show(name)}; expected "
                        f"file fields {list(MODALITIES)} and form fields {list(_FORM_FIELDS)}")
@@ -67,14 +75,24 @@ def decode_multipart(files: list[Upload], fields: dict[str, str],
                        f"{len(parts[name])} files; expected one {name} file")
     if fps is not None and not parts["video"]:
         raise _bad("request", "video_fps", "given without video frames")
+    kinds = {m: array_kind(parts[m][0], fields) if parts[m] else None for m in MODALITIES}
+    check_form_fields(kinds, fields, {m for m in MODALITIES if parts[m] and not kinds[m]})
+    if kinds["video"] and len(parts["video"]) > 1:
+        raise _bad(_upload_source(parts["video"][1].filename, "video"), "video",
+                   f"{len(parts['video'])} parts with a video array among them; expected one "
+                   "array (frames, height, width, 3), one MP4 file or JPEG frames")
     out: dict[str, Any] = {m: None for m in MODALITIES}
+    budget = ByteBudget(limits)
+    for name in MODALITIES:
+        if kinds[name]:
+            out[name] = decode_array(parts[name][0], kinds[name], fields, limits, budget)
     with tempfile.TemporaryDirectory(prefix="emoray-decode-") as tmp:
         for name in ("eeg", "speech"):
-            for up in parts[name]:
+            for up in parts[name] if not kinds[name] else ():
                 out[name] = _read_file(up.data, up.filename, name,
                                        _upload_source(up.filename, name), name, Path(tmp),
                                        limits)
-        video = parts["video"]
+        video = parts["video"] if not kinds["video"] else []
         if video:
             sources = [_upload_source(up.filename, "video") for up in video]
             exts = [_sniff(up.data, up.filename, src, "video")[1]
@@ -84,8 +102,8 @@ def decode_multipart(files: list[Upload], fields: dict[str, str],
                     raise _bad(sources[1], "video", "expected one MP4 file or JPEG frames, "
                                f"got {len(video)} parts with an MP4 among them")
                 if fps is not None:
-                    raise _bad("request", "video_fps", "applies to JPEG frames only; an MP4 "
-                               "carries its own frame rate")
+                    raise _bad("request", "video_fps", "applies to JPEG frames and arrays "
+                               "only; an MP4 carries its own frame rate")
                 out["video"] = _read_file(video[0].data, video[0].filename, "video",
                                           sources[0], "video", Path(tmp), limits)
             else:
