@@ -4,13 +4,16 @@
 from one valid record: broken JSON, each field set to each bad value, signals too short,
 NaN/inf, channel sets the model cannot use, base64 that is not a file, files that are
 random bytes or cut short under every extension and field, wrong content types and keys,
-bodies over the cap. Every one of them must get a 4xx.
+bodies over the cap; and binary arrays (``.npy``, ``.npz``, raw bytes with
+``<modality>_dtype``/``_shape``) of wrong dtypes, shapes and sizes, cut short, padded, with
+NaN/inf, mislabelled metadata, or inflating past the cap. Every one of them must get a 4xx.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 
 import numpy as np
@@ -138,6 +141,7 @@ def malformed_requests(body: dict, files: dict[str, bytes], key: str, cap_bytes:
         ("multipart without boundary", {"data": b"abc", "headers": {
             "content-type": "multipart/form-data", "X-API-Key": key}}),
     ]
+    out += _binary_cases(body, rng, key, cap_bytes)
     # transport: content type, auth, size
     out += [
         ("text/plain", {"data": raw, "headers": {"content-type": "text/plain",
@@ -152,6 +156,131 @@ def malformed_requests(body: dict, files: dict[str, bytes], key: str, cap_bytes:
         ("chunked over the cap", {"data": _chunks(cap_bytes + 1000),
                                   "headers": {"content-type": "application/json",
                                               "X-API-Key": key}}),
+    ]
+    return out
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)          # the server must refuse what pickles
+    return buf.getvalue()
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _binary_cases(body: dict, rng, key: str, cap_bytes: int) -> list[tuple[str, dict]]:
+    """Array parts of ``body``'s signals, each broken one way (never a valid request)."""
+    eeg = np.asarray(body["eeg"]["data"], dtype=np.float32)                  # (C, T)
+    speech = np.asarray(body["speech"]["samples"], dtype=np.float32)        # (T,)
+    frames = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)           # (N, H, W, 3)
+    names, sfreq = body["eeg"]["ch_names"], str(body["eeg"]["sfreq"])
+    rate = str(body["speech"]["sample_rate"])
+    meta = {"eeg": {"eeg_sfreq": sfreq, "eeg_ch_names": json.dumps(names)},
+            "speech": {"speech_sample_rate": rate}, "video": {"video_fps": "5"}}
+    good = {"eeg": eeg, "speech": speech, "video": frames}
+
+    def npy(m: str, blob: bytes, **fields) -> dict:
+        return _files([(m, (f"{m}.npy", blob, "application/octet-stream"))], key,
+                      {**meta[m], **fields})
+
+    def raw(m: str, blob: bytes, dtype: str, shape: str | None, **fields) -> dict:
+        form = {**meta[m], f"{m}_dtype": dtype, **fields}
+        if shape is not None:
+            form[f"{m}_shape"] = shape
+        return _files([(m, (f"{m}.bin", blob, "application/octet-stream"))], key, form)
+
+    out: list[tuple[str, dict]] = []
+    for m, arr in good.items():
+        blob = _npy(arr)
+        for dtype in ("<f8", ">f4", "<c8", "<i8", "|u1", "<f2", "|b1"):
+            if np.dtype(dtype) not in {"eeg": ["<f4"], "speech": ["<f4", "<i2"],
+                                       "video": ["|u1"]}[m]:
+                out.append((f"{m} npy {dtype}", npy(m, _npy(arr.astype(dtype)))))
+        out.append((f"{m} npy object", npy(m, _npy(np.array([[1.0, None]], dtype=object)))))
+        for cut in sorted(set(rng.integers(1, len(blob), 6).tolist())):
+            out.append((f"{m} npy cut at {cut}", npy(m, blob[:cut])))
+        out.append((f"{m} npy padded", npy(m, blob + rng.bytes(int(rng.integers(1, 64))))))
+        out.append((f"{m} npy random", npy(m, rng.bytes(int(rng.integers(1, 3000))))))
+        out.append((f"{m} npy one more dim", npy(m, _npy(arr[None]))))
+        out.append((f"{m} npy empty", npy(m, _npy(arr[..., :0]))))
+        if m != "video":
+            bad = arr.copy()
+            bad.flat[int(rng.integers(bad.size))] = rng.choice([np.nan, np.inf, -np.inf])
+            out.append((f"{m} npy nan/inf", npy(m, _npy(bad))))
+        other = {"eeg": "speech", "speech": "eeg", "video": "eeg"}[m]
+        out.append((f"{m} npy under {other}", npy(other, blob)))
+        # raw bytes: dtype and shape fields that do not fit the bytes
+        data = arr.tobytes()
+        shape = ",".join(map(str, arr.shape))
+        want = {"eeg": "float32", "speech": "float32", "video": "uint8"}[m]
+        out += [(f"{m} raw cut", raw(m, data[:-1], want, shape)),
+                (f"{m} raw shape +1", raw(m, data, want, ",".join(
+                    map(str, arr.shape[:-1] + (arr.shape[-1] + 1,))))),
+                (f"{m} raw float64", raw(m, data, "float64", shape)),
+                (f"{m} raw big-endian", raw(m, data, ">f4" if m != "video" else ">u2",
+                                            shape)),
+                (f"{m} raw object", raw(m, data, "O", shape)),
+                (f"{m} raw dtype junk", raw(m, data, "float32; drop table", shape)),
+                (f"{m} raw shape junk", raw(m, data, want, "(a, b)")),
+                (f"{m} raw shape huge", raw(m, data, want, ",".join(["99999999999"] *
+                                                                   arr.ndim))),
+                (f"{m} raw empty", raw(m, b"", want, ",".join(["0"] * arr.ndim)))]
+        if m != "speech":
+            out.append((f"{m} raw no shape", raw(m, data, want, None)))
+        # .npz: corrupt, unknown names, metadata twice, metadata of the wrong type
+        signal = {"eeg": "data", "speech": "samples", "video": "frames"}[m]
+        archive = _npz(**{signal: arr})
+        for cut in sorted(set(rng.integers(1, len(archive), 4).tolist())):
+            out.append((f"{m} npz cut at {cut}", _files([(m, (f"{m}.npz", archive[:cut]))],
+                                                        key, meta[m])))
+        out += [
+            (f"{m} npz random", _files([(m, (f"{m}.npz", rng.bytes(500)))], key, meta[m])),
+            (f"{m} npz unknown name", _files([(m, (f"{m}.npz", _npz(**{signal: arr,
+                                                                       "x": arr})))], key,
+                                             meta[m])),
+            (f"{m} npz without {signal}", _files([(m, (f"{m}.npz", _npz(x=arr)))], key,
+                                                 meta[m])),
+        ]
+        first_meta = next(iter(meta[m]))
+        out.append((f"{m} npz {first_meta} twice", _files(
+            [(m, (f"{m}.npz", _npz(**{signal: arr, first_meta.split("_", 1)[1]: 5.0})))],
+            key, meta[m])))
+        out.append((f"{m} npz {first_meta} as text", _files(
+            [(m, (f"{m}.npz", _npz(**{signal: arr,
+                                      first_meta.split("_", 1)[1]: np.array("fast")})))],
+            key, {k: v for k, v in meta[m].items() if k != first_meta})))
+    # metadata fields of arrays
+    out += [
+        ("eeg npy without sfreq", npy("eeg", _npy(eeg), eeg_sfreq="")),
+        ("eeg npy sfreq text", npy("eeg", _npy(eeg), eeg_sfreq="fast")),
+        ("eeg npy sfreq zero", npy("eeg", _npy(eeg), eeg_sfreq="0")),
+        ("eeg npy names short", npy("eeg", _npy(eeg), eeg_ch_names=json.dumps(names[:-1]))),
+        ("eeg npy names duplicate", npy("eeg", _npy(eeg),
+                                        eeg_ch_names=",".join([names[0]] * len(names)))),
+        ("eeg npy names broken json", npy("eeg", _npy(eeg), eeg_ch_names="[\"Fp1\", ")),
+        ("eeg npy names not strings", npy("eeg", _npy(eeg), eeg_ch_names="[1, 2]")),
+        ("speech npy rate fractional", npy("speech", _npy(speech),
+                                           speech_sample_rate="16000.5")),
+        ("speech npy too long", npy("speech", _npy(speech), speech_sample_rate="1")),
+        ("speech npy too short", npy("speech", _npy(speech[:100]))),
+        ("eeg npy too many channels", npy("eeg", _npy(np.zeros((300, 600), np.float32)),
+                                          eeg_ch_names=",".join(f"c{i}" for i in range(300)))),
+        ("video npy too many frames", npy("video", _npy(np.zeros((3001, 2, 2, 3), np.uint8)))),
+        ("eeg_sfreq without eeg", npy("speech", _npy(speech), eeg_sfreq="500")),
+        ("eeg as a form field", _files([], key, {"eeg": "1,2,3", **meta["eeg"]})),
+        ("npy with jpeg frames", _files([("video", ("a.npy", _npy(frames))),
+                                         ("video", ("b.jpg", b"\xff\xd8\xff" + bytes(64)))],
+                                        key)),
+        ("octets without dtype", _files([("eeg", ("eeg", eeg.tobytes(),
+                                                  "application/octet-stream"))], key,
+                                        meta["eeg"])),
+        ("npz inflating past the cap", _files([("eeg", ("e.npz", _npz(data=np.zeros(
+            (64, cap_bytes // 64), np.float32))))], key, meta["eeg"])),
+        ("npy over the cap", npy("eeg", _npy(np.zeros((8, cap_bytes // 30), np.float32)))),
     ]
     return out
 

@@ -201,6 +201,64 @@ def test_every_modality_subset_over_json_matches_in_process(served, record):
         assert got["valence"] is not None and -1 <= got["valence"] <= 1
 
 
+def test_binary_requests_answer_as_json_does(served, record, tmp_path):
+    """The same signals sent as JSON, as .npy (the client's default), .npz and raw parts,
+    and as files decoded by the client (``encoding="arrays"``/``"json"``) get the same
+    probabilities; raw uint8 frames answer as the in-process model given those frames."""
+    import io
+
+    from emoray.io.audio import write_audio
+    from emoray.io.eeg import write_eeg
+    from emoray.io.video import encode_jpeg
+    from emoray.serving.client import predict_signals
+    from emoray.types import EEG, Audio
+
+    url = served["url"]
+    eeg = EEGInput(np.asarray(record["eeg"].data, np.float32), record["eeg"].sfreq,
+                   list(record["eeg"].ch_names))                          # (C, T) f32
+    speech = record["speech"]
+    pcm = SpeechInput(np.clip(np.round(speech.samples * 32768), -32768, 32767)
+                      .astype(np.int16), speech.sample_rate)              # (T,) i16
+    jpegs = VideoInput(encode_jpeg(record["video"].frames), record["video"].fps)
+    for given in ({"eeg": eeg, "speech": speech, "video": jpegs}, {"speech": pcm},
+                  {"eeg": eeg, "speech": pcm}):
+        as_json = predict_signals(url, **given, encoding="json", api_key=KEY)
+        as_npy = predict_signals(url, **given, api_key=KEY)
+        assert as_npy["modalities"] == list(given)
+        _close(as_npy["probabilities"], as_json["probabilities"], tol=1e-5)
+        for m in given:
+            _close(as_npy["per_modality"][m]["probabilities"],
+                   as_json["per_modality"][m]["probabilities"], tol=1e-5)
+
+    npz = io.BytesIO()
+    np.savez_compressed(npz, data=eeg.data, sfreq=eeg.sfreq, ch_names=np.array(eeg.ch_names))
+    answer = requests.post(url + "/v1/predict", headers={"X-API-Key": KEY}, timeout=60,
+                           files=[("eeg", ("eeg.npz", npz.getvalue())),
+                                  ("speech", ("speech.bin", pcm.samples.astype("<i2").tobytes(),
+                                              "application/octet-stream"))],
+                           data={"speech_dtype": "int16",
+                                 "speech_sample_rate": str(pcm.sample_rate)})
+    assert answer.status_code == 200, answer.text
+    as_json = predict_signals(url, eeg=eeg, speech=pcm, encoding="json", api_key=KEY)
+    _close(answer.json()["probabilities"], as_json["probabilities"], tol=1e-5)
+    steps = _steps(answer)
+    print(f"npz + raw int16: decode {steps['decode']:.1f} ms of {steps['total']:.1f} ms")
+
+    raw_frames = predict_signals(url, video=record["video"], api_key=KEY)   # uint8 .npy
+    local = Predictor.from_bundle(served["bundle"], device="cpu")
+    _close(raw_frames["probabilities"], local.predict(video=record["video"]).probabilities)
+
+    write_eeg(tmp_path / "rec.fif", EEG(data=eeg.data, sfreq=eeg.sfreq,
+                                        ch_names=list(eeg.ch_names), source="test"))
+    write_audio(tmp_path / "rec.wav", Audio(samples=speech.samples,
+                                            sample_rate=speech.sample_rate, source="t"))
+    files = [tmp_path / "rec.fif", tmp_path / "rec.wav"]
+    answers = {enc: predict_files(url, files, api_key=KEY, encoding=enc)
+               for enc in ("binary", "arrays", "json")}
+    for enc in ("arrays", "json"):
+        _close(answers[enc]["probabilities"], answers["binary"]["probabilities"], tol=1e-5)
+
+
 def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
     from emoray.io.audio import write_audio
     from emoray.io.eeg import write_eeg
@@ -241,6 +299,12 @@ def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "expressed (speech) vs EEG" in done.stdout and fif_only["model_version"] in done.stdout
+    as_json = subprocess.run(cli + ["--encoding", "json", "--json", str(tmp_path / "rec.wav"),
+                                    str(tmp_path / "rec.fif")],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    both = predict_files(url, [tmp_path / "rec.wav", tmp_path / "rec.fif"], api_key=KEY)
+    _close(json.loads(as_json.stdout)["probabilities"], both["probabilities"], tol=1e-5)
     refused = subprocess.run(cli[:-2] + [str(tmp_path / "rec.wav")], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "X-API-Key" in refused.stderr

@@ -1,28 +1,17 @@
 """A small client of the emoray Serve API: the ``emoray predict`` command's side.
 
 :func:`predict_files` sends real files (EDF/BDF/FIF, WAV/FLAC, MP4, JPEG frames or a folder
-of them) to ``{url}/v1/predict``; :func:`predict_signals` sends in-memory signals. Each takes
-an ``encoding`` (:data:`ENCODINGS`):
-
-``binary`` (the default)
-    ``multipart/form-data`` in the cheapest binary form: files as they are (:func:`build_multipart`:
-    EDF is 16-bit, FLAC and MP4 are compressed), in-memory signals as ``.npy`` parts
-    (:func:`binary_request`: EEG float32, speech float32 or int16 as given, frames uint8).
-``arrays``
-    Files decoded here (:func:`read_inputs`) and sent as ``.npy`` parts; the server then
-    parses no file format.
-``json``
-    One JSON body (:func:`json_request`, the inverse of
-    :func:`emoray.serving.decode.decode_json`; numbers as text, frames as base64 JPEG).
-
+of them), :func:`predict_signals` in-memory signals, to ``{url}/v1/predict`` in one of
+:data:`ENCODINGS`: ``binary`` (the default: files as they are, :func:`build_multipart`, or
+signals as ``.npy`` parts, :func:`binary_request`), ``arrays`` (files decoded here by
+:func:`read_inputs` and sent as ``.npy`` parts: the server parses no file format) or
+``json`` (:func:`json_request`, the inverse of :func:`emoray.serving.decode.decode_json`).
 Refusals come back as :class:`ClientError` carrying the server's status, field and message.
 Importing this module does not import torch.
 
 Examples
 --------
 >>> predict_files("http://127.0.0.1:8000", ["rec.edf", "speech.wav"])  # doctest: +SKIP
-{'label': 'happy', 'probabilities': {...}, ...}
->>> predict_signals("http://127.0.0.1:8000", eeg=EEGInput(x, 500.0, names))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emoray.errors import DataError, EmorayError
-from emoray.serving.decode import MODALITY_EXTENSIONS
+from emoray.serving.decode import MODALITY_EXTENSIONS, npy_bytes
 
 if TYPE_CHECKING:
     from emoray.predict import EEGInput, SpeechInput, VideoInput
@@ -142,8 +131,7 @@ def build_multipart(paths: list[Path], video_fps: float | None = None) -> list[t
     return entries
 
 
-def _group(paths: list[Path], video_fps: float | None) -> tuple[dict[str, list[Path]],
-                                                                 float | None]:
+def _group(paths: list[Path], video_fps: float | None) -> tuple[dict, float | None]:
     """``paths`` by modality (a folder of frames expanded to its JPEG files) and the frame
     rate of JPEG frames, refusing what :func:`build_multipart` refuses."""
     from emoray.io.video import FPS_FILE, _folder_fps
@@ -178,20 +166,10 @@ def _group(paths: list[Path], video_fps: float | None) -> tuple[dict[str, list[P
 
 
 def read_inputs(paths: list[str | Path], video_fps: float | None = None) -> dict[str, Any]:
-    """Decode files here into model inputs (what the ``arrays`` and ``json`` encodings send).
-
-    Parameters
-    ----------
-    paths, video_fps
-        As in :func:`build_multipart`.
-
-    Returns
-    -------
-    dict
-        ``{"eeg": EEGInput, "speech": SpeechInput, "video": VideoInput}`` for the modalities
-        given. Mono 16-bit PCM speech stays int16 (half the bytes of float32); JPEG frames
-        stay JPEG blobs; an MP4 is decoded to ``(N, H, W, 3)`` uint8 frames.
-    """
+    """Files (``paths``, ``video_fps`` as in :func:`build_multipart`) decoded here into
+    ``{"eeg": EEGInput, ...}`` for the modalities given: what the ``arrays`` and ``json``
+    encodings send. Mono 16-bit PCM stays int16 (half the bytes of float32), JPEG frames
+    stay JPEG blobs, an MP4 becomes ``(N, H, W, 3)`` uint8 frames."""
     import soundfile as sf
 
     from emoray.io.audio import read_audio
@@ -236,14 +214,16 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {API_KEY_HEADER: api_key} if api_key else {}
 
 
-def _send(url: str, timeout: float, path: str | None = None, **kwargs: Any) -> dict:
-    """POST to ``{url}/v1/predict`` (or ``{url}{path}``); the answer's JSON, or a
-    ClientError."""
+def _send(url: str, timeout: float, path: str | None = None, subject: str | None = None,
+          **kwargs: Any) -> dict:
+    """POST to ``{url}/v1/predict`` (or ``{url}{path}``), naming ``subject`` in the query;
+    the answer's JSON, or a ClientError."""
     import requests
 
     endpoint = _endpoint(url) if path is None else url.rstrip("/") + path
+    params = {"subject": subject} if subject is not None else None
     try:
-        resp = requests.post(endpoint, timeout=timeout, **kwargs)
+        resp = requests.post(endpoint, timeout=timeout, params=params, **kwargs)
     except requests.exceptions.ReadTimeout:
         raise ClientError(f"no answer from {endpoint} within {timeout:g} s") from None
     except requests.exceptions.ConnectionError as exc:
@@ -276,21 +256,16 @@ def _refused(status: int, answer: Any, text: str, endpoint: str) -> ClientError:
                        field=field)
 
 
-def _request_kwargs(paths: list[str | Path], video_fps: float | None,
-                    encoding: str) -> dict[str, Any]:
-    """The ``requests.post`` body arguments of files in ``encoding``."""
-    _check_encoding(encoding)
-    if encoding == "binary":
-        return {"files": build_multipart([Path(p) for p in paths], video_fps)}
-    inputs = read_inputs(paths, video_fps)
-    if encoding == "arrays":
-        return {"files": binary_request(**inputs)}
-    return {"json": json_request(**inputs)}
-
-
-def _check_encoding(encoding: str) -> None:
+def _body(encoding: str, paths: list | None = None, video_fps: float | None = None,
+          inputs: dict | None = None) -> dict[str, Any]:
+    """The ``requests.post`` body arguments of files (``paths``) or ``inputs``."""
     if encoding not in ENCODINGS:
         raise ClientError(f"encoding {encoding!r}; expected one of {list(ENCODINGS)}")
+    if paths is not None and encoding == "binary":
+        return {"files": build_multipart([Path(p) for p in paths], video_fps)}
+    inputs = read_inputs(paths, video_fps) if paths is not None else inputs
+    return {"json": json_request(**inputs)} if encoding == "json" else \
+        {"files": binary_request(**inputs)}
 
 
 def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = None,
@@ -314,8 +289,7 @@ def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = No
         The person recorded: the server standardises the inputs with that subject's
         calibration (:func:`calibrate_files`), else subject-independently.
     encoding : str
-        ``binary`` (the files as they are), ``arrays`` (decoded here, sent as ``.npy``)
-        or ``json`` (module docstring).
+        ``binary`` (the files as they are), ``arrays`` or ``json`` (module docstring).
 
     Returns
     -------
@@ -328,9 +302,8 @@ def predict_files(url: str, paths: list[str | Path], *, api_key: str | None = No
         A refusal (status, field and the server's message), an unreachable endpoint, or
         inputs refused before sending.
     """
-    body = _request_kwargs(paths, video_fps, encoding)
-    return _send(url, timeout, headers=_headers(api_key),
-                 params={"subject": subject} if subject is not None else None, **body)
+    body = _body(encoding, paths, video_fps)
+    return _send(url, timeout, subject=subject, headers=_headers(api_key), **body)
 
 
 def calibrate_files(url: str, subject: str, paths: list[str | Path], *,
@@ -342,7 +315,7 @@ def calibrate_files(url: str, subject: str, paths: list[str | Path], *,
     (segments, modalities)."""
     from urllib.parse import quote
 
-    body = _request_kwargs(paths, video_fps, encoding)
+    body = _body(encoding, paths, video_fps)
     return _send(url, timeout, path=f"/v1/subjects/{quote(subject, safe='')}/calibration",
                  headers=_headers(api_key), **body)
 
@@ -351,37 +324,18 @@ def predict_signals(url: str, eeg: EEGInput | None = None, speech: SpeechInput |
                     video: VideoInput | None = None, *, encoding: str = "binary",
                     api_key: str | None = None, timeout: float = 60.0,
                     subject: str | None = None) -> dict:
-    """Send in-memory signals to ``{url}/v1/predict`` and return the prediction.
-
-    Parameters
-    ----------
-    url : str
-        The server base, e.g. ``"http://127.0.0.1:8000"``.
-    eeg, speech, video : EEGInput | SpeechInput | VideoInput | None
-        Any non-empty subset.
-    encoding : str
-        ``binary`` or ``arrays`` (both: :func:`binary_request`, ``.npy`` parts) or
-        ``json`` (:func:`json_request`).
-    api_key, timeout, subject
-        As in :func:`predict_files`.
-
-    Returns
-    -------
-    dict
-        The server's JSON answer.
-    """
-    _check_encoding(encoding)
-    body = ({"json": json_request(eeg, speech, video)} if encoding == "json" else
-            {"files": binary_request(eeg, speech, video)})
-    return _send(url, timeout, headers=_headers(api_key),
-                 params={"subject": subject} if subject is not None else None, **body)
+    """Send in-memory signals (any non-empty subset) to ``{url}/v1/predict`` as ``.npy``
+    parts (:func:`binary_request`; ``encoding="binary"`` or ``"arrays"``) or as JSON
+    (``"json"``: :func:`json_request`) and return the server's JSON answer; ``api_key``,
+    ``timeout`` and ``subject`` as in :func:`predict_files`."""
+    body = _body(encoding, inputs={"eeg": eeg, "speech": speech, "video": video})
+    return _send(url, timeout, subject=subject, headers=_headers(api_key), **body)
 
 
 def post_json(url: str, body: dict, *, api_key: str | None = None,
               timeout: float = 60.0, subject: str | None = None) -> dict:
     """POST a JSON body (see :func:`json_request`) to ``{url}/v1/predict``."""
-    return _send(url, timeout, json=body, headers=_headers(api_key),
-                 params={"subject": subject} if subject is not None else None)
+    return _send(url, timeout, subject=subject, json=body, headers=_headers(api_key))
 
 
 def _float_pcm(samples: np.ndarray) -> np.ndarray:
@@ -431,13 +385,7 @@ def json_request(eeg: EEGInput | None = None, speech: SpeechInput | None = None,
             body["speech"] = {"samples": samples.tolist(),
                               "sample_rate": int(speech.sample_rate)}
     if video is not None:
-        frames = video.frames
-        if isinstance(frames, np.ndarray):
-            from emoray.io.video import encode_jpeg
-
-            blobs = encode_jpeg(frames, quality=jpeg_quality)              # one per frame
-        else:
-            blobs = [bytes(b) for b in frames]
+        blobs = _jpeg_blobs(video.frames, jpeg_quality)
         body["video"] = {"frames_base64": [base64.b64encode(b).decode() for b in blobs],
                          "fps": None if video.fps is None else float(video.fps)}
     if not body:
@@ -445,37 +393,31 @@ def json_request(eeg: EEGInput | None = None, speech: SpeechInput | None = None,
     return body
 
 
-def npy_bytes(arr: np.ndarray) -> bytes:
-    """``arr`` in numpy's ``.npy`` format (never pickled)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+def _jpeg_blobs(frames: Any, quality: int) -> list[bytes]:
+    """JPEG blobs of frames: ``(N, H, W, 3)`` uint8 encoded, blobs as they are."""
+    if isinstance(frames, np.ndarray):
+        from emoray.io.video import encode_jpeg
+
+        return encode_jpeg(frames, quality=quality)                        # one per frame
+    return [bytes(b) for b in frames]
 
 
 def binary_request(eeg: EEGInput | None = None, speech: SpeechInput | None = None,
                    video: VideoInput | None = None, *, video_as_jpeg: bool = False,
                    jpeg_quality: int = 90) -> list[tuple]:
     """The multipart body of in-memory signals as ``.npy`` parts: the ``files=`` entries
-    of a ``requests`` POST (:func:`~emoray.serving.decode.decode_multipart` takes them).
+    of a ``requests`` POST, ``(field, (filename, bytes, content_type))`` per part and
+    ``(field, (None, text))`` per form field (:func:`~emoray.serving.decode.decode_multipart`
+    takes them).
 
     Parameters
     ----------
     eeg, speech, video : EEGInput | SpeechInput | VideoInput | None
-        Any non-empty subset. EEG is sent as little-endian float32 ``(C, T)`` with the form
-        fields ``eeg_sfreq`` and ``eeg_ch_names``; int16 speech as int16 (the server scales
-        it by 1/32768), other integer PCM scaled to float32 [-1, 1], float speech as
-        float32, with ``speech_sample_rate``; ``(N, H, W, 3)`` uint8 frames as uint8, JPEG
-        blobs as JPEG parts, with ``video_fps`` when known.
+        Any non-empty subset: EEG as float32 ``(C, T)`` + ``eeg_sfreq``, ``eeg_ch_names``;
+        int16 speech as int16, other speech as float32 [-1, 1], + ``speech_sample_rate``;
+        uint8 frames ``(N, H, W, 3)`` as they are, JPEG blobs as JPEG parts, + ``video_fps``.
     video_as_jpeg : bool
-        JPEG-encode uint8 frames (fewer bytes, lossy) instead of sending them as they are.
-    jpeg_quality : int
-        Quality of those JPEGs.
-
-    Returns
-    -------
-    list[tuple]
-        ``(field, (filename, bytes, content_type))`` per part and ``(field, (None, text))``
-        per form field.
+        JPEG-encode uint8 frames (fewer bytes, lossy) at ``jpeg_quality``.
     """
     entries: list[tuple] = []
     if eeg is not None:
@@ -492,16 +434,11 @@ def binary_request(eeg: EEGInput | None = None, speech: SpeechInput | None = Non
     if video is not None:
         frames = video.frames
         if isinstance(frames, np.ndarray) and not video_as_jpeg:
-            entries.append(("video", ("video.npy", npy_bytes(frames.astype(np.uint8,
-                                                                           copy=False)),
-                                      _NPY_TYPE)))                        # (N, H, W, 3)
+            frames = np.asarray(frames, dtype=np.uint8)                    # (N, H, W, 3)
+            entries.append(("video", ("video.npy", npy_bytes(frames), _NPY_TYPE)))
         else:
-            if isinstance(frames, np.ndarray):
-                from emoray.io.video import encode_jpeg
-
-                frames = encode_jpeg(frames, quality=jpeg_quality)         # one per frame
-            entries += [("video", (f"frame_{i:05d}.jpg", bytes(b), "image/jpeg"))
-                        for i, b in enumerate(frames)]
+            entries += [("video", (f"frame_{i:05d}.jpg", b, "image/jpeg"))
+                        for i, b in enumerate(_jpeg_blobs(frames, jpeg_quality))]
         if video.fps is not None:
             entries.append(("video_fps", (None, repr(float(video.fps)))))
     if not entries:

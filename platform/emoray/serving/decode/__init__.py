@@ -44,7 +44,7 @@ Output arrays: EEG ``(C, T)`` float64 from JSON, float32 from files and arrays; 
 ``(T,)`` float32; video ``(N, H, W, 3)`` uint8 RGB, longer side <= ``max_video_side``.
 """
 
-from emoray.serving.decode.arrays import ARRAY_EXTENSIONS, DTYPES, NPZ_KEYS
+from emoray.serving.decode.arrays import ARRAY_EXTENSIONS, DTYPES, NPZ_KEYS, npy_bytes
 from emoray.serving.decode.common import (FORMAT_NAMES, MODALITIES, MODALITY_EXTENSIONS,
                                               DecodeLimits, Upload, sniff)
 from emoray.serving.decode.json import decode_json, decode_object
@@ -52,6 +52,7 @@ from emoray.serving.decode.media import (MAX_JPEG_PIXELS, check_fif, decode_fram
                                              jpeg_size, short_reason)
 from emoray.serving.decode.multipart import decode_multipart
 
-__all__ = ["ARRAY_EXTENSIONS", "DTYPES", "DecodeLimits", "FORMAT_NAMES", "NPZ_KEYS", "MAX_JPEG_PIXELS", "MODALITIES",
-           "MODALITY_EXTENSIONS", "Upload", "check_fif", "decode_frames", "decode_json",
-           "decode_multipart", "decode_object", "jpeg_size", "short_reason", "sniff"]
+__all__ = ["ARRAY_EXTENSIONS", "DTYPES", "DecodeLimits", "FORMAT_NAMES", "MAX_JPEG_PIXELS",
+           "MODALITIES", "MODALITY_EXTENSIONS", "NPZ_KEYS", "Upload", "check_fif",
+           "decode_frames", "decode_json", "decode_multipart", "decode_object", "jpeg_size",
+           "npy_bytes", "short_reason", "sniff"]

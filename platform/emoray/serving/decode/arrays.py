@@ -117,6 +117,13 @@ class ByteBudget:
                        f"is {self.limit} bytes per request (serve.max_body_mb)")
 
 
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` in numpy's ``.npy`` format, never pickled (what :func:`decode_array` reads)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
 def decode_array(up: Upload, kind: str, fields: dict[str, str], limits: DecodeLimits,
                  budget: ByteBudget) -> Any:
     """One array part -> the modality's ``EEGInput``, ``SpeechInput`` or ``VideoInput``."""
