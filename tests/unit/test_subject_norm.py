@@ -99,3 +99,27 @@ def test_bad_columns_and_bad_files_get_clear_errors(tmp_path):
         SubjectStats.load(tmp_path / "bad.npz")
     with pytest.raises(DataError, match="no statistics of column 'logmel'"):
         SubjectStats(["logmel"]).moments("logmel")
+
+
+@pytest.mark.parametrize("who", ["s0", "s1", "nobody", None])
+def test_moments_applied_away_from_the_statistics_equal_apply(who):
+    """What a serving deployment does with the moments the router sends: the same numbers
+    as ``apply`` on rows of that subject (the subject's own, else the pooled ones), power
+    columns in log10, absent rows 0."""
+    import pickle
+
+    from emoray.data.subject_norm import standardize
+
+    t, subjects = _eeg([5.0, -3.0], [2.0, 0.5])
+    t["eeg_bp"] = t["eeg"].square().mean(-1, keepdim=True) + 1.0        # a power column
+    stats = SubjectStats(["eeg", "eeg_bp"])
+    stats.update(t, subjects)
+    rows = {"eeg": t["eeg"][:4].clone(), "eeg_bp": t["eeg_bp"][:4].clone(),
+            "eeg_present": torch.tensor([True, True, False, True])}
+    want = stats.apply({k: v.clone() for k, v in rows.items()}, [who] * 4)
+    moments = pickle.loads(pickle.dumps(stats.moments_for(who, ["eeg", "eeg_bp", "logmel"])))
+    assert set(moments) == {"eeg", "eeg_bp"}
+    got = standardize({k: v.clone() for k, v in rows.items()}, moments)
+    for column in ("eeg", "eeg_bp"):
+        assert torch.equal(got[column], want[column]), column
+    assert not torch.equal(got["eeg"], rows["eeg"]) and (got["eeg"][2] == 0).all()

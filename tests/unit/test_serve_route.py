@@ -1,0 +1,88 @@
+"""The contract where it scales: the router only checks and routes a request
+(:meth:`ServedModel.route`), each modality's deployment applies the contract to its part
+(:meth:`ServedModel.prepare_modality`). Split across three role-pruned models, with the
+parts pickled as Ray carries them, the tensors equal the in-process ``prepare``; a refusal
+raised in a modality's deployment comes back as the same error naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emoray.errors import DataError
+from emoray.predict import EEGInput, SpeechInput, VideoInput
+from emoray.serving.app import LocalBackend, _features
+from emoray.serving.model import ServedModel, raise_refusal
+
+BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "bundles_v0" / "fusion"
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, ServedModel]:
+    return {role: ServedModel(BUNDLE, role=role, device="cpu")
+            for role in ("all", "router", "eeg", "speech", "video")}
+
+
+def _jpegs(frames: np.ndarray) -> list[bytes]:
+    from PIL import Image
+
+    blobs = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    return blobs
+
+
+def _sample(models, seconds: float = 10.0, jpeg: bool = False) -> dict:
+    rng = np.random.default_rng(0)
+    info = models["all"].info()
+    ch, sf = info["eeg"]["channels"], 250.0
+    frames = rng.integers(0, 255, (int(10 * seconds), 40, 48, 3), dtype=np.uint8)
+    return {"eeg": EEGInput(rng.normal(0, 20e-6, (len(ch), int(sf * seconds))), sf, ch[::-1]),
+            "speech": SpeechInput(rng.uniform(-0.2, 0.2, int(16000 * seconds)), 16000),
+            "video": VideoInput(_jpegs(frames) if jpeg else frames, fps=10.0)}
+
+
+@pytest.mark.parametrize("jpeg", [False, True])
+def test_routed_parts_prepared_in_each_deployment_equal_the_in_process_prepare(models, jpeg):
+    sample = _sample(models, jpeg=jpeg)
+    whole = models["all"].prepare(sample)
+    routed = models["router"].route(sample)
+    assert sorted(routed.parts) == sorted(whole.inputs) == ["eeg", "speech", "video"]
+    if jpeg:       # the router counts JPEG frames; the video deployment decodes them
+        assert isinstance(routed.parts["video"]["value"].frames, list)
+    for m, part in routed.parts.items():
+        carried = pickle.loads(pickle.dumps(part))                 # as Ray carries it
+        got = models[m].prepare_modality(m, carried)
+        assert sorted(got) == sorted(whole.inputs[m])
+        for key, value in got.items():
+            assert torch.equal(value, whole.inputs[m][key]), f"{m}.{key}"
+    for m in routed.present:
+        assert np.array_equal(routed.present[m], whole.present[m])
+    n = int(10.0 // models["all"].contract.segment_seconds)         # several segments
+    assert n >= 2 and np.array_equal(routed.owner, whole.owner) and routed.owner.shape == (n,)
+
+
+def test_a_refusal_in_a_deployment_is_the_in_process_error(models):
+    sample = _sample(models, jpeg=True)
+    sample["video"] = VideoInput([b"\xff\xd8 not a jpeg"] * 100, fps=10.0)
+    routed = models["router"].route(sample)                        # the router does not decode
+    answer = _features(models["video"], "video", routed.parts["video"])
+    assert answer["refused"] == "data" and answer["field"] == "video.frames"
+    with pytest.raises(DataError) as raised:
+        raise_refusal(pickle.loads(pickle.dumps(answer)))
+    with pytest.raises(DataError) as direct:
+        models["all"].prepare(sample)
+    assert (raised.value.field, raised.value.kind, raised.value.reason) == \
+        (direct.value.field, direct.value.kind, direct.value.reason)
+    raise_refusal(np.zeros(3))                                      # an answer passes
+    backend = LocalBackend({"checkpoint": str(BUNDLE), "device": "cpu"}, batching=False)
+    with pytest.raises(DataError, match="cannot decode JPEG"):
+        asyncio.run(backend.predict(sample))
