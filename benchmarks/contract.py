@@ -35,6 +35,7 @@ if __package__ in (None, ""):      # run as a script (python benchmarks/NAME.py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # makes `benchmarks` importable
 
 import contextlib
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -193,6 +194,8 @@ def _step_jobs(contract, sample: dict) -> dict[str, dict[str, Callable[[], Any]]
                          "fast": lambda: eeg.resample_eeg(xf, sf, c.sfreq)},
         "eeg bands+norm": both(lambda: (eeg.eeg_band_features(xr, c.sfreq, c.bands),
                                         eeg.normalize_eeg(xr, c.normalize, c.clip))),
+        "speech cut (segment.cut)": both(lambda: cut(s.samples, s.sample_rate, 0.0, seg,
+                                                     axis=0)),
         "speech resample": both(lambda: speech._resampler(s.sample_rate, a.sample_rate)(
             torch.from_numpy(raw)) if s.sample_rate != a.sample_rate else None),
         "speech prosody (F0)": {"reference": lambda: reference._prosody_reference(resampled,
@@ -214,6 +217,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     import torch
 
     torch.set_num_threads(threads)
+    load_start = os.getloadavg()
     contract = quickstart_contract()
     requests = {"serve": serve_request(contract), "trial": trial_request()}
     rounds, per_round = (4, 3) if quick else (12, 5)
@@ -244,12 +248,15 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         step_rows.append({"step (first segment)": name, "reference ms": f"{ref:.2f}",
                           "fast ms": f"{fast:.2f}", "ratio": f"{ref / fast:.2f}"})
     ratio = _median(times["serve"]["reference"]) / _median(times["serve"]["fast"])
+    load = (load_start, os.getloadavg())
     print(f"contract per request (prepare_inputs), {threads} torch thread(s), "
-          f"{rounds} rounds x {per_round} calls per side")
+          f"{rounds} rounds x {per_round} calls per side; load average "
+          f"{load[0][0]:.1f} at the start, {load[1][0]:.1f} at the end "
+          f"({os.cpu_count()} CPUs)")
     print(table(rows, list(rows[0])))
     print()
     print(table(step_rows, list(step_rows[0])))
-    details = {"threads": threads, "rounds": rounds, "per_round": per_round, "quick": quick,
+    details = {"threads": threads, "load_average": load, "rounds": rounds, "per_round": per_round, "quick": quick,
                "requests": {k: {s: v for s, v in by.items()} for k, by in times.items()},
                "steps": {k: {s: v for s, v in by.items()} for k, by in step_times.items()},
                "rows": rows, "step_rows": step_rows}
