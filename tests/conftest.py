@@ -181,3 +181,14 @@ def wait_for(condition, timeout: float, what: str, alive=lambda: True, poll: flo
             pytest.fail(f"the run ended while waiting for {what}\n{detail()}")
         time.sleep(poll)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module of tiny-tensor tests (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): two OpenMP threads on a busy 2-core
+    machine are up to ~100x slower on tensors this small."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,12 +18,8 @@ from emoray.models.ast import patch_grid
 CONTRACT = dict(n_mels=64, n_frames=96)         # tiny: 16 x 16 patches, stride 12 -> 5 x 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one thread (two OpenMP threads on a busy 2-core box stall)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(seed: int = 0, **contract):

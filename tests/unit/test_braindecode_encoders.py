@@ -28,12 +28,8 @@ NAMED = ["EEGNetv4", "ShallowFBCSPNet", "EEGConformer"]
 ALL = sorted(_models())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny tensors: one thread (two OpenMP threads on a busy 2-core box stall)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_step(enc, contract: dict) -> torch.Tensor:

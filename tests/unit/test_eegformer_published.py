@@ -15,13 +15,8 @@ from emoray.models import create_encoder
 CONTRACT = dict(n_chans=4, sfreq=100.0, n_times=200)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are faster on one thread; two threads on a busy 2-core box stall.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one thread (two OpenMP threads on a busy 2-core box stall)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(seed: int = 0, **over):

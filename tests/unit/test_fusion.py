@@ -19,13 +19,8 @@ N_CLASSES = 4
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(DIMS, r)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: 2 OpenMP threads on a busy 2-core box are ~100x slower than 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one thread (two OpenMP threads on a busy 2-core box stall)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(**kw) -> AttentionFusion:

@@ -18,12 +18,8 @@ CONTRACT = dict(n_frames=3, size=64)
 TINY = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=32, img_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: tiny tensors: one thread (two OpenMP threads on a busy 2-core box stall)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _encoder(seed: int = 0, **over):
