@@ -24,9 +24,10 @@ Fast path, equal to MNE's per-call functions
     within ``1e-9`` of the signal's std for every float64 step (measured ~1e-14) and within
     one float32 rounding (``rtol=atol=1e-6``) for the features
     (``tests/unit/test_fast_contract.py``: 90-1000 Hz, 1-5 s, the README's example
-    files), so bundles trained before get the same inputs. For 2 s of 30 channels at
-    500 Hz (padded to 5 s) notch + band-pass + blink low-pass + resampling took 29 ms
-    per segment and now take about 4 ms (``benchmarks/contract.py``).
+    files), so bundles trained before get the same inputs. On 2 s of 30 channels at
+    500 Hz (zero-padded to a 5 s segment), notch + band-pass + blink low-pass + resampling
+    take 4.6 ms against the reference's 38.5 ms, side by side on a busy 2-core machine
+    (``benchmarks/contract.py``; 28 ms before the change on the idle machine).
 
 Short segments and long filters
     The 0.5 Hz high-pass needs a 6.6 s FIR filter, longer than a 5 s segment. MNE pads the

@@ -26,7 +26,10 @@ Fast path
     torchaudio transforms (the kernel and filter bank built once per contract). Features
     equal :mod:`emoray.data.transforms.reference` (the tracker as first written): the
     same voiced frames, F0 within ``1e-9`` relative, features within one float32 rounding
-    (``rtol=atol=1e-6``; ``tests/unit/test_fast_contract.py``, 8-44.1 kHz).
+    (``rtol=atol=1e-6``; ``tests/unit/test_fast_contract.py``, 8-44.1 kHz). Side by side
+    on a busy 2-core machine (``benchmarks/contract.py``), the prosody of a 5 s segment
+    takes 6.8 ms against 12.9 ms for synthetic speech and 4.5 ms against 14.3 ms for 2 s
+    of noise zero-padded to 5 s.
 """
 
 from __future__ import annotations
