@@ -294,7 +294,7 @@ def _bench(args: argparse.Namespace) -> int:
     _benchmarks_on_path()
     cfg = _resolve(args, {})
     kwargs = {"features": args.features} if args.features else {}
-    if kwargs and args.name in ("ingest", "accuracy"):
+    if kwargs and args.name not in ("train", "tune"):
         raise EmorayError(f"bench {args.name}: --features applies to `bench train` and "
                           "`bench tune`")
     if args.checkpoint:

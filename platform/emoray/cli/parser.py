@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_parsers(sub)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
-    p.add_argument("name", choices=["ingest", "train", "tune", "serve", "accuracy", "models"],
+    p.add_argument("name", choices=["ingest", "train", "tune", "serve", "accuracy", "models",
+                                    "contract"],
                    help="which benchmark")
     p.add_argument("--parts", help="bench accuracy: comma-separated parts to run, of "
                    "deep,encoders (default: both)")
