@@ -146,7 +146,8 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     mfus = [r["mfu"] for r in rows if r["encoder"] in PUBLISHED and r["preset"] == headline]
     ratio = statistics.median(mfus)
     shown = [{"encoder": r["encoder"], "preset": r["preset"],
-              "params": f"{r['params'] / 1e6:.2f}M", "GFLOPs": f"{r['flops'] / 1e9:.3f}",
+              "params": (f"{r['params'] / 1e6:.2f}M" if r["params"] >= 1e5
+                         else f"{r['params'] / 1e3:.1f}K"), "GFLOPs": f"{r['flops'] / 1e9:.3f}",
               "samples/s": f"{r['samples_s']:.1f}", "TFLOP/s": f"{r['flops_s'] / 1e12:.3f}",
               "peak TFLOP/s": f"{r['peak_flops_s'] / 1e12:.3f}",
               "MFU": f"{100 * r['mfu']:.1f} %",
