@@ -113,3 +113,12 @@ def test_mouth_envelope_tracks_syllables(design):
     assert env.shape == (150,)
     assert env.min() == 0.0 and env.max() == 1.0
     assert 0.2 < (env > 0.5).mean() < 0.9                # open on syllables, shut in pauses
+
+
+@pytest.mark.parametrize("rate", [8000, 11025])
+def test_telephone_rates_synthesise_every_consonant(design, rate):
+    """The synth config accepts 8 kHz: the consonant noise bands above Nyquist are cut to
+    the octave below it instead of failing."""
+    x = simulate_speech(design.subjects[0], emotion="happiness", seconds=4.0,
+                        sample_rate=rate, rng=stream(5, "low-rate", rate))
+    assert x.shape == (4 * rate,) and np.isfinite(x).all() and np.abs(x).max() > 0.05

@@ -149,6 +149,7 @@ def _noise_sos(sr: int, kind: int) -> np.ndarray:
     """Band-pass filters of the consonant noises: /s/, /sh/, /f/ (and a plosive burst)."""
     lo, hi = [(4000.0, 8000.0), (2000.0, 5000.0), (1000.0, 7000.0), (500.0, 4000.0)][kind]
     hi = min(hi, 0.45 * sr)
+    lo = min(lo, 0.5 * hi)      # low rates (8 kHz): /s/ above Nyquist keeps its upper octave
     return butter(4, [lo, hi], btype="bandpass", fs=sr, output="sos")
 
 
