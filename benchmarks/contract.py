@@ -198,8 +198,8 @@ def _step_jobs(contract, sample: dict) -> dict[str, dict[str, Callable[[], Any]]
                                                      axis=0)),
         "speech resample": both(lambda: speech._resampler(s.sample_rate, a.sample_rate)(
             torch.from_numpy(raw)) if s.sample_rate != a.sample_rate else None),
-        "speech prosody (F0)": {"reference": lambda: reference._prosody_reference(resampled,
-                                                                                  a),
+        "speech prosody (F0)": {"reference": lambda: speech._prosody(
+                                    resampled, a, reference.track_f0_reference),
                                 "fast": lambda: speech._prosody(resampled, a)},
         "speech log-mel": both(logmel),
         "video": both(lambda: video.preprocess_video(frames, contract.video,

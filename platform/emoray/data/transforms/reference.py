@@ -21,13 +21,10 @@ import math
 import mne
 import numpy as np
 import scipy.fft
-import scipy.signal
-import torch
 
 from emoray.config.contract import EEGContract, SpeechContract, resampled_length
 from emoray.data.transforms import eeg as _eeg
 from emoray.data.transforms import speech as _speech
-from emoray.errors import DataError
 
 
 def preprocess_eeg_reference(data: np.ndarray, sfreq: float, ch_names: list[str],
@@ -88,30 +85,7 @@ def preprocess_speech_reference(samples: np.ndarray, sample_rate: int, c: Speech
                                 *, source: str | None = None) -> dict[str, np.ndarray]:
     """:func:`~emoray.data.transforms.speech.preprocess_speech` with the reference
     pitch tracker (:func:`track_f0_reference`)."""
-    x = _speech._validate(samples, sample_rate, source)
-    wav = torch.from_numpy(x)                                         # (T,)
-    if sample_rate != c.sample_rate:
-        n_out = resampled_length(wav.shape[0], sample_rate, c.sample_rate)
-        wav = _speech._resampler(int(sample_rate), c.sample_rate)(wav)[:n_out]
-    if wav.shape[0] < c.n_fft:
-        raise DataError(source, f"{wav.shape[0]} samples at {c.sample_rate} Hz after "
-                        f"resampling; expected at least n_fft = {c.n_fft}",
-                        kind="truncated", field="audio")
-    prosody = _prosody_reference(wav.numpy(), c)                      # (9,)
-    if c.pre_emphasis:
-        wav = torch.cat([wav[:1], wav[1:] - c.pre_emphasis * wav[:-1]])
-    mel = _speech._mel_transform(c.sample_rate, c.n_fft, c.hop_length, c.f_min, c.f_max,
-                                 c.n_mels)
-    with torch.no_grad():
-        logmel = torch.log(mel(wav) + c.log_eps).numpy().astype(np.float64)  # (n_mels, F)
-    mean = logmel.mean(axis=1)
-    std = logmel.std(axis=1)
-    stats = np.concatenate([mean, std, prosody])
-    if c.normalize == "utterance":
-        logmel = (logmel - mean[:, None]) / np.maximum(std, _speech._STD_FLOOR)[:, None]
-    elif c.normalize == "global":
-        logmel = (logmel - logmel.mean()) / max(float(logmel.std()), _speech._STD_FLOOR)
-    return {"logmel": logmel.astype(np.float32), "audio_stats": stats.astype(np.float32)}
+    return _speech._preprocess_speech(samples, sample_rate, c, source, track_f0_reference)
 
 
 def track_f0_reference(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,32 +128,3 @@ def track_f0_reference(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
     voiced = (cand.any(axis=1) & (best >= s._VOICING_NCCF)
               & (level >= level.max() - s._VOICING_RANGE_DB) & (level > s._DB_FLOOR))
     return f0, voiced
-
-
-def _prosody_reference(x: np.ndarray, c: SpeechContract) -> np.ndarray:
-    """The ``SPEECH_STAT_NAMES`` values, pitch by :func:`track_f0_reference`."""
-    s = _speech
-    sr = c.sample_rate
-    frames = np.lib.stride_tricks.sliding_window_view(x, c.n_fft)[::c.hop_length]
-    rms_db = np.maximum(10.0 * np.log10((frames.astype(np.float64) ** 2).mean(axis=1)
-                                        + 1e-20), s._DB_FLOOR)        # (N,)
-    f0, voiced = track_f0_reference(x.astype(np.float64), sr)
-    if voiced.any():
-        st = 12.0 * np.log2(f0[voiced] / s._F0_REF_HZ)
-        f0_stats = [st.mean(), st.std(), *np.percentile(st, [10.0, 90.0])]
-        pairs = voiced[1:] & voiced[:-1]
-        jitter = (float(np.mean(np.abs(np.diff(f0))[pairs] / f0[:-1][pairs]))
-                  if pairs.any() else 0.0)
-    else:
-        f0_stats, jitter = [0.0, 0.0, 0.0, 0.0], 0.0
-    voiced_fraction = float(voiced.mean()) if voiced.size else 0.0
-    hop_s = c.hop_length / sr
-    smooth = max(1, int(round(s._ENVELOPE_SMOOTH_S / hop_s)))
-    env = np.convolve(rms_db, np.ones(smooth) / smooth, mode="same")
-    peaks, _ = scipy.signal.find_peaks(
-        env, prominence=s._SYLLABLE_PROMINENCE_DB,
-        distance=max(1, int(round(s._SYLLABLE_MIN_GAP_S / hop_s))),
-        height=env.max() - s._VOICING_RANGE_DB)
-    rate = len(peaks) / (x.shape[0] / sr)
-    return np.array([rms_db.mean(), rms_db.std(), *f0_stats, voiced_fraction, rate, jitter],
-                    dtype=np.float64)

@@ -35,6 +35,7 @@ Fast path
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 import warnings
 
 import numpy as np
@@ -91,6 +92,13 @@ def preprocess_speech(samples: np.ndarray, sample_rate: int, c: SpeechContract,
         samples after resampling, ``layout`` for a non-mono array, ``sample_rate`` for a
         non-positive rate (field ``audio``).
     """
+    return _preprocess_speech(samples, sample_rate, c, source, track_f0)
+
+
+def _preprocess_speech(samples: np.ndarray, sample_rate: int, c: SpeechContract,
+                       source: str | None, tracker: Callable) -> dict[str, np.ndarray]:
+    """:func:`preprocess_speech` with pitch by ``tracker`` (``(x, sr) -> (f0, voiced)``;
+    :mod:`~emoray.data.transforms.reference` passes the per-call reference tracker)."""
     x = _validate(samples, sample_rate, source)
     wav = torch.from_numpy(x)                                         # (T,)
     if sample_rate != c.sample_rate:
@@ -100,7 +108,7 @@ def preprocess_speech(samples: np.ndarray, sample_rate: int, c: SpeechContract,
         raise DataError(source, f"{wav.shape[0]} samples at {c.sample_rate} Hz after "
                         f"resampling; expected at least n_fft = {c.n_fft}",
                         kind="truncated", field="audio")
-    prosody = _prosody(wav.numpy(), c)                                # (9,)
+    prosody = _prosody(wav.numpy(), c, tracker)                       # (9,)
     if c.pre_emphasis:
         wav = torch.cat([wav[:1], wav[1:] - c.pre_emphasis * wav[:-1]])
     mel = _mel_transform(c.sample_rate, c.n_fft, c.hop_length, c.f_min, c.f_max,
@@ -173,14 +181,15 @@ def track_f0(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
     return f0, voiced
 
 
-def _prosody(x: np.ndarray, c: SpeechContract) -> np.ndarray:
-    """The ``SPEECH_STAT_NAMES`` values of the resampled (not pre-emphasised) waveform."""
+def _prosody(x: np.ndarray, c: SpeechContract, tracker: Callable = track_f0) -> np.ndarray:
+    """The ``SPEECH_STAT_NAMES`` values of the resampled (not pre-emphasised) waveform,
+    pitch by ``tracker``."""
     sr = c.sample_rate
     frames = np.lib.stride_tricks.sliding_window_view(x, c.n_fft)[::c.hop_length]
     rms_db = np.maximum(10.0 * np.log10((frames.astype(np.float64) ** 2).mean(axis=1)
                                         + 1e-20), _DB_FLOOR)          # (N,)
 
-    f0, voiced = track_f0(x.astype(np.float64), sr)
+    f0, voiced = tracker(x.astype(np.float64), sr)
     if voiced.any():
         st = 12.0 * np.log2(f0[voiced] / _F0_REF_HZ)
         f0_stats = [st.mean(), st.std(), *np.percentile(st, [10.0, 90.0])]
