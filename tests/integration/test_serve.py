@@ -29,7 +29,7 @@ from emoray.config import ServeConfig
 from emoray.data.shards import read_metadata, shard_files, unflatten
 from emoray.predict import EEGInput, Predictor, SpeechInput, VideoInput
 from emoray.io.video import decode_jpeg
-from emoray.serving.client import json_request, post_json, predict_files
+from emoray.serving.client import ClientError, json_request, post_json, predict_files
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,8 @@ def served(ray_cluster, fusion_run):
             "speech": {"autoscaling": FAST_SCALE, "max_batch_size": 4, **LEAN},
             "video": {"autoscaling": None, **LEAN}}
     fusion_cfg = ServeConfig(checkpoint=str(fusion_run["checkpoint"]), port=port,
-                             api_key_env=KEY_ENV, max_body_mb=4.0, deployments=deps)
+                             api_key_env=KEY_ENV, max_body_mb=4.0, deployments=deps,
+                             stream={"first_message_timeout_s": 2, "idle_timeout_s": 10})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     t0 = time.monotonic()
     serve.run(build_app(fusion_cfg), name="fusion", route_prefix="/")
@@ -392,6 +393,37 @@ def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, rec
     # still answering, with the same router process (no replica crashed)
     assert requests.get(url + "/v1/health", timeout=30).json()["pid"] == pid
     assert _post(url, json_request(speech=record["speech"])).status_code == 200
+
+
+def test_live_stream_through_serve_answers_as_predict_and_refuses_what_is_malformed(
+        served, record):
+    """/v1/stream through the Serve proxy and router: a window answers as /v1/predict of
+    the same signal; without the key the stream is refused (1008); every fuzz case closes
+    with a code and a reason; the router process survives and streams on."""
+    import asyncio
+
+    from stream_fuzz import check_all, malformed_streams
+    from emoray.serving.stream_client import first_message, replay, ws_url
+
+    url = served["url"]
+    pid = requests.get(url + "/v1/health", timeout=30).json()["pid"]
+    eeg, speech = record["eeg"], record["speech"]
+    window = min(eeg.data.shape[1] / eeg.sfreq, len(speech.samples) / speech.sample_rate)
+    got = asyncio.run(replay(url, eeg, speech, api_key=KEY, window_seconds=window,
+                             hop_seconds=window, speed=0))
+    assert [a["index"] for a in got.answers] == [0] and got.latencies_ms[0] > 0
+    want = _post(url, json_request(eeg=eeg, speech=speech)).json()
+    _close(got.answers[0]["probabilities"], want["probabilities"], tol=1e-4)
+    with pytest.raises(ClientError, match="API key"):
+        asyncio.run(replay(url, eeg, speech, speed=0))
+    cases = malformed_streams(first_message(eeg, speech), b"e" + eeg.data[:, :10].T.astype(
+        "<f4").tobytes(), b"s" + speech.samples[:800].astype("<f4").tobytes(), KEY,
+        eeg.sfreq, speech.sample_rate, len(eeg.ch_names), first_timeout=2.0)
+    assert not check_all(ws_url(url), cases, KEY)
+    assert requests.get(url + "/v1/health", timeout=30).json()["pid"] == pid
+    again = asyncio.run(replay(url, eeg, speech, api_key=KEY, window_seconds=window,
+                               speed=0))
+    _close(again.answers[0]["probabilities"], want["probabilities"], tol=1e-4)
 
 
 def test_autoscaling_adds_a_speech_replica_under_a_burst_then_removes_it(served, record):

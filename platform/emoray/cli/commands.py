@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from emoray.cli.format import format_prediction, format_synth
+from emoray.cli.format import format_prediction, format_synth, format_window
 from emoray.cli.parser import build_parser
 from emoray.errors import EmorayError
 
@@ -260,9 +260,31 @@ def _predict(args: argparse.Namespace) -> int:
         if not key:
             raise EmorayError(f"--api-key-env: environment variable {args.api_key_env} is "
                               "unset or empty")
+    if args.stream:
+        return _predict_stream(args, key)
     answer = predict_files(args.url, args.files, api_key=key, video_fps=args.video_fps,
-                           timeout=args.timeout, encoding=args.encoding)
+                           timeout=args.timeout, encoding=args.encoding,
+                           subject=args.subject)
     print(json.dumps(answer, indent=2) if args.json else format_prediction(answer))
+    return 0
+
+
+def _predict_stream(args: argparse.Namespace, key: str | None) -> int:
+    import json
+
+    from emoray.serving.stream_client import stream_files
+
+    def show(answer: dict) -> None:
+        print(json.dumps(answer) if args.json else format_window(answer), flush=True)
+
+    result = stream_files(args.url, args.files, api_key=key, subject=args.subject,
+                          window_seconds=args.window_seconds, hop_seconds=args.hop_seconds,
+                          speed=args.speed, timeout=args.timeout, on_answer=show)
+    if not args.json:
+        lat = sorted(result.latencies_ms)
+        p50 = f", latency p50 {lat[len(lat) // 2]:.0f} ms" if lat else ""
+        print(f"{len(result.answers)} window(s) over {result.seconds:.1f} s of signal in "
+              f"{result.wall_s:.1f} s{p50}")
     return 0
 
 
@@ -301,6 +323,10 @@ def _bench(args: argparse.Namespace) -> int:
         if args.name != "serve":
             raise EmorayError("bench: --checkpoint applies to `bench serve`")
         kwargs["checkpoint"] = args.checkpoint
+    if args.encoding:
+        if args.name != "serve":
+            raise EmorayError("bench: --encoding applies to `bench serve`")
+        kwargs["encoding"] = args.encoding
     if args.parts and args.name != "accuracy":
         raise EmorayError("bench: --parts applies to `bench accuracy`")
     if args.name == "accuracy":

@@ -29,6 +29,17 @@ def format_prediction(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_window(answer: dict[str, Any]) -> str:
+    """One line per live-stream window: its span, the label, each modality's own label."""
+    probs = answer.get("probabilities") or {}
+    top = max(probs.values()) if probs else float("nan")
+    own = ", ".join(f"{m} {a['label']}" for m, a in (answer.get("per_modality") or {}).items())
+    latency = f"  {answer['latency_ms']:.0f} ms" if "latency_ms" in answer else ""
+    flag = "  INCONGRUENT" if (answer.get("incongruence") or {}).get("flag") else ""
+    return (f"[{answer['start_s']:7.1f} - {answer['end_s']:7.1f} s] {answer['label']:<10} "
+            f"{top:.2f}  ({own}){flag}{latency}")
+
+
 def format_synth(summary: dict, out: str) -> str:
     parts = [f"synth: wrote {out}"]
     for key in ("layout", "mode", "subjects", "trials", "files"):

@@ -135,8 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="binary: the files as they are (default, fewest bytes); arrays: "
                    "decoded here, sent as .npy arrays (the server parses no file format); "
                    "json: decoded here, sent as JSON")
-    p.add_argument("--json", action="store_true", help="print the full JSON answer")
+    p.add_argument("--json", action="store_true", help="print the full JSON answer (with "
+                   "--stream: one JSON line per window)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
+    p.add_argument("--stream", action="store_true", help="replay the EEG and/or speech "
+                   "files in real time against the server's live stream (/v1/stream) and "
+                   "print one line per window")
+    p.add_argument("--speed", type=float, default=1.0, help="with --stream: times real "
+                   "time (0: as fast as the server answers; default %(default)s)")
+    p.add_argument("--window-seconds", type=float, help="with --stream: signal per answer "
+                   "(default: the model's segment length)")
+    p.add_argument("--hop-seconds", type=float, help="with --stream: signal between answers "
+                   "(default: the server's serve.stream.hop_seconds)")
+    p.add_argument("--subject", help="the person recorded (standardised with their "
+                   "calibration, POST /v1/subjects/ID/calibration)")
 
     p = sub.add_parser("models", help="list every registered encoder and whole model with "
                        "its parameters, FLOPs per sample and input at the default contract")
@@ -154,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "deep,encoders (default: both)")
     p.add_argument("--checkpoint", help="bench serve: serve this checkpoint instead of "
                    "training a tiny model")
+    p.add_argument("--encoding", choices=["binary", "json"], help="bench serve: the request "
+                   "body (default binary: multipart .npy parts, the Python client's default)")
     p.add_argument("--features", help="bench train/tune: reuse this preprocess output folder "
                    "instead of generating one")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke checks")

@@ -23,7 +23,8 @@ from emoray.config.base import (_check_path, _merge, _set_in, dump, load_yaml, m
                                 parse_override)
 from emoray.config.sections import (SERVE_ROLES, AutoscalingConfig, DeploymentConfig,
                                     IngestConfig, ParamSpec, PreprocessConfig, RayConfig,
-                                    SchedulerConfig, ServeConfig, TuneConfig)
+                                    SchedulerConfig, ServeConfig, StreamConfig,
+                                    TuneConfig)
 from emoray.config.train import (STAGE_CONFIGS, STAGE_NAMES, TRAIN_FRACTION,
                                  ClassifierStageConfig, FusionStageConfig, InterStageConfig,
                                  IntraStageConfig, SplitConfig, StageCommon, TrainConfig,
@@ -35,8 +36,9 @@ __all__ = ["AutoscalingConfig", "ClassifierStageConfig", "ConfigError", "FusionS
            "InterStageConfig", "IntraStageConfig", "DeploymentConfig", "EmorayConfig",
            "IngestConfig", "ParamSpec", "PreprocessConfig", "RayConfig", "SERVE_ROLES",
            "STAGE_CONFIGS", "STAGE_NAMES", "SchedulerConfig", "ServeConfig", "SplitConfig",
-           "StageCommon", "SynthConfig", "TRAIN_FRACTION", "TrainConfig", "TuneConfig",
-           "dump", "load_yaml", "merge_trees", "parse_override", "resolve", "stage_config"]
+           "StageCommon", "StreamConfig", "SynthConfig", "TRAIN_FRACTION", "TrainConfig",
+           "TuneConfig", "dump", "load_yaml", "merge_trees", "parse_override", "resolve",
+           "stage_config"]
 
 
 class EmorayConfig(BaseModel):

@@ -188,6 +188,26 @@ class DeploymentConfig(_Strict):
 SERVE_ROLES = ("router", "eeg", "speech", "video")
 
 
+class StreamConfig(_Strict):
+    """Live streams on ``/v1/stream`` (:mod:`emoray.serving.stream`): the server's defaults
+    and bounds; a stream's first message may choose its own window and hop within them."""
+
+    window_seconds: float | None = Field(None, gt=0, description="Signal each answer "
+                                         "covers; null: the contract's segment_seconds.")
+    hop_seconds: float = Field(1.0, gt=0, description="Signal between two answers.")
+    min_hop_seconds: float = Field(0.25, gt=0, description="The smallest hop a stream may "
+                                   "ask for (each answer costs a model pass).")
+    max_streams: int = Field(64, ge=1, description="Open streams per router replica; one "
+                             "more is closed with code 1013 (try again later).")
+    first_message_timeout_s: float = Field(10.0, gt=0, description="A stream that sends "
+                                           "no first message in this time is closed.")
+    idle_timeout_s: float = Field(60.0, gt=0, description="A stream silent this long is "
+                                  "closed.")
+    max_chunk_seconds: float = Field(10.0, gt=0, description="Signal one chunk may hold.")
+    max_skew_seconds: float = Field(10.0, gt=0, description="How far one modality may run "
+                                    "ahead of another before the stream is closed.")
+
+
 class ServeConfig(_Strict):
     """Online inference on Ray Serve (``emoray serve``, ``serve/config.yaml`` args)."""
 
@@ -213,6 +233,7 @@ class ServeConfig(_Strict):
     device: str | None = Field(None, description="cpu / cuda; null: CUDA when present.")
     deployments: dict[str, DeploymentConfig] = Field(
         default_factory=lambda: {r: DeploymentConfig() for r in SERVE_ROLES})
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     @field_validator("deployments")
     @classmethod

@@ -23,6 +23,9 @@ Endpoints (versioned; OpenAPI at ``/openapi.json``, docs at ``/docs``):
     add up; ``?reset=true`` starts the subject over. A request naming no
     subject, or one never calibrated, takes the subject-independent (pooled) path. The
     statistics live in the router replica's memory (bounded by ``max_subjects``).
+``WS /v1/stream``
+    A live EEG and/or audio stream in chunks, answered once per window
+    (:mod:`emoray.serving.stream`).
 
 Every refusal is a 4xx with ``{"error": {"status", "field", "kind", "message"}}``: 400 for
 a body that cannot be parsed, 401 for a missing or wrong API key, 413 for a body over
@@ -39,12 +42,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from emoray.errors import ConfigError, DataError
+from emoray.serving.stream import STREAM_PATH, run_stream
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -404,5 +408,9 @@ def make_app(backend: Any) -> FastAPI:
     @app.post("/v1/subjects/{subject}/calibration", **CALIBRATION_DOC)
     async def calibration(subject: str, request: Request):
         return await handle_calibration(backend, request, subject)
+
+    @app.websocket(STREAM_PATH)
+    async def stream(websocket: WebSocket):
+        await run_stream(backend, websocket)
 
     return app

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import Request
+from fastapi import Request, WebSocket
 from ray import serve
 
 from emoray.config import SERVE_ROLES, ServeConfig
@@ -44,6 +44,7 @@ from emoray.errors import ConfigError, EmorayError
 from emoray.serving import api
 from emoray.serving.batching import MicroBatcher
 from emoray.serving.model import ServedModel, raise_refusal, refusal
+from emoray.serving.stream import STREAM_PATH, StreamSlots, run_stream
 from emoray.storage import is_uri
 
 ENCODER_DEPLOYMENTS = {"eeg": "EEGEncoder", "speech": "SpeechEncoder", "video": "VideoEncoder"}
@@ -76,6 +77,7 @@ class RouterCore:
                                  incongruence_threshold=settings.incongruence_threshold)
         self._encode = encode
         self._info = self.model.info()
+        self.stream_slots = StreamSlots(settings.stream.max_streams)   # /v1/stream
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
@@ -180,6 +182,7 @@ class FusionRouter:
         self.encoders = encoders
         self.core = RouterCore(cfg, self._call_encoder, api_key_digest)
         self.settings, self.api_key_digest = cfg, api_key_digest
+        self.stream_slots = self.core.stream_slots
 
     async def _call_encoder(self, modality: str, part: dict[str, Any]):
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -234,6 +237,10 @@ class FusionRouter:
     @app.post("/v1/subjects/{subject}/calibration", **api.CALIBRATION_DOC)
     async def http_calibration(self, subject: str, request: Request):
         return await api.handle_calibration(self, request, subject)
+
+    @app.websocket(STREAM_PATH)
+    async def ws_stream(self, websocket: WebSocket):
+        await run_stream(self, websocket)
 
 
 def _options(cfg: ServeConfig, role: str) -> dict[str, Any]:
