@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-
 from pathlib import Path
-
 from typing import Any
 
 from emoray.serving.decode.arrays import (ByteBudget, array_kind, check_form_fields,
@@ -86,7 +85,9 @@ def decode_multipart(files: list[Upload], fields: dict[str, str],
     for name in MODALITIES:
         if kinds[name]:
             out[name] = decode_array(parts[name][0], kinds[name], fields, limits, budget)
-    with tempfile.TemporaryDirectory(prefix="emoray-decode-") as tmp:
+    files_left = any(parts[m] and not kinds[m] for m in MODALITIES)
+    with (tempfile.TemporaryDirectory(prefix="emoray-decode-") if files_left   # readers'
+          else contextlib.nullcontext("")) as tmp:                        # scratch, if any
         for name in ("eeg", "speech"):
             for up in parts[name] if not kinds[name] else ():
                 out[name] = _read_file(up.data, up.filename, name,
