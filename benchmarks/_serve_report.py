@@ -1,6 +1,6 @@
 """The arithmetic, the request driver and the printed report of ``benchmarks/serve.py``
-(no Ray, no server): latency statistics per cell, the side-by-side targets, rotating
-rounds of requests, ``Server-Timing`` steps, tables."""
+(no Ray, no server): latency statistics and CPU per request per cell, the side-by-side
+targets, rotating rounds of requests, ``Server-Timing`` steps, tables."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks._runner import table, write_result
+from benchmarks._serve_cpu import Meter, per_request_ms
 from emoray.errors import ConfigError
 
-TARGET = 2.0                 # router / fastapi throughput at the highest concurrency
-LATENCY_FACTOR, LATENCY_SLACK_MS = 1.15, 5.0
+TARGET = 0.9                 # router / floor throughput at the highest concurrency
+LATENCY_SLACK_MS = 15.0      # router p50 <= floor p50 + this, at the lowest concurrency
+CPU_TARGET_MS = 25.0         # router CPU ms per request at the highest concurrency
 CONCURRENCY = (1, 8, 32)
 APP_NAME = "bench"
 
@@ -36,13 +38,20 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def cell_stats(latencies_s: list[float], wall_s: float, errors: int = 0) -> dict[str, Any]:
-    """p50/p95/p99/mean latency (ms) and throughput (answered requests per wall second)."""
+def cell_stats(latencies_s: list[float], wall_s: float, errors: int = 0,
+               cpu_s: dict[str, float] | None = None) -> dict[str, Any]:
+    """p50/p95/p99/mean latency (ms), throughput (answered requests per wall second) and,
+    per entry ``key -> CPU seconds`` of ``cpu_s``, ``key_ms``: CPU ms per answered
+    request."""
     ms = [x * 1000 for x in latencies_s]
-    return {"n": len(ms), "errors": errors, "wall_s": wall_s,
-            "p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99),
-            "mean": sum(ms) / len(ms) if ms else math.nan,
-            "rps": len(ms) / wall_s if wall_s > 0 else math.nan}
+    out = {"n": len(ms), "errors": errors, "wall_s": wall_s,
+           "p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99),
+           "mean": sum(ms) / len(ms) if ms else math.nan,
+           "rps": len(ms) / wall_s if wall_s > 0 else math.nan}
+    for key, seconds in (cpu_s or {}).items():
+        out[f"{key}_s"] = seconds
+        out[f"{key}_ms"] = per_request_ms(seconds, len(ms))
+    return out
 
 
 def baseline(cells: dict[str, Any], name: str, system: str) -> str:
@@ -52,59 +61,126 @@ def baseline(cells: dict[str, Any], name: str, system: str) -> str:
     return batched if system.endswith("+batch") and batched in cells else name
 
 
+def _get(cells: dict[str, Any], system: str, c: int, key: str) -> float:
+    return cells.get(system, {}).get(c, {}).get(key, math.nan)
+
+
 def targets(cells: dict[str, dict[int, dict[str, Any]]], low: int, high: int,
             router: str = "router") -> dict[str, Any]:
-    """Both targets from the cells (``system -> concurrency -> cell_stats``).
+    """The targets from the cells (``system -> concurrency -> cell_stats``), each against
+    the baseline with the router's batching (:func:`baseline`).
 
-    ``latency``: ``router`` p50 at ``low`` vs ``1.15 x floor p50 + 5 ms``; ``throughput``:
-    ``router`` req/s at ``high`` over ``fastapi``'s (pass at >= :data:`TARGET`); floor and
-    fastapi with the router's batching (:func:`baseline`).
+    ``latency``: ``router`` p50 at ``low`` <= floor p50 + :data:`LATENCY_SLACK_MS`;
+    ``throughput`` (the headline): ``router`` req/s at ``high`` over the floor's, pass at
+    >= :data:`TARGET` (1.0: Serve costs nothing), with the ratio over fastapi's alongside;
+    ``cpu``: ``router`` CPU ms per request at ``high`` <= :data:`CPU_TARGET_MS`, with every
+    system's CPU ms at ``high``. A figure not measured (NaN) fails.
     """
     floor, fastapi = baseline(cells, "floor", router), baseline(cells, "fastapi", router)
     r_p50, f_p50 = cells[router][low]["p50"], cells[floor][low]["p50"]
-    bound = LATENCY_FACTOR * f_p50 + LATENCY_SLACK_MS
-    r_rps, b_rps = cells[router][high]["rps"], cells[fastapi][high]["rps"]
-    ratio = r_rps / b_rps if b_rps > 0 else math.nan
+    bound = f_p50 + LATENCY_SLACK_MS
+    r_rps, f_rps = cells[router][high]["rps"], cells[floor][high]["rps"]
+    b_rps = _get(cells, fastapi, high, "rps")
+    ratio = r_rps / f_rps if f_rps > 0 else math.nan
+    r_cpu = _get(cells, router, high, "cpu_ms")
     return {"latency": {"router_p50_ms": r_p50, "floor_p50_ms": f_p50, "bound_ms": bound,
                         "overhead_ms": r_p50 - f_p50, "pass": bool(r_p50 <= bound)},
-            "throughput": {"router_rps": r_rps, "fastapi_rps": b_rps, "ratio": ratio,
-                           "target": TARGET, "pass": bool(ratio >= TARGET)},
+            "throughput": {"router_rps": r_rps, "floor_rps": f_rps, "ratio": ratio,
+                           "target": TARGET, "pass": bool(ratio >= TARGET),
+                           "fastapi_rps": b_rps,
+                           "vs_fastapi": r_rps / b_rps if b_rps > 0 else math.nan},
+            "cpu": {"router_ms": r_cpu, "target_ms": CPU_TARGET_MS,
+                    "pass": bool(r_cpu <= CPU_TARGET_MS),
+                    "ray_core_ms": _get(cells, router, high, "ray_core_ms"),
+                    "systems_ms": {s: _get(cells, s, high, "cpu_ms")
+                                   for s in (floor, fastapi, router) if s in cells}},
             "concurrency": {"latency": low, "throughput": high}, "router": router,
             "baselines": {"floor": floor, "fastapi": fastapi}}
 
 
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if math.isfinite(value) else "-"
+
+
+def _ratio(num: float, den: float) -> str:
+    return f"{num / den:.2f}x" if den > 0 and math.isfinite(num / den) else "-"
+
+
 def rows(cells: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, str]]:
-    """Table rows: one per system and concurrency, with req/s relative to fastapi's (with
-    the same batching)."""
+    """Table rows: one per system and concurrency, with req/s relative to the floor's and
+    fastapi's (with the same batching), CPU ms per request of the system's own processes
+    and of Ray's (``-``: not measured)."""
     out = []
     for system, by_c in cells.items():
-        fastapi = baseline(cells, "fastapi", system)
+        floor, fastapi = baseline(cells, "floor", system), baseline(cells, "fastapi", system)
         for c, s in by_c.items():
-            base = cells.get(fastapi, {}).get(c, {}).get("rps", math.nan)
             out.append({"system": system, "c": str(c), "n": str(s["n"]),
                         "err": str(s["errors"]), "p50 ms": f"{s['p50']:.1f}",
                         "p95 ms": f"{s['p95']:.1f}", "p99 ms": f"{s['p99']:.1f}",
                         "req/s": f"{s['rps']:.1f}",
-                        "vs fastapi": f"{s['rps'] / base:.2f}x" if base > 0 else "-"})
+                        "vs floor": _ratio(s["rps"], _get(cells, floor, c, "rps")),
+                        "vs fastapi": _ratio(s["rps"], _get(cells, fastapi, c, "rps")),
+                        "cpu ms": _ms(s.get("cpu_ms", math.nan)),
+                        "ray core ms": _ms(s.get("ray_core_ms", math.nan))})
     return out
 
 
-COLUMNS = ["system", "c", "n", "err", "p50 ms", "p95 ms", "p99 ms", "req/s", "vs fastapi"]
+COLUMNS = ["system", "c", "n", "err", "p50 ms", "p95 ms", "p99 ms", "req/s", "vs floor",
+           "vs fastapi", "cpu ms", "ray core ms"]
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
 def summary_lines(t: dict[str, Any]) -> list[str]:
-    """The two target lines of :func:`targets`' result, each ending PASS or FAIL."""
-    lat, thr = t["latency"], t["throughput"]
-    base = t.get("baselines", {"floor": "floor", "fastapi": "fastapi"})
-    return [f"latency @c{t['concurrency']['latency']}: {t['router']} p50 "
-            f"{lat['router_p50_ms']:.1f} ms vs bound {lat['bound_ms']:.1f} ms "
-            f"(1.15 x {base['floor']} {lat['floor_p50_ms']:.1f} + 5) -> "
-            f"{'PASS' if lat['pass'] else 'FAIL'}",
-            f"throughput @c{t['concurrency']['throughput']}: {t['router']} "
-            f"{thr['router_rps']:.1f} req/s / {base['fastapi']} {thr['fastapi_rps']:.1f} "
-            "req/s = "
-            f"{thr['ratio']:.2f}x (target >= {TARGET:g}x) -> "
-            f"{'PASS' if thr['pass'] else 'FAIL'}"]
+    """The three target lines of :func:`targets`' result (latency, throughput, CPU), each
+    ending PASS or FAIL."""
+    lat, thr, cpu = t["latency"], t["throughput"], t["cpu"]
+    base, conc = t["baselines"], t["concurrency"]
+    others = ", ".join(f"{s} {_ms(v)}" for s, v in cpu["systems_ms"].items()
+                       if s != t["router"])
+    return [f"latency @c{conc['latency']}: {t['router']} p50 {lat['router_p50_ms']:.1f} ms "
+            f"vs bound {lat['bound_ms']:.1f} ms ({base['floor']} {lat['floor_p50_ms']:.1f} "
+            f"+ {LATENCY_SLACK_MS:g}) -> {_verdict(lat['pass'])}",
+            f"throughput @c{conc['throughput']}: {t['router']} {thr['router_rps']:.1f} req/s "
+            f"/ {base['floor']} {thr['floor_rps']:.1f} req/s = {thr['ratio']:.2f} (target >= "
+            f"{TARGET:g}; vs {base['fastapi']} {thr['fastapi_rps']:.1f} req/s: "
+            f"{thr['vs_fastapi']:.2f}x) -> {_verdict(thr['pass'])}",
+            f"cpu @c{conc['throughput']}: {t['router']} {_ms(cpu['router_ms'])} ms/request "
+            f"(+ ray core {_ms(cpu['ray_core_ms'])}; {others}) (target <= "
+            f"{CPU_TARGET_MS:g}) -> {_verdict(cpu['pass'])}"]
+
+
+def by_process_ms(cpu_s: dict[str, float], answered: int) -> dict[str, float]:
+    """``short title -> CPU seconds`` as CPU ms per answered request, largest first."""
+    ranked = sorted(cpu_s.items(), key=lambda kv: -kv[1])
+    return {title: per_request_ms(seconds, answered) for title, seconds in ranked}
+
+
+def process_lines(cells: dict[str, dict[int, dict[str, Any]]], c: int,
+                  least_ms: float = 0.5) -> list[str]:
+    """Where each system's CPU went at concurrency ``c``, for the cells that carry a
+    ``cpu_by_process_ms`` breakdown (the router's): every process title of at least
+    ``least_ms`` per request, the rest summed as ``other``."""
+    out = []
+    for system, by_c in cells.items():
+        parts = by_c.get(c, {}).get("cpu_by_process_ms") or {}
+        if not parts:
+            continue
+        shown = [f"{title} {_ms(ms)}" for title, ms in parts.items() if ms >= least_ms]
+        rest = sum(ms for ms in parts.values() if ms < least_ms)
+        out.append(f"{system} cpu ms per request @c{c} by process: " + ", ".join(
+            shown + ([f"other {_ms(rest)}"] if rest > 0 else [])))
+    return out
+
+
+def cpu_line(cells: dict[str, dict[int, dict[str, Any]]], c: int) -> str:
+    """Every system's CPU ms per request at concurrency ``c``: its own processes, and in
+    brackets Ray's own processes during its turns."""
+    parts = [f"{s} {_ms(_get(cells, s, c, 'cpu_ms'))} "
+             f"(ray core {_ms(_get(cells, s, c, 'ray_core_ms'))})" for s in cells]
+    return f"cpu ms per request @c{c}: " + ", ".join(parts)
 
 
 # -- load generation ------------------------------------------------------------------------
@@ -135,23 +211,45 @@ def _drive_raw(send: Callable[[], bool], n: int, concurrency: int
     return lat, len(errors), time.perf_counter() - t0
 
 
+def _metered(meters: dict[str, Meter], run: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """``run()`` between the meters: started in order, stopped in reverse order (the last
+    started is the first stopped: the innermost measures least of the others' reading);
+    ``(run's result, key -> CPU seconds)``."""
+    stops = [(key, start()) for key, start in meters.items()]
+    result = run()
+    seconds = {key: stop() for key, stop in reversed(stops)}
+    return result, {key: seconds[key] for key in meters}
+
+
 def drive_rounds(senders: dict[str, Callable[[], bool]], n: int, concurrency: int,
-                 rounds: int = 5) -> dict[str, dict[str, Any]]:
+                 rounds: int = 5, meters: dict[str, dict[str, Meter]] | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Every system's cell at one concurrency, measured side by side: ``n`` requests per
     system cut into rounds (at most ``rounds``, each of at least ``concurrency`` requests),
     the systems taking turns within each round in a rotating order, so a machine whose
     speed drifts over minutes slows every system alike. Throughput is the system's
-    answered requests over its own summed wall time."""
+    answered requests over its own summed wall time.
+
+    ``meters`` (system -> key -> :data:`~benchmarks._serve_cpu.Meter`) are read around
+    each of the system's turns only; their CPU seconds, summed over the turns, become the
+    cell's ``key_s`` and ``key_ms`` (per answered request, :func:`cell_stats`).
+    """
     k = max(1, min(rounds, n // concurrency))
     sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
     names = list(senders)
+    meters = meters or {}
     got = {name: ([], 0, 0.0) for name in names}
+    cpu = {name: {key: 0.0 for key in meters.get(name, {})} for name in names}
     for r, size in enumerate(sizes):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            lat, errors, wall = _drive_raw(senders[name], size, concurrency)
+            (lat, errors, wall), seconds = _metered(
+                meters.get(name, {}), lambda: _drive_raw(senders[name], size, concurrency))
             a, e, w = got[name]
             got[name] = (a + lat, e + errors, w + wall)
-    return {name: cell_stats(lat, wall, errors) for name, (lat, errors, wall) in got.items()}
+            for key, value in seconds.items():
+                cpu[name][key] += value               # NaN once: NaN for the cell
+    return {name: cell_stats(lat, wall, errors, cpu[name])
+            for name, (lat, errors, wall) in got.items()}
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -191,7 +289,16 @@ NOTE = ("Every Serve deployment (router, one encoder per modality) has a fixed {
         "look-back window); replicas run torch with 1 thread, floor and fastapi with "
         "torch's default threads. Batching: @serve.batch in the Serve encoders, "
         "MicroBatcher in floor and fastapi, both with max_batch_size {max_batch_size} and "
-        "a {batch_wait_timeout_s} s wait.")
+        "a {batch_wait_timeout_s} s wait. Requests: {encoding}. CPU ms: user + system "
+        "CPU of the system's own processes during its own turns over its answered "
+        "requests (floor: this process, clients included, which only submit; fastapi: "
+        "the uvicorn process; router: every Serve replica, the proxy and the controller); "
+        "ray core: Ray's other processes (raylet, gcs_server, dashboard, agents) in the "
+        "same turns.")
+
+ENCODING_TEXT = {"binary": "binary, multipart/form-data with one .npy part per modality "
+                            "(the client's default)",
+                 "json": "JSON (application/json, arrays as lists of numbers)"}
 
 STEP_ORDER = ("read", "decode", "prepare", "eeg", "speech", "video", "combine", "total")
 
@@ -222,20 +329,27 @@ def noop_lines(noop: dict[str, float]) -> list[str]:
 
 def report(cells: dict[str, dict[int, dict[str, Any]]], out_dir: str | Path,
            info: dict[str, Any]) -> dict[str, Any]:
-    """Print the tables, the note and both targets, write the JSON; returns the figures."""
+    """Print the tables, the note, every system's CPU per request and the targets, write
+    the JSON; returns the figures. The last line is the headline ``serve: ratio R (target
+    0.9)``, R the router's throughput over the floor's at the highest concurrency with
+    batching on."""
     low, high = min(cells["floor"]), max(cells["floor"])
     result = {"batching": targets(cells, low, high, "router+batch"),
               "no_batching": targets(cells, low, high, "router")}
     env = info["environment"]
     note = NOTE.format(replicas=env["replicas"],
                        max_batch_size=env.get("max_batch_size", "?"),
-                       batch_wait_timeout_s=env.get("batch_wait_timeout_s", "?"))
+                       batch_wait_timeout_s=env.get("batch_wait_timeout_s", "?"),
+                       encoding=ENCODING_TEXT.get(info.get("encoding"), "?"))
     print(table(rows(cells), COLUMNS))
     print(f"\nwhere the time goes at c={low} (median ms per Server-Timing step):")
     print(table(step_rows(cells, low), ["system", *STEP_ORDER, "client p50"]))
     for line in noop_lines(info.get("serve_without_model") or {}):
         print(line)
     print("note: " + note)
+    print(cpu_line(cells, high))
+    for line in process_lines(cells, high):
+        print(line)
     for key, t in result.items():
         for line in summary_lines(t):
             print(f"[{key}] {line}")
@@ -246,5 +360,10 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], out_dir: str | Path,
     path = write_result(out_dir, "serve", round(ratio, 3) if math.isfinite(ratio) else None,
                         TARGET, safe)
     print(f"wrote {path}")
-    print(f"serve: ratio {ratio:.2f} (target {TARGET})")
+    print(headline(ratio))
     return dict(targets=result, cells=cells, path=str(path))
+
+
+def headline(ratio: float) -> str:
+    """The last printed line: ``serve: ratio R (target 0.9)``, R to 2 decimals."""
+    return f"serve: ratio {ratio:.2f} (target {TARGET:g})"

@@ -1,12 +1,13 @@
 """Online inference: the Ray Serve router vs a plain FastAPI server vs the in-process floor.
 
-All three answer the same JSON request (2 s of EEG noise on the checkpoint's channels, 2 s
-of speech noise, 10 RGB frames of 48 x 48) with the same model, on the same machine, in one
-run, at client concurrency 1, 8 and 32 (a thread pool of ``requests`` sessions, a fixed
-request count per cell after a short warm-up), each with batching on and off. The three
-systems are up at the same time and measured side by side (:func:`drive_rounds`: each
-cell's requests cut into rounds, the systems taking turns), so a machine whose speed
-drifts over the minutes of a run slows all three alike:
+All three answer the same request (2 s of EEG noise on the checkpoint's channels, 2 s of
+speech noise, 10 RGB frames of 48 x 48; ``--encoding binary``, the Python client's
+default: a multipart body of one ``.npy`` part per modality, or ``json``) with the same
+model, on the same machine, in one run, at client concurrency 1, 8 and 32 (a thread pool
+of ``requests`` sessions, a fixed request count per cell after a short warm-up), each with
+batching on and off. The three systems are up at the same time and measured side by side
+(:func:`drive_rounds`: each cell's requests cut into rounds, the systems taking turns), so
+a machine whose speed drifts over the minutes of a run slows all three alike:
 
 ``router``
     :func:`emoray.serving.app.build_app` on Ray Serve over HTTP: the FusionRouter ingress
@@ -20,18 +21,29 @@ drifts over the minutes of a run slows all three alike:
     threads, encoders in worker threads; batching is
     :class:`~emoray.serving.batching.MicroBatcher` with the same batch size and wait.
 ``floor``
-    ``LocalBackend.predict(decode_json(body))`` in this process, on one event loop that the
-    client threads submit to: decode, contract and model without HTTP.
+    :func:`emoray.serving.api.decode_request` and ``LocalBackend.predict`` in this process
+    on one event loop that the client threads submit to: the server's own read, decode,
+    contract and model, without HTTP.
+
+Measured per system and concurrency: latency percentiles, throughput (answered requests
+over the system's own wall time) and CPU milliseconds per request: the user + system CPU
+time of the system's processes during its own turns over its answered requests
+(:mod:`benchmarks._serve_cpu`: the floor is this process; fastapi the uvicorn process; the
+router every Serve replica, the proxy and the controller, and apart from them, as ``ray
+core``, Ray's other processes: raylet, gcs_server, the dashboard and agents).
 
 Targets (like with like: the batching rows against the batching baselines): router p50 at
-c=1 <= 1.15 x floor p50 + 5 ms, and router throughput at c=32 >= 2 x fastapi throughput at
-c=32 (the headline ratio, batching on).
+c=1 <= floor p50 + 15 ms; router CPU per request at c=32 <= 25 ms; and the headline
+``serve: ratio R (target 0.9)``, R = router throughput / floor throughput at c=32 with
+batching on (1.0: Serve costs nothing; higher is better). Router / fastapi throughput is
+shown alongside.
 
 Where the time goes: the HTTP servers answer a ``Server-Timing`` header (read, decode,
-prepare, one entry per encoder call, combine, total); the medians at each concurrency go
-into the JSON and the c=1 ones into a second table. Serve's own cost on the machine is
-measured without model work: ``GET /v1/health`` (client -> proxy -> router -> client) and
-``?deep=true`` (the same plus a concurrent ping of every encoder deployment).
+prepare, one entry per encoder call, combine, total), the floor times the same steps; the
+medians at each concurrency go into the JSON and the c=1 ones into a second table. Serve's
+own cost on the machine is measured without model work: ``GET /v1/health`` (client ->
+proxy -> router -> client) and ``?deep=true`` (the same plus a concurrent ping of every
+encoder deployment).
 """
 
 from __future__ import annotations
@@ -54,25 +66,31 @@ import time
 from typing import Any, Callable
 
 from benchmarks._runner import runner_parser
+from benchmarks._serve_cpu import ray_processes, system_meters, titles
 from emoray.config import RayConfig
 from emoray.errors import ConfigError
 
 from benchmarks._serve_report import (APP_NAME, COLUMNS, CONCURRENCY,  # noqa: F401
-                                      LATENCY_FACTOR, LATENCY_SLACK_MS, TARGET, _drive_raw,
-                                      _json_safe, baseline, cell_stats, drive_rounds,
-                                      noop_lines, parse_server_timing, percentile, report,
-                                      rows, step_medians, step_rows, summary_lines, targets)
+                                      CPU_TARGET_MS, LATENCY_SLACK_MS, TARGET, _drive_raw,
+                                      _json_safe, baseline, by_process_ms, cell_stats,
+                                      cpu_line, drive_rounds, headline, noop_lines,
+                                      parse_server_timing, percentile, report, rows,
+                                      step_medians, step_rows, summary_lines, targets)
+
+#: ``--encoding`` values: the Python client's default first.
+ENCODINGS = ("binary", "json")
 
 
-def http_sender(url: str, body: bytes, steps: list[dict[str, float]] | None = None
-                ) -> Callable[[], bool]:
-    """POST ``body`` to ``{url}/v1/predict`` on a per-thread ``requests.Session``; the
-    ``Server-Timing`` of every good answer is appended to ``steps``."""
+def http_sender(url: str, body: bytes, content_type: str,
+                steps: list[dict[str, float]] | None = None) -> Callable[[], bool]:
+    """POST ``body`` (of ``content_type``) to ``{url}/v1/predict`` on a per-thread
+    ``requests.Session``; the ``Server-Timing`` of every good answer is appended to
+    ``steps``."""
     import requests
 
     local = threading.local()
     endpoint = url.rstrip("/") + "/v1/predict"
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": content_type}
 
     def send() -> bool:
         if not hasattr(local, "s"):
@@ -89,20 +107,41 @@ def http_sender(url: str, body: bytes, steps: list[dict[str, float]] | None = No
     return send
 
 
-def floor_sender(backend: Any, body: bytes, loop: asyncio.AbstractEventLoop,
+def local_request(body: bytes, content_type: str) -> Any:
+    """A Starlette ``POST /v1/predict`` request of ``body`` that no socket carried: what
+    the server's :func:`~emoray.serving.api.decode_request` reads."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "query_string": b"",
+             "headers": [(b"content-type", content_type.encode("latin-1")),
+                         (b"content-length", str(len(body)).encode())]}
+    sent = []
+
+    async def receive() -> dict[str, Any]:
+        if sent:
+            return {"type": "http.disconnect"}
+        sent.append(True)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def floor_sender(backend: Any, body: bytes, content_type: str,
+                 loop: asyncio.AbstractEventLoop,
                  steps: list[dict[str, float]] | None = None) -> Callable[[], bool]:
-    """Decode ``body`` in the calling thread, then ``backend.predict`` on ``loop`` (one
-    event loop for every client thread, as in a server, so batching can form)."""
-    from emoray.serving.api import Timings
-    from emoray.serving.decode import decode_json
+    """The server's ``decode_request`` of ``body`` (JSON or multipart by ``content_type``,
+    the same decoders and limits), then ``backend.predict``, on ``loop``: one event loop
+    for every client thread, as in a server, so batching can form."""
+    from emoray.serving.api import Timings, decode_request
+
+    async def handle(timings: Timings) -> dict[str, Any]:
+        inputs = await decode_request(backend, local_request(body, content_type), timings)
+        return await backend.predict(inputs, timings)
 
     def send() -> bool:
         timings = Timings()
         with timings.step("total"):
-            with timings.step("decode"):
-                inputs = decode_json(body)
-            answer = asyncio.run_coroutine_threadsafe(backend.predict(inputs, timings),
-                                                      loop).result()
+            answer = asyncio.run_coroutine_threadsafe(handle(timings), loop).result()
         if steps is not None:
             steps.append(timings.ms)
         return "label" in answer
@@ -131,12 +170,13 @@ def noop_latency(url: str, n: int) -> dict[str, float]:
     return out
 
 
-def request_body(checkpoint: str, seed: int = 0) -> bytes:
-    """The JSON request: 2 s of noise per modality, matching the bundle's contract."""
+def request_body(checkpoint: str, encoding: str = "binary", seed: int = 0
+                 ) -> tuple[bytes, str]:
+    """The request, 2 s of noise per modality matching the bundle's contract, encoded by
+    :func:`encode_request`: ``(body, content type)``."""
     import numpy as np
 
     from emoray.predict import EEGInput, SpeechInput, VideoInput
-    from emoray.serving.client import json_request
     from emoray.serving.model import ServedModel
 
     info = ServedModel(checkpoint, role="router", device="cpu").info()
@@ -150,7 +190,25 @@ def request_body(checkpoint: str, seed: int = 0) -> bytes:
         kw["speech"] = SpeechInput(rng.uniform(-0.1, 0.1, 2 * sr).astype("float32"), sr)
     if "video" in info["modalities"]:
         kw["video"] = VideoInput(rng.integers(0, 256, (10, 48, 48, 3), dtype=np.uint8))
-    return json.dumps(json_request(**kw)).encode()
+    return encode_request(kw, encoding)
+
+
+def encode_request(inputs: dict[str, Any], encoding: str = "binary") -> tuple[bytes, str]:
+    """``{"eeg": EEGInput, ...}`` as the Python client sends it: ``binary``, a multipart
+    body of ``.npy`` parts (:func:`~emoray.serving.client.binary_request`), or ``json``
+    (:func:`~emoray.serving.client.json_request`); ``(body, content type)``."""
+    import requests
+
+    from emoray.serving.client import binary_request, json_request
+
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"bench serve: encoding {encoding!r}; expected one of "
+                          f"{list(ENCODINGS)}")
+    if encoding == "json":
+        return json.dumps(json_request(**inputs)).encode(), "application/json"
+    prepared = requests.Request("POST", "http://localhost/", files=binary_request(**inputs)
+                                ).prepare()                  # requests' multipart encoder
+    return prepared.body, prepared.headers["Content-Type"]
 
 
 def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
@@ -230,7 +288,7 @@ def _serve_config(checkpoint: str, batching: bool, replicas: int):
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
                   ray_cfg: RayConfig | None = None, checkpoint: str | Path | None = None,
                   requests_per_cell: dict[int, int] | None = None, replicas: int = 2,
-                  **_: Any) -> dict[str, Any]:
+                  encoding: str = "binary", **_: Any) -> dict[str, Any]:
     """Measure every system at every concurrency, print the table, write ``serve.json``.
 
     Parameters
@@ -247,11 +305,13 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         Concurrency -> request count, overriding the defaults.
     replicas : int
         Replicas of every Serve deployment (each reserves 0.1 CPU).
+    encoding : str
+        The request body, one of :data:`ENCODINGS` (:func:`request_body`).
 
     Raises
     ------
     ConfigError
-        A bad checkpoint, or a count below 1.
+        A bad checkpoint, a count below 1, an unknown encoding.
     """
     import torch
     from ray import serve
@@ -265,12 +325,16 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     if replicas < 1 or any(v < 1 for v in counts.values()):
         raise ConfigError(f"bench serve: replicas {replicas} and request counts {counts} "
                           "must be >= 1")
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"bench serve: encoding {encoding!r}; expected one of "
+                          f"{list(ENCODINGS)}")
     warm = 3 if quick else 10
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-serve-"))
     load = {"before": os.getloadavg()}
     init_ray(ray_cfg or RayConfig(num_cpus=2))
     cells: dict[str, dict[int, dict[str, Any]]] = {}
     noop: dict[str, float] = {}
+    counted: dict[str, dict[str, int]] = {}
     proc = None
     loop = asyncio.new_event_loop()          # the floor's "server" loop
     loop_thread = threading.Thread(target=loop.run_forever, name="bench-floor", daemon=True)
@@ -278,9 +342,9 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     try:
         ckpt = (str(resolve_checkpoint(checkpoint)) if checkpoint is not None
                 else str(resolve_checkpoint(tiny_checkpoint(work))))
-        body = request_body(ckpt)
-        print(f"bench serve: {ckpt}, request {len(body) / 1e3:.0f} kB, counts {counts}",
-              flush=True)
+        body, ctype = request_body(ckpt, encoding)
+        print(f"bench serve: {ckpt}, {encoding} request {len(body) / 1e3:.0f} kB, counts "
+              f"{counts}", flush=True)
 
         sport = _free_port()
         router_url = f"http://127.0.0.1:{sport}"
@@ -305,9 +369,13 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                 noop = noop_latency(router_url, 10 if quick else 30)
                 print(f"  serve without model work: GET /v1/health {noop['health_ms']:.1f} "
                       f"ms, deep {noop['deep_health_ms']:.1f} ms", flush=True)
-            makers = {"floor": lambda st, b=backend: floor_sender(b, body, loop, st),
-                      "fastapi": lambda st, u=fastapi_url: http_sender(u, body, st),
-                      "router": lambda st: http_sender(router_url, body, st)}
+                counted = {k: titles(v) for k, v in ray_processes(APP_NAME,
+                                                                  [proc.pid]).items()}
+            router_cpu: dict[str, float] = {}        # short title -> CPU s, per cell
+            meters = system_meters(APP_NAME, proc.pid, router_cpu)
+            makers = {"floor": lambda st, b=backend: floor_sender(b, body, ctype, loop, st),
+                      "fastapi": lambda st, u=fastapi_url: http_sender(u, body, ctype, st),
+                      "router": lambda st: http_sender(router_url, body, ctype, st)}
             for c, n in counts.items():
                 steps = {name: [] for name in makers}
                 senders = {name: make(steps[name]) for name, make in makers.items()}
@@ -315,12 +383,15 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                     for _ in range(warm):
                         send()
                     steps[name].clear()
-                for name, s in drive_rounds(senders, n, c).items():
+                router_cpu.clear()
+                for name, s in drive_rounds(senders, n, c, meters=meters).items():
                     s["steps"] = step_medians(steps[name])
+                    if name == "router":
+                        s["cpu_by_process_ms"] = by_process_ms(router_cpu, s["n"])
                     cells.setdefault(name + suffix, {})[c] = s
                     print(f"  {name + suffix:<14} c={c:<3} p50 {s['p50']:7.1f} ms  p99 "
-                          f"{s['p99']:7.1f} ms  {s['rps']:6.1f} req/s  ({s['errors']} errors)",
-                          flush=True)
+                          f"{s['p99']:7.1f} ms  {s['rps']:6.1f} req/s  cpu {s['cpu_ms']:5.1f} "
+                          f"ms/req  ({s['errors']} errors)", flush=True)
             proc.terminate()
             proc.wait(30)
             proc = None
@@ -341,8 +412,9 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         _stop_loop(loop, loop_thread)
         shutil.rmtree(work, ignore_errors=True)
     load["after"] = os.getloadavg()
-    info = dict(quick=quick, checkpoint=ckpt, request_bytes=len(body), counts=counts,
-                warmup=warm, environment=env, loadavg=load, serve_without_model=noop)
+    info = dict(quick=quick, checkpoint=ckpt, encoding=encoding, content_type=ctype,
+                request_bytes=len(body), counts=counts, warmup=warm, environment=env,
+                loadavg=load, serve_without_model=noop, cpu_processes=counted)
     return report(cells, out_dir, info)
 
 
@@ -353,9 +425,12 @@ def main(argv: list[str] | None = None) -> None:
                         "tiny model")
     parser.add_argument("--replicas", type=int, default=2, help="replicas of every Serve "
                         "deployment (default 2)")
+    parser.add_argument("--encoding", choices=ENCODINGS, default=ENCODINGS[0],
+                        help="request body: binary (multipart .npy parts, the Python "
+                        "client's default) or json")
     args = parser.parse_args(argv)
     run_benchmark(quick=args.quick, out_dir=args.out, checkpoint=args.checkpoint,
-                  replicas=args.replicas)
+                  replicas=args.replicas, encoding=args.encoding)
 
 
 if __name__ == "__main__":

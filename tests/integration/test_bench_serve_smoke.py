@@ -1,6 +1,7 @@
 """`emoray bench serve` without `--checkpoint`: the tiny model the benchmark trains for
-itself is a servable bundle, and the benchmark's own request gets an answer from it through
-the in-process floor (the real contract and model; the HTTP systems are the benchmark's)."""
+itself is a servable bundle, and the benchmark's own request, binary and JSON, gets an answer
+from it through the in-process floor (the server's decoder, the real contract and model; the
+HTTP systems are the benchmark's)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ def test_the_benchmarks_own_model_is_servable_and_answers_its_request(eav_featur
     bundle = tiny_checkpoint(tmp_path, eav_features / "feat")
     assert resolve_checkpoint(bundle) == resolve_checkpoint(str(bundle))
     assert (resolve_checkpoint(bundle) / "bundle.json").is_file()
-    body = request_body(bundle)
-    assert set(json.loads(body)) >= {"eeg", "speech", "video"}
+    body, ctype = request_body(bundle, "json")
+    assert set(json.loads(body)) >= {"eeg", "speech", "video"} and ctype == "application/json"
+    binary, btype = request_body(bundle)                           # the client's default
+    assert btype.startswith("multipart/form-data") and len(binary) < len(body)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        send = floor_sender(LocalBackend(_serve_config(bundle, False, 1)), body, loop, steps := [])
-        assert send() and send()
-        assert len(steps) == 2 and all(s["total"] > 0 for s in steps)
+        backend = LocalBackend(_serve_config(bundle, False, 1))
+        for b, t in ((body, ctype), (binary, btype)):
+            send = floor_sender(backend, b, t, loop, steps := [])
+            assert send() and send()
+            assert len(steps) == 2 and all(s["total"] > s["decode"] > 0 for s in steps)
     finally:
         _stop_loop(loop, thread)
