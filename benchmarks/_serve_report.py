@@ -350,9 +350,22 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], out_dir: str | Path,
     print(cpu_line(cells, high))
     for line in process_lines(cells, high):
         print(line)
+    streams = info.get("streams") or {}
+    stream_targets = {}
+    if streams:
+        from benchmarks._serve_stream import (STREAM_COLUMNS, stream_line, stream_rows,
+                                              stream_target)
+
+        print(f"\nlive streams ({info.get('stream_seconds', 0):g} s each, 0.1 s chunks, "
+              "batching on; latency: from the chunk completing a window to its answer):")
+        print(table(stream_rows(streams), STREAM_COLUMNS))
+        stream_targets = {name: stream_target(runs) for name, runs in streams.items()}
+        for name, st in stream_targets.items():
+            print(stream_line(name, st))
     for key, t in result.items():
         for line in summary_lines(t):
             print(f"[{key}] {line}")
+    result["streams"] = stream_targets
     ratio = result["batching"]["throughput"]["ratio"]
     details = dict(info, cells={s: {str(c): v for c, v in by.items()} for s, by in
                                 cells.items()}, targets=result, note=note)

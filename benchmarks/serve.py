@@ -38,6 +38,11 @@ c=1 <= floor p50 + 15 ms; router CPU per request at c=32 <= 25 ms; and the headl
 batching on (1.0: Serve costs nothing; higher is better). Router / fastapi throughput is
 shown alongside.
 
+Live streams (batching on, after the request cells): N concurrent real-time streams of
+30-channel 500 Hz EEG and 16 kHz audio against the router's and fastapi's ``/v1/stream``
+(:mod:`benchmarks._serve_stream`): window latency p50/p99, seconds of signal answered per
+wall second, and the most streams whose p99 stays under the hop (target 8).
+
 Where the time goes: the HTTP servers answer a ``Server-Timing`` header (read, decode,
 prepare, one entry per encoder call, combine, total), the floor times the same steps; the
 medians at each concurrency go into the JSON and the c=1 ones into a second table. Serve's
@@ -67,6 +72,7 @@ from typing import Any, Callable
 
 from benchmarks._runner import runner_parser
 from benchmarks._serve_cpu import ray_processes, system_meters, titles
+from benchmarks._serve_stream import measure_streams
 from emoray.config import RayConfig
 from emoray.errors import ConfigError
 
@@ -288,7 +294,8 @@ def _serve_config(checkpoint: str, batching: bool, replicas: int):
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
                   ray_cfg: RayConfig | None = None, checkpoint: str | Path | None = None,
                   requests_per_cell: dict[int, int] | None = None, replicas: int = 2,
-                  encoding: str = "binary", **_: Any) -> dict[str, Any]:
+                  encoding: str = "binary", stream_counts: tuple[int, ...] | None = None,
+                  **_: Any) -> dict[str, Any]:
     """Measure every system at every concurrency, print the table, write ``serve.json``.
 
     Parameters
@@ -307,6 +314,10 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         Replicas of every Serve deployment (each reserves 0.1 CPU).
     encoding : str
         The request body, one of :data:`ENCODINGS` (:func:`request_body`).
+    stream_counts : tuple[int, ...] | None
+        Concurrent live streams to measure against the router and fastapi with batching
+        on (:mod:`benchmarks._serve_stream`); None: (1, 8) quick, else (1, 4, 8, 12);
+        empty: none.
 
     Raises
     ------
@@ -335,6 +346,10 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     cells: dict[str, dict[int, dict[str, Any]]] = {}
     noop: dict[str, float] = {}
     counted: dict[str, dict[str, int]] = {}
+    streams: dict[str, list[dict[str, Any]]] = {}
+    stream_counts = tuple(stream_counts if stream_counts is not None else
+                          ((1, 8) if quick else (1, 4, 8, 12)))
+    stream_seconds = 9.0 if quick else 12.0
     proc = None
     loop = asyncio.new_event_loop()          # the floor's "server" loop
     loop_thread = threading.Thread(target=loop.run_forever, name="bench-floor", daemon=True)
@@ -392,6 +407,11 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                     print(f"  {name + suffix:<14} c={c:<3} p50 {s['p50']:7.1f} ms  p99 "
                           f"{s['p99']:7.1f} ms  {s['rps']:6.1f} req/s  cpu {s['cpu_ms']:5.1f} "
                           f"ms/req  ({s['errors']} errors)", flush=True)
+            if batching and stream_counts:
+                for name, url in (("router", router_url), ("fastapi", fastapi_url)):
+                    print(f"bench serve: {name}: live streams {stream_counts}", flush=True)
+                    streams[name] = measure_streams(url, backend.info(), stream_counts,
+                                                    stream_seconds)
             proc.terminate()
             proc.wait(30)
             proc = None
@@ -414,7 +434,8 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     load["after"] = os.getloadavg()
     info = dict(quick=quick, checkpoint=ckpt, encoding=encoding, content_type=ctype,
                 request_bytes=len(body), counts=counts, warmup=warm, environment=env,
-                loadavg=load, serve_without_model=noop, cpu_processes=counted)
+                loadavg=load, serve_without_model=noop, cpu_processes=counted,
+                streams=streams, stream_seconds=stream_seconds)
     return report(cells, out_dir, info)
 
 
@@ -428,9 +449,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoding", choices=ENCODINGS, default=ENCODINGS[0],
                         help="request body: binary (multipart .npy parts, the Python "
                         "client's default) or json")
+    parser.add_argument("--streams", type=lambda t: tuple(int(x) for x in t.split(",") if x),
+                        help="concurrent live streams to measure, e.g. 1,4,8,12 (default "
+                        "1,8 with --quick, else 1,4,8,12; '' for none)")
     args = parser.parse_args(argv)
     run_benchmark(quick=args.quick, out_dir=args.out, checkpoint=args.checkpoint,
-                  replicas=args.replicas, encoding=args.encoding)
+                  replicas=args.replicas, encoding=args.encoding, stream_counts=args.streams)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,25 @@ def test_a_refusal_in_a_deployment_is_the_in_process_error(models):
     backend = LocalBackend({"checkpoint": str(BUNDLE), "device": "cpu"}, batching=False)
     with pytest.raises(DataError, match="cannot decode JPEG"):
         asyncio.run(backend.predict(sample))
+
+
+def test_every_modality_alone_in_one_pass_equals_one_pass_each(models):
+    """The fusion head scores each modality alone for ``per_modality``: all of them in one
+    stacked pass (the others masked) gives each one's own pass's logits."""
+    model = models["all"].parts.model
+    assert model.per_modality == "fusion"
+    gen = torch.Generator().manual_seed(0)
+    dims = model.fusion.modality_dims
+    lengths = {m: min(model.fusion.max_tokens.get(m, 4), 4) for m in dims}
+    tokens = {m: torch.randn(5, lengths[m], d, generator=gen) for m, d in dims.items()}
+    rows = {"eeg": torch.tensor([1, 1, 0, 1, 1], dtype=torch.bool),
+            "speech": torch.tensor([1, 0, 1, 1, 0], dtype=torch.bool),
+            "video": torch.tensor([0, 1, 1, 1, 1], dtype=torch.bool)}
+    with torch.no_grad():
+        out = model.fusion(tokens, present=rows)
+        single = model.alone(out, tokens, rows)
+        for m, keep in rows.items():
+            own = model.fusion({m: tokens[m][keep]}).logits
+            torch.testing.assert_close(single[m], own, atol=1e-5, rtol=1e-5)
+        one = model.alone(out, tokens, {"speech": rows["speech"]})
+    torch.testing.assert_close(one["speech"], single["speech"], atol=1e-5, rtol=1e-5)

@@ -184,12 +184,26 @@ class FusionModel(nn.Module):
         """Each modality's own logits on the rows that have it (``rows[m]``: a bool mask):
         its auxiliary head's from the fused pass ``out``, or the fused head run on that
         modality alone (see ``per_modality``)."""
-        single = {}
+        single, todo = {}, []
         for m, keep in rows.items():
             if not keep.any():
                 continue
             if self.per_modality == "aux" and m in out.aux_logits:
                 single[m] = out.aux_logits[m][keep]
             else:
-                single[m] = self.fusion({m: tokens[m][keep]}).logits
+                todo.append(m)
+        if len(todo) == 1:
+            m = todo[0]
+            single[m] = self.fusion({m: tokens[m][rows[m]]}).logits
+        elif todo:
+            # one pass for every modality alone: each one's rows, stacked, with only that
+            # modality present (a masked modality counts as absent: same logits, one call)
+            names = [n for n in tokens if n in rows]
+            stacked = {n: torch.cat([tokens[n][rows[m]] for m in todo]) for n in names}
+            present = {n: torch.cat([torch.full((int(rows[m].sum()),), n == m,
+                                                dtype=torch.bool, device=rows[m].device)
+                                     for m in todo]) for n in names}
+            logits = self.fusion(stacked, present=present).logits
+            sizes = [int(rows[m].sum()) for m in todo]
+            single.update(zip(todo, torch.split(logits, sizes)))
         return single
