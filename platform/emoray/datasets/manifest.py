@@ -12,12 +12,18 @@ A manifest is a CSV file (or a folder holding ``manifest.csv``) with the columns
 ``eeg``     path to an EEG file (any :data:`~emoray.io.eeg.SUPPORTED_EEG_EXTENSIONS`)
 ``audio``   path to an audio file (WAV/FLAC/OGG)
 ``video``   path to a video file or a folder of frames
+``events``  optional: the row is a continuous recording cut into one trial per event:
+            a CSV/TSV events file, or ``annotations`` (the EEG file's own EDF+/BDF+
+            annotations, BrainVision markers, FIF annotations) or ``stim`` (its stim
+            channel); labels then come from the events (:mod:`emoray.datasets.events`)
 =========== ==========================================================================
 
 Paths are relative to the CSV's folder (absolute paths are kept); an empty cell means the
 trial has no such modality. Any other column is copied into ``TrialSpec.extra``. Rows that
 cannot be used (label outside the label space, rating off the scale, file missing, no
-modality) are returned as :class:`~emoray.datasets.base.Rejection` naming the CSV line.
+modality) are returned as :class:`~emoray.datasets.base.Rejection` naming the CSV line;
+events that cannot be trials, as Rejections naming the events file (or annotation) and the
+event.
 """
 
 from __future__ import annotations
@@ -27,23 +33,26 @@ import math
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from emoray.datasets._userdata import check_options
+from emoray.datasets._userdata import write_manifest  # noqa: F401  (public here)
 from emoray.datasets.base import DatasetAdapter, DatasetInfo, Rejection, register_adapter
-from emoray.errors import ConfigError, DataError
+from emoray.datasets.event_trials import Recording, event_trials, load_event_trial
+from emoray.datasets.events import SOURCES, EventSettings
+from emoray.errors import DataError
 from emoray.io.audio import SUPPORTED_AUDIO_EXTENSIONS, audio_header, read_audio
-from emoray.io.eeg import (SUPPORTED_EEG_EXTENSIONS, eeg_header, normalize_channel_name,
-                           pick_channels, read_eeg)
+from emoray.io.eeg import SUPPORTED_EEG_EXTENSIONS, eeg_header, pick_channels, read_eeg
 from emoray.io.video import SUPPORTED_VIDEO_EXTENSIONS, video_header
-from emoray.labels import EAV_CLASSES, LabelSpace, to_common_scale
+from emoray.labels import LabelSpace, to_common_scale
 from emoray.types import EEG, MODALITIES, Audio, Trial, TrialSpec
 
 MANIFEST_NAME = "manifest.csv"
 ID_COLUMNS: tuple[str, ...] = ("subject", "session", "trial")
 LABEL_COLUMNS: tuple[str, ...] = ("label", "valence", "arousal")
-COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *LABEL_COLUMNS, *MODALITIES)
+COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *LABEL_COLUMNS, *MODALITIES, "events")
 
 
 class _RowError(Exception):
@@ -53,44 +62,6 @@ class _RowError(Exception):
                  files: list[str] | None = None):
         super().__init__(reason)
         self.kind, self.reason, self.field, self.files = kind, reason, field, files or []
-
-
-def _check_options(label_names, va_scale, eeg_channels, dataset, video_fps):
-    """Validate the constructor options; return them normalised."""
-    if label_names is not None:
-        if isinstance(label_names, str) or not isinstance(label_names, Sequence) or \
-                not label_names or not all(isinstance(n, str) and n.strip() for n in label_names):
-            raise ConfigError(f"manifest option label_names={label_names!r}: expected a "
-                              "non-empty list of class names")
-        if len({n.strip().lower() for n in label_names}) != len(label_names):
-            raise ConfigError(f"manifest option label_names={list(label_names)}: names "
-                              "must be unique (case-insensitive)")
-    try:
-        low, high = (float(v) for v in va_scale)
-    except (TypeError, ValueError):
-        raise ConfigError(f"manifest option va_scale={va_scale!r}: expected two numbers "
-                          "[low, high]") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ConfigError(f"manifest option va_scale={va_scale!r}: expected finite "
-                          "low < high")
-    if eeg_channels is not None:
-        if isinstance(eeg_channels, str) or not isinstance(eeg_channels, Sequence) or \
-                not eeg_channels or not all(isinstance(c, str) for c in eeg_channels):
-            raise ConfigError(f"manifest option eeg_channels={eeg_channels!r}: expected a "
-                              "non-empty list of channel names")
-        eeg_channels = [normalize_channel_name(c) for c in eeg_channels]
-        if len(set(eeg_channels)) != len(eeg_channels):
-            raise ConfigError(f"manifest option eeg_channels={eeg_channels}: duplicate "
-                              "channel names")
-    if not isinstance(dataset, str) or not dataset.strip() or "/" in dataset:
-        raise ConfigError(f"manifest option dataset={dataset!r}: expected a non-empty "
-                          "name without '/'")
-    if isinstance(video_fps, bool) or not isinstance(video_fps, (int, float)) or \
-            not video_fps > 0:
-        raise ConfigError(f"manifest option video_fps={video_fps!r}: expected a positive "
-                          "number")
-    names = tuple(n.strip() for n in label_names) if label_names is not None else EAV_CLASSES
-    return names, (low, high), eeg_channels, dataset.strip(), float(video_fps)
 
 
 @register_adapter
@@ -111,6 +82,10 @@ class ManifestAdapter(DatasetAdapter):
         Dataset name written into the records.
     video_fps : float
         Frame rate of frame folders that have no ``fps.txt``.
+    events : dict | None
+        How rows with an ``events`` cell become trials (:class:`EventSettings`: ``map``,
+        ``pre``, ``post``, ``baseline``, ``overlap``, ``label_column``, ``stim_channel``;
+        ``source`` applies to rows whose ``events`` cell is empty).
     """
 
     name = "manifest"
@@ -135,17 +110,20 @@ class ManifestAdapter(DatasetAdapter):
     def __init__(self, root: str, *, label_names: list[str] | None = None,
                  va_scale: tuple[float, float] = (-1.0, 1.0),
                  eeg_channels: list[str] | None = None, dataset: str = "manifest",
-                 video_fps: float = 30.0):
+                 video_fps: float = 30.0, events: dict[str, Any] | None = None):
         super().__init__(root, label_names=label_names, va_scale=va_scale,
-                         eeg_channels=eeg_channels, dataset=dataset, video_fps=video_fps)
+                         eeg_channels=eeg_channels, dataset=dataset, video_fps=video_fps,
+                         events=events)
+        self.events = EventSettings.from_option(events)
         (self.label_names, self.va_scale, self.eeg_channels, self.dataset,
-         self.video_fps) = _check_options(label_names, va_scale, eeg_channels, dataset,
+         self.video_fps) = check_options(label_names, va_scale, eeg_channels, dataset,
                                           video_fps)
         self.label_space = LabelSpace(self.dataset, self.label_names)
         root_path = Path(root)
         self.csv_path = root_path / MANIFEST_NAME if root_path.is_dir() else root_path
         self._listing: tuple[list[TrialSpec], list[Rejection]] | None = None
         self._info: DatasetInfo | None = None
+        self._notes: list[str] = []
 
     # ------------------------------------------------------------------ reading the CSV
     @cached_property
@@ -172,7 +150,8 @@ class ManifestAdapter(DatasetAdapter):
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise DataError(where, f"cannot read manifest CSV: {exc}", kind="layout") from None
         missing = [c for c in ("subject",) if c not in header]
-        if not any(c in header for c in LABEL_COLUMNS):
+        if not any(c in header for c in LABEL_COLUMNS) and "events" not in header and \
+                not self.events.source:
             missing.append("label|valence|arousal")
         if missing:
             raise DataError(where, f"missing column(s) {missing}; expected 'subject' and at "
@@ -224,8 +203,9 @@ class ManifestAdapter(DatasetAdapter):
             return str(path)
         ext = str(path).lower()
         supported = {"eeg": SUPPORTED_EEG_EXTENSIONS, "audio": SUPPORTED_AUDIO_EXTENSIONS,
-                     "video": SUPPORTED_VIDEO_EXTENSIONS}[modality]
-        if path.exists() and not any(ext.endswith(e) for e in supported):
+                     "video": SUPPORTED_VIDEO_EXTENSIONS, "events": ()}[modality]
+        if path.exists() and not any(ext.endswith(e) for e in supported) and \
+                modality != "events":
             raise _RowError("unknown_format", f"{modality} file {text!r} has an unsupported "
                             f"extension; expected one of {list(supported)}", modality,
                             [str(path)])
@@ -271,21 +251,60 @@ class ManifestAdapter(DatasetAdapter):
             trial_id = (f"{self.dataset}/{cells.get('subject', '')}/"
                         f"{cells.get('session') or '1'}/{cells.get('trial') or index}")
             try:
-                spec = self._spec(index, cells)
-                if spec.trial_id in seen:
-                    raise _RowError("invalid_value", f"duplicate trial id {spec.trial_id!r} "
-                                    f"(first at line {seen[spec.trial_id]})", "trial")
+                if cells.get("events") or self.events.source:
+                    found, rejected = self._event_specs(index, cells)
+                    rejections.extend(rejected)
+                else:
+                    found = [self._spec(index, cells)]
+                for spec in found:
+                    if spec.trial_id in seen:
+                        raise _RowError("invalid_value", f"duplicate trial id "
+                                        f"{spec.trial_id!r} (first at line "
+                                        f"{seen[spec.trial_id]})", "trial")
             except _RowError as err:
                 files = err.files or [str(self.csv_path)]
                 rejections.append(Rejection(trial_id, files, err.kind,
                                             f"{self.csv_path}:{line}: {err.reason}",
                                             err.field))
                 continue
-            seen[spec.trial_id] = line
-            spec.extra["manifest_line"] = line
-            specs.append(spec)
+            for spec in found:
+                seen[spec.trial_id] = line
+                spec.extra["manifest_line"] = line
+                specs.append(spec)
         self._listing = (specs, rejections)
         return self._listing
+
+    def _event_specs(self, index: int, cells: dict[str, str]):
+        """A row naming a continuous recording: one spec per event (module docstring)."""
+        where = cells.get("events") or self.events.source
+        if where.lower() in SOURCES[1:]:
+            events_file, source = None, where.lower()
+        elif where.lower() == "file":
+            raise _RowError("invalid_value", "events.source is 'file' but the row's events "
+                            "cell is empty; expected an events file path", "events")
+        else:
+            events_file, source = self._path("events", where), "file"
+        if not cells.get("subject"):
+            raise _RowError("invalid_value", "subject is empty; expected a subject id",
+                            "subject")
+        paths = {m: self._path(m, cells[m]) for m in MODALITIES if cells.get(m)}
+        if not paths:
+            raise _RowError("invalid_value", f"row names no {'/'.join(MODALITIES)} file; "
+                            "expected the recording the events belong to")
+        extra = {k: v for k, v in cells.items() if k not in COLUMNS and k and v}
+        rec = Recording(self.dataset, cells["subject"], cells.get("session") or "1",
+                        cells.get("trial") or str(index), events_file=events_file,
+                        source=source, extra=extra, **paths)
+        found = event_trials(rec, self.events, self.label_space, self.va_scale,
+                             video_fps=self.video_fps)
+        if found.not_trials:
+            self._notes.append(f"{rec.trial_id}: events not in events.map (not trials): "
+                               + ", ".join(f"{d!r} x{n}" for d, n in
+                                           sorted(found.not_trials.items())))
+        if found.overlaps and self.events.overlap == "keep":
+            self._notes.append(f"{rec.trial_id}: {found.overlaps} trial window(s) overlap "
+                               "an earlier one (events.overlap=keep)")
+        return found.specs, found.rejections
 
     def _first_header(self, modality: str, read):
         """The header of the first listed file of ``modality`` that can be read."""
@@ -306,6 +325,7 @@ class ManifestAdapter(DatasetAdapter):
         if self._info is not None:
             return self._info
         _, rows = self._rows
+        self.list_trials()      # fills the event notes
         modalities = [m for m in MODALITIES if any(cells.get(m) for _, cells in rows)]
         eeg = self._eeg_header if "eeg" in modalities else None
         audio = self._first_header("audio", audio_header) if "audio" in modalities else None
@@ -320,11 +340,17 @@ class ManifestAdapter(DatasetAdapter):
             name=self.dataset, label_names=list(self.label_names), modalities=modalities,
             eeg_channels=channels, eeg_sfreq=eeg[1] if eeg else None,
             audio_rate=audio[0] if audio else None, video_fps=video_fps,
-            notes=[f"manifest {self.csv_path}"])
+            notes=[f"manifest {self.csv_path}", *self._notes])
         return self._info
 
     def load_trial(self, spec: TrialSpec) -> Trial:
         """Read every modality the spec names; EEG is picked to the dataset's channels."""
+        if "window" in spec.extra:      # one event of a continuous recording
+            trial = load_event_trial(spec, lambda p: self.read_video(p, fps_hint=self.video_fps))
+            channels = self.eeg_channels or (self._eeg_header[0] if self._eeg_header else None)
+            if trial.eeg is not None and channels:
+                trial.eeg = pick_channels(trial.eeg, channels)
+            return trial
         trial = Trial(spec=spec)
         if "eeg" in spec.refs:
             eeg = read_eeg(spec.refs["eeg"]["path"])
@@ -335,53 +361,3 @@ class ManifestAdapter(DatasetAdapter):
         if "video" in spec.refs:
             trial.video = self.read_video(spec.refs["video"]["path"], fps_hint=self.video_fps)
         return trial
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return str(value)
-
-
-def _relative(path: Path, base: Path) -> str:
-    """``path`` relative to ``base``: absolute and existing cwd-relative paths are
-    converted; other relative paths are taken to be relative to ``base`` already."""
-    if path.is_absolute() or (path.exists() and not (base / path).exists()):
-        return Path(os.path.relpath(path.resolve(), base)).as_posix()
-    return path.as_posix()
-
-
-def write_manifest(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Write a manifest CSV readable by :class:`ManifestAdapter`.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        The CSV file to write (parent folders are created).
-    rows : list[dict]
-        One dict per trial with ``subject`` and any of the columns in :data:`COLUMNS`;
-        other keys become extra columns. Modality paths are written relative to the CSV's
-        folder: absolute paths and relative paths that exist from the current directory
-        are converted, other relative paths are kept (taken as relative to the CSV's
-        folder already). ``None`` and NaN are written as empty cells.
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = out.parent.resolve()
-    keys = {k for row in rows for k in row}
-    columns = ["subject", *[c for c in COLUMNS if c in keys and c != "subject"]]
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            cells = []
-            for column in columns:
-                value = row.get(column)
-                if column in MODALITIES and value not in (None, ""):
-                    value = _relative(Path(value), base)
-                cells.append(_cell(value))
-            writer.writerow(cells)

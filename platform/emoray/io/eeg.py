@@ -168,7 +168,13 @@ def _normalised_names(names: list[str]) -> list[str]:
     return out
 
 
-def read_eeg(path: str | os.PathLike) -> EEG:
+def open_raw(path: str | os.PathLike) -> Any:
+    """Open a recording with MNE without loading its samples (annotations, stim channels,
+    header); errors are :class:`~emoray.errors.DataError` naming the file."""
+    return _open_raw(path, preload=False)
+
+
+def read_eeg(path: str | os.PathLike, *, start: int = 0, stop: int | None = None) -> EEG:
     """Read an EEG recording, keeping EEG channels with normalised names.
 
     Parameters
@@ -176,6 +182,9 @@ def read_eeg(path: str | os.PathLike) -> EEG:
     path : str | os.PathLike
         A file with one of :data:`SUPPORTED_EEG_EXTENSIONS` (``.vhdr`` for BrainVision,
         ``.set`` for EEGLAB).
+    start, stop : int
+        Read only samples ``[start, stop)`` (a trial's window of a long recording; MNE
+        reads just that part from disk). Default: the whole recording.
 
     Returns
     -------
@@ -189,10 +198,11 @@ def read_eeg(path: str | os.PathLike) -> EEG:
         (``unknown_format``), NaN/inf samples (``invalid_value``), no samples
         (``truncated``).
     """
-    raw = _open_raw(path, preload=True)
+    whole = start == 0 and stop is None
+    raw = _open_raw(path, preload=whole)
     picks = _eeg_picks(raw)
     try:
-        data = raw.get_data(picks=picks).astype(np.float32)  # (C, T) volts
+        data = raw.get_data(picks=picks, start=start, stop=stop).astype(np.float32)  # (C, T) V
     except Exception as exc:
         raise DataError(str(path), f"cannot read samples: {_short_reason(exc)}",
                         kind="unreadable", field="eeg") from None
