@@ -90,7 +90,8 @@ def _lengths(rec: Recording, video_fps: float) -> tuple[dict[str, float], Any, f
 
 
 def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpace,
-                 va_scale: tuple[float, float], *, video_fps: float = 30.0) -> Expansion:
+                 va_scale: tuple[float, float], *, video_fps: float = 30.0,
+                 label_defaults: tuple[str, ...] = ("label", "trial_type")) -> Expansion:
     """One TrialSpec per event of ``rec`` that is a trial; Rejections for the others.
 
     A recording whose header or events cannot be read becomes one Rejection (its files
@@ -100,7 +101,8 @@ def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpac
     try:
         lengths, raw, sfreq = _lengths(rec, video_fps)
         if rec.events_file:
-            events = read_events_file(rec.events_file, settings.label_column)
+            events = read_events_file(rec.events_file, settings.label_column,
+                                      label_defaults)
         elif raw is None:
             raise DataError(rec.files[0] if rec.files else None, f"events from the "
                             f"recording's {rec.source} need an EEG file", kind="layout",

@@ -178,8 +178,12 @@ def _check_target(key: Any, value: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- events files
-def read_events_file(path: str | Path, label_column: str | None = None) -> list[Event]:
-    """Read a CSV/TSV events table (tab-separated for ``.tsv``, else sniffed).
+def read_events_file(path: str | Path, label_column: str | None = None,
+                     defaults: tuple[str, ...] = ("label", "trial_type")) -> list[Event]:
+    """Read a CSV/TSV events table (tab-separated for ``.tsv`` or a tab in the header).
+
+    The label is in ``label_column``, else in the first of ``defaults`` present (the
+    ``bids`` layout prefers ``trial_type``).
 
     Raises
     ------
@@ -201,7 +205,7 @@ def read_events_file(path: str | Path, label_column: str | None = None) -> list[
         raise DataError(where, f"events file has no 'onset' column; expected columns onset, "
                         f"duration, label (or trial_type) and/or valence, arousal (found "
                         f"{header})", kind="layout", field="onset")
-    column = label_column or next((c for c in ("label", "trial_type") if c in header), None)
+    column = label_column or next((c for c in defaults if c in header), None)
     if label_column and label_column not in header:
         raise DataError(where, f"events file has no column {label_column!r} "
                         f"(events.label_column); columns are {header}", kind="layout",
