@@ -116,13 +116,16 @@ def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpac
     end = min(lengths.values()) if lengths else 0.0
     shortest = min(lengths, key=lengths.get) if lengths else "recording"
     kept: list[tuple[float, float, str]] = []
-    for k, event in sorted(enumerate(events, start=1), key=lambda ke: ke[1].onset):
-        target = settings.target(event.description)
+    for k, event in sorted(enumerate(events, start=1),
+                           key=lambda ke: (math.isnan(ke[1].onset), ke[1].onset)):
+        target = settings.target(event.description) if not event.error else {}
         if target is None:
             out.not_trials[event.description] += 1
             continue
         trial = f"{rec.name}-{k:03d}"
         try:
+            if event.error:
+                raise DataError(where, event.error, kind="invalid_value", field="onset")
             spec = _spec(rec, trial, event, target, settings, label_space, va_scale, sfreq)
             start, stop = spec.extra["window"]
             for lo, hi, what in [(start, stop, "window"), *(
@@ -142,13 +145,14 @@ def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpac
                                     "events.overlap=keep to keep both)",
                                     kind="invalid_value", field="onset")
         except DataError as err:
-            reason = f"{event.where}: event {event.description!r} at {event.onset:g} s: " \
-                     f"{err.reason}"
+            at = "" if math.isnan(event.onset) else f" at {event.onset:g} s"
+            reason = f"{event.where}: event {event.description!r}{at}: {err.reason}"
             out.rejections.append(Rejection(f"{rec.trial_id.rsplit('/', 1)[0]}/{trial}",
                                             [where], err.kind, reason, err.field))
             continue
         kept.append((start, stop, trial))
         out.specs.append(spec)
+    out.specs.sort(key=lambda s: s.trial)          # event order, as written
     return out
 
 

@@ -52,6 +52,7 @@ class Event:
     valence: float | None = None    # raw, on the dataset's va_scale
     arousal: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None    # a bad row of an events file: the event is rejected
 
 
 def _number(value: Any, name: str, *, allow_none: bool = False) -> float | None:
@@ -220,34 +221,36 @@ def read_events_file(path: str | Path, label_column: str | None = None,
             continue
         line = reader.line_num
         cells = {h: v.strip() for h, v in zip(header, values)}
-        events.append(Event(
-            onset=_cell_number(cells, "onset", where, line, required=True),
-            duration=_cell_number(cells, "duration", where, line) or 0.0,
-            description=cells.get(column, "") if column else "",
-            where=f"{Path(where).name}:{line}",
-            valence=_cell_number(cells, "valence", where, line),
-            arousal=_cell_number(cells, "arousal", where, line),
-            extra={k: v for k, v in cells.items() if k and k not in
-                   ("onset", "duration", column, "valence", "arousal")
-                   and v.lower() not in _MISSING}))
+        description = cells.get(column, "") if column else ""
+        at = f"{Path(where).name}:{line}"
+        try:
+            events.append(Event(
+                onset=_cell_number(cells, "onset", required=True),
+                duration=_cell_number(cells, "duration") or 0.0,
+                description=description, where=at,
+                valence=_cell_number(cells, "valence"),
+                arousal=_cell_number(cells, "arousal"),
+                extra={k: v for k, v in cells.items() if k and k not in
+                       ("onset", "duration", column, "valence", "arousal")
+                       and v.lower() not in _MISSING}))
+        except ValueError as exc:       # one bad row rejects that event only
+            events.append(Event(math.nan, 0.0, description, at, error=str(exc)))
     return events
 
 
-def _cell_number(cells: dict[str, str], column: str, where: str, line: int, *,
+def _cell_number(cells: dict[str, str], column: str, *,
                  required: bool = False) -> float | None:
     text = cells.get(column, "")
     if text.lower() in _MISSING:
         if required:
-            raise DataError(where, f"line {line}: {column} is empty; expected seconds",
-                            kind="invalid_value", field=column)
+            raise ValueError(f"{column} is empty; expected a number of seconds")
         return None
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise DataError(where, f"line {line}: {column} {text!r} is not a number",
-                        kind="invalid_value", field=column)
+        raise ValueError(f"{column} {text!r} is not a number")
     return value
 
 
