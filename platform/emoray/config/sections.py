@@ -48,6 +48,12 @@ class IngestConfig(_Strict):
                                   "Ray task).")
     resample_mismatched: bool = Field(False, description="Resample a file whose sample rate "
                                       "differs from the dataset's instead of rejecting it.")
+    channels: str | list[str] | None = Field(
+        None, description="EEG channel set: a list of names, `intersection` (the channels "
+        "every EEG file has) or an MNE montage name such as `standard_1020` (its channels "
+        "that every file has). Files with more channels are kept, picked to the set; the "
+        "report says what was dropped from which file. None: the dataset's declared "
+        "channels (a manifest's first file); a file lacking one is rejected.")
     force: bool = Field(False, description="Re-ingest even when the output is up to date.")
 
 

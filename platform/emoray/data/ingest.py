@@ -162,6 +162,15 @@ def run_ingest(cfg: IngestConfig, *, runner=run_tasks_ray, echo=print) -> dict[s
              f"{previous['records']} records from the same sources and config): skipped; "
              "use --force to redo it")
         return dict(previous, action="skipped")
+    channels = None
+    if cfg.channels is not None and "eeg" in info.modalities:
+        from emoray.data.channels import plan_channels
+
+        channels = plan_channels(cfg.channels, specs, info.eeg_channels)
+        info.eeg_channels = channels["picked"]            # conform() picks every trial
+        if cfg.layout == "manifest":                     # the adapter reads to this set
+            cfg = cfg.model_copy(update={"options": {**cfg.options,
+                                                     "eeg_channels": channels["picked"]}})
     meta = {"stage": "ingest", "dataset": info.to_dict(), "source": str(Path(cfg.source).resolve()),
             "layout": cfg.layout, "segment_seconds": cfg.segment_seconds,
             "video_storage": "jpeg", "emoray_version": __version__,
@@ -177,6 +186,8 @@ def run_ingest(cfg: IngestConfig, *, runner=run_tasks_ray, echo=print) -> dict[s
     action = _swap_in(staging, out / SHARD_DIR, echo)
     report = _report(cfg, info, found, results, rejections, fingerprint, action,
                      time.perf_counter() - t0)
+    if channels is not None:
+        report["channels"] = channels
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))
     (out / "config.yaml").write_text(yaml.safe_dump({"ingest": cfg.model_dump(mode="json")},
@@ -245,6 +256,10 @@ def format_report(report: dict[str, Any], max_rejections: int = 20) -> str:
         if len(report["rejections"]) > max_rejections:
             lines.append(f"  ... {len(report['rejections']) - max_rejections} more in "
                          f"{REPORT_NAME}")
+    if report.get("channels"):
+        from emoray.data.channels import format_channels
+
+        lines.extend(format_channels(report["channels"]))
     for note in report["dataset"].get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)
