@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "emoray"
 #: bottom to top; a module belongs to the first layer one of whose prefixes it starts with
 #: (longest prefix wins); it may import its own layer and the layers below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("emoray", "emoray.errors", "emoray.labels", "emoray.types", "emoray.storage")),
+    ("ground", ("emoray", "emoray.errors", "emoray.labels", "emoray.types", "emoray.storage",
+                "emoray.tracking")),
     ("io", ("emoray.io",)),
     ("datasets", ("emoray.datasets",)),
     ("synth", ("emoray.synth",)),

@@ -22,8 +22,23 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 def _resolve(args: argparse.Namespace, flags: dict[str, Any]):
     from emoray.config import resolve
 
-    flags = dict(flags, **{"ray.address": args.ray_address, "ray.num_cpus": args.num_cpus})
+    flags = dict(flags, **{"ray.address": args.ray_address, "ray.num_cpus": args.num_cpus},
+                 **_tracking_flags(args))
     return resolve(args.config, flags, args.overrides)
+
+
+def _tracking_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"tracking.uri": getattr(args, "tracking_uri", None),
+            "tracking.enabled": False if getattr(args, "no_tracking", False) else None}
+
+
+def _tracker(cfg, root: str | Path):
+    """The MLflow tracker of ``cfg.tracking`` (None when off), opened before Ray starts so
+    that a bad ``--tracking-uri`` fails first, with one line."""
+    from emoray.tracking import open_tracker
+
+    t = cfg.tracking
+    return open_tracker(t.uri, t.experiment, root) if t.enabled else None
 
 
 def _command(name: str):
@@ -124,8 +139,9 @@ def _train(args: argparse.Namespace) -> int:
 
     feature_metadata(cfg.train.features)      # a bad folder fails before Ray starts
     preflight(Path(cfg.train.features), plan_stages(cfg))
+    tracker = _tracker(cfg, cfg.train.output)
     init_ray(cfg.ray)
-    print(format_summary(run_plan(cfg)))
+    print(format_summary(run_plan(cfg, tracking=(tracker, None))))
     return 0
 
 
@@ -153,14 +169,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from emoray.config import resolve
 
     run_cfg = resolve(target / "config.yaml", overrides=args.overrides)
-    run_cfg.ray = cfg.ray
+    run_cfg.ray, run_cfg.tracking = cfg.ray, cfg.tracking
+    tracker = _tracker(cfg, target.resolve().parent)
     from emoray.runtime import init_ray
 
     init_ray(cfg.ray)
     if args.parallel < 1:
         raise EmorayError(f"--parallel: expected an integer >= 1, got {args.parallel}")
     report = evaluate_run(target, args.protocol, seeds, args.folds, args.features, run_cfg,
-                          parallel=args.parallel)
+                          parallel=args.parallel, tracker=tracker)
     print(format_report(report))
     print("report files: " + ", ".join(report["files"]))
     return 0
@@ -174,7 +191,7 @@ def _tune(args: argparse.Namespace) -> int:
     flags = {"tune.name": args.name, "tune.storage": args.storage, "tune.search": args.search,
              "tune.num_samples": args.samples, "tune.max_concurrent": args.concurrency,
              "tune.seed": args.seed, "ray.address": args.ray_address,
-             "ray.num_cpus": args.num_cpus}
+             "ray.num_cpus": args.num_cpus, **_tracking_flags(args)}
     if args.args[:1] == ["report"]:
         if len(args.args) != 2:
             raise EmorayError("usage: emoray tune report NAME [--storage S] [--out DIR]")
@@ -220,6 +237,10 @@ def _tune(args: argparse.Namespace) -> int:
 
         shape(cfg)                            # a bad space, metric or folder fails before
         feature_metadata(cfg.train.features)  # Ray starts
+        if cfg.tracking.enabled and cfg.tracking.uri:
+            from emoray.tracking import check_uri
+
+            check_uri(cfg.tracking.uri)
         ray_cfg = cfg.ray
     if ray_cfg.include_dashboard is None:
         ray_cfg.include_dashboard = True      # ASHA-stopped trials leak PGs without it
@@ -241,6 +262,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not cfg.serve.checkpoint:
         raise EmorayError("serve needs a CHECKPOINT (or serve.checkpoint in --config)")
+    if cfg.tracking.uri:                      # runs:/RUN_ID/bundle is read from this store
+        import os                             # (by the replicas of an embedded Ray too)
+
+        os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.uri
     ServedModel(cfg.serve.checkpoint, role="router", device="cpu")   # fails before Ray starts
     init_ray(cfg.ray)
     run(cfg.serve, blocking=True)

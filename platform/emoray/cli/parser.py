@@ -26,6 +26,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
 
 
+def _tracking(p: argparse.ArgumentParser, serve: bool = False) -> None:
+    if serve:
+        p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking server or store "
+                       "that a runs:/RUN_ID/bundle CHECKPOINT is read from (tracking.uri; "
+                       "default: MLFLOW_TRACKING_URI)")
+        return
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking server "
+                   "(http://HOST:5000) or sqlite:///PATH/mlflow.db (tracking.uri; default: "
+                   "OUTPUT/mlflow.db beside the runs)")
+    p.add_argument("--no-tracking", action="store_true", help="log no MLflow runs "
+                   "(tracking.enabled=false)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emoray", description="emoray: multimodal emotion recognition (EEG, speech, "
@@ -76,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("features", nargs="?", help="a preprocess output folder (train.features)")
     p.add_argument("--name", help="run name; the run folder is train.output/NAME")
     p.add_argument("--out", help="storage root of runs (train.output)")
+    _tracking(p)
     _common(p)
 
     p = sub.add_parser("evaluate", help="reports of a run (fused vs unimodal; the JMML "
@@ -90,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature folder (default: the run's train.features)")
     p.add_argument("--parallel", type=int, default=1, help="run this many (seed, fold) plans "
                    "at once (default %(default)s)")
+    _tracking(p)
     _common(p)
 
     p = sub.add_parser(
@@ -108,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="trials at once (tune.max_concurrent)")
     p.add_argument("--seed", type=int, help="search seed (tune.seed)")
     p.add_argument("--out", help="tune report: output folder (default STORAGE/NAME/report)")
+    _tracking(p)
     _common(p)
 
     p = sub.add_parser("serve", help="serve a checkpoint on Ray Serve: per-modality encoder "
@@ -120,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "environment variable (X-API-Key header)")
     p.add_argument("--no-batching", action="store_true", default=None,
                    help="encoders answer one request at a time (serve.batching=false)")
+    _tracking(p, serve=True)
     _common(p)
 
     p = sub.add_parser("predict", help="send real files to a running `emoray serve` and print "

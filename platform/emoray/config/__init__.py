@@ -24,7 +24,7 @@ from emoray.config.base import (_check_path, _merge, _set_in, dump, load_yaml, m
 from emoray.config.sections import (SERVE_ROLES, AutoscalingConfig, DeploymentConfig,
                                     IngestConfig, ParamSpec, PreprocessConfig, RayConfig,
                                     SchedulerConfig, ServeConfig, StreamConfig,
-                                    TuneConfig)
+                                    TrackingConfig, TuneConfig)
 from emoray.config.train import (STAGE_CONFIGS, STAGE_NAMES, TRAIN_FRACTION,
                                  ClassifierStageConfig, FusionStageConfig, InterStageConfig,
                                  IntraStageConfig, SplitConfig, StageCommon, TrainConfig,
@@ -36,9 +36,9 @@ __all__ = ["AutoscalingConfig", "ClassifierStageConfig", "ConfigError", "FusionS
            "InterStageConfig", "IntraStageConfig", "DeploymentConfig", "EmorayConfig",
            "IngestConfig", "ParamSpec", "PreprocessConfig", "RayConfig", "SERVE_ROLES",
            "STAGE_CONFIGS", "STAGE_NAMES", "SchedulerConfig", "ServeConfig", "SplitConfig",
-           "StageCommon", "StreamConfig", "SynthConfig", "TRAIN_FRACTION", "TrainConfig",
-           "TuneConfig", "dump", "load_yaml", "merge_trees", "parse_override", "resolve",
-           "stage_config"]
+           "StageCommon", "StreamConfig", "SynthConfig", "TRAIN_FRACTION", "TrackingConfig",
+           "TrainConfig", "TuneConfig", "dump", "load_yaml", "merge_trees", "parse_override",
+           "resolve", "stage_config"]
 
 
 class EmorayConfig(BaseModel):
@@ -53,6 +53,7 @@ class EmorayConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def resolve(config_file: str | Path | None = None, flags: dict[str, Any] | None = None,

@@ -153,6 +153,17 @@ class TuneConfig(_Strict):
     _plain_name = field_validator("name")(_plain_folder_name)
 
 
+class TrackingConfig(_Strict):
+    """MLflow tracking of plan runs, stages, evaluations and tuning campaigns."""
+
+    enabled: bool = Field(True, description="Log every plan run, stage, evaluation and "
+                          "campaign (trials as nested runs) to MLflow.")
+    uri: str | None = Field(None, description="MLflow tracking URI: a server "
+                            "(http://HOST:5000) or sqlite:///PATH/mlflow.db; None: a "
+                            "sqlite store in the output root (OUTPUT/mlflow.db).")
+    experiment: str = Field("emoray", min_length=1, description="MLflow experiment name.")
+
+
 class AutoscalingConfig(_Strict):
     """Ray Serve autoscaling of one deployment (its ``autoscaling_config``)."""
 

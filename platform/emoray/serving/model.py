@@ -3,7 +3,8 @@
 :func:`resolve_checkpoint` accepts what users have at hand: a bundle folder, a training run
 folder (its last servable stage), a tuning campaign folder (its promoted ``best``), or any of
 these behind a pyarrow filesystem URI (``s3://``, ``gs://``, ``file://`` ...), downloaded once
-into a local cache.
+into a local cache; or an MLflow artifact (``runs:/RUN_ID/bundle``, ``mlflow-artifacts:/...``)
+downloaded through MLflow's client from ``MLFLOW_TRACKING_URI``.
 
 :class:`ServedModel` holds the bundle's model split by :mod:`emoray.predict.heads` for one *role*:
 an encoder replica keeps only its modality's encoder, the router only the combining head
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +79,11 @@ def resolve_checkpoint(source: str | Path, cache: str | Path | None = None) -> P
         Naming ``source`` and what was expected when nothing servable is found.
     """
     from emoray.storage import fetch_dir, is_uri, join, read_text
+    from emoray.tracking import download, is_mlflow_uri
 
-    if is_uri(source):
+    if is_mlflow_uri(source):                       # an MLflow run's bundle artifact
+        local = download(str(source), cache or tempfile.mkdtemp(prefix="emoray-mlflow-"))
+    elif is_uri(source):
         src = str(source).rstrip("/")
         if read_text(join(src, "bundle.json")) is None \
                 and read_text(join(src, "best", "bundle.json")) is not None:

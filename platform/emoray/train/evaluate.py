@@ -16,6 +16,8 @@ macro-F1 for the fusion stage; for JMML the classifier stage's ablation (raw fea
 JEC-SSL embeddings, full JMML) for speech and EEG, per target. Per seed, the folds are
 averaged weighted by the records each scored; the report gives mean and standard
 deviation over seeds, as ``report.json`` and ``report.md`` in the evaluation folder.
+Each protocol is an MLflow run (:func:`~emoray.train.mlflow_runs.evaluation_run`) with its
+(seed, fold) plan runs nested under it.
 
 A single checkpoint (a bundle folder) is scored on the within-subject validation records
 of ``--features`` (default: the features of the run it belongs to), in the driver.
@@ -85,24 +87,29 @@ def unit_config(cfg: EmorayConfig, run: Path, protocol: str, seed: int,
 def evaluate_run(run: str | Path, protocol: str = "within-subject",
                  seeds: list[int] | None = None, folds: int | None = None,
                  features: str | None = None, cfg: EmorayConfig | None = None,
-                 echo: Callable[[str], None] = print, parallel: int = 1) -> dict[str, Any]:
+                 echo: Callable[[str], None] = print, parallel: int = 1,
+                 tracker: Any = "config") -> dict[str, Any]:
     """Train/score the run's plan for every (seed, fold) and write the report.
 
     ``parallel > 1`` runs that many (seed, fold) plans at once, each driven by a Ray task
     (its stages' Train workers and Ray Data take the cluster's CPUs as usual); on small
     data most of a stage's time is start-up latency, which overlaps."""
     return evaluate_protocols(run, {protocol: (seeds, folds)}, features, cfg, echo,
-                              parallel)[protocol]
+                              parallel, tracker)[protocol]
 
 
 def evaluate_protocols(run: str | Path, protocols: dict[str, tuple[list[int] | None,
                                                                    int | None]],
                        features: str | None = None, cfg: EmorayConfig | None = None,
-                       echo: Callable[[str], None] = print, parallel: int = 1
-                       ) -> dict[str, dict[str, Any]]:
+                       echo: Callable[[str], None] = print, parallel: int = 1,
+                       tracker: Any = "config") -> dict[str, dict[str, Any]]:
     """:func:`evaluate_run` for several protocols (``{protocol: (seeds, folds)}``), their
-    (seed, fold) plans sharing one pool of ``parallel`` concurrent runs."""
+    (seed, fold) plans sharing one pool of ``parallel`` concurrent runs. ``tracker``: an
+    open :class:`~emoray.tracking.Tracker`, None (no MLflow runs) or ``"config"`` (per
+    ``cfg.tracking``, the store in the run's output root by default)."""
     from emoray.data.shards import shard_files
+    from emoray.tracking import open_tracker
+    from emoray.train.mlflow_runs import end_evaluation, evaluation_run
     from emoray.train.plan import plan_stages, run_plan
     from emoray.train.split import subjects_of
 
@@ -114,13 +121,20 @@ def evaluate_protocols(run: str | Path, protocols: dict[str, tuple[list[int] | N
     if features:
         cfg.train.features = str(features)
     plan_stages(cfg)
+    if tracker == "config":
+        t = cfg.tracking
+        tracker = open_tracker(t.uri, t.experiment, run.parent) if t.enabled else None
     base = _stage_seed(cfg)
-    todo, layout = [], {}
+    todo, layout, mlflow_runs = [], {}, {}
     for protocol, (seeds, folds) in protocols.items():
         seeds = list(seeds) if seeds else [base, base + 1, base + 2]
         groups = (folds_of(subjects_of(shard_files(cfg.train.features)), folds)
                   if protocol == "loso" else [None])
         layout[protocol] = (seeds, groups)
+        params = {"evaluate": {"protocol": protocol, "seeds": seeds, "folds": folds,
+                               "run": str(run)},
+                  **cfg.model_dump(mode="json", include={"ray", "train"})}
+        mlflow_runs[protocol] = evaluation_run(tracker, run, protocol, params)
         for seed in seeds:
             for i, group in enumerate(groups):
                 sub = unit_config(cfg, run, protocol, seed, group, i if group else None)
@@ -129,20 +143,22 @@ def evaluate_protocols(run: str | Path, protocols: dict[str, tuple[list[int] | N
                 todo.append((protocol, {"seed": seed, "fold": i if group else None,
                                         "val_subjects": group},
                              sub, f"evaluate {protocol}: {where}"))
+    nest = {p: (tracker, mlflow_runs[p]) if tracker else (None, None) for p in protocols}
     if parallel > 1 and len(todo) > 1:
-        results = _run_concurrently([(sub, label) for *_, sub, label in todo], parallel,
-                                    echo)
+        results = _run_concurrently([(sub, label, nest[p]) for p, _, sub, label in todo],
+                                    parallel, echo)
     else:
         results = []
-        for *_, sub, label in todo:
+        for p, _, sub, label in todo:
             echo(label)
-            results.append(run_plan(sub, echo=echo))
+            results.append(run_plan(sub, echo=echo, tracking=nest[p]))
     reports = {}
     for protocol, (seeds, groups) in layout.items():
         units = [{**unit, "run_dir": result["run_dir"],
                   "metrics": {s: r["metrics"] for s, r in result["stages"].items()}}
                  for (p, unit, _, _), result in zip(todo, results) if p == protocol]
         reports[protocol] = _write_report(run, cfg, summarize(units, protocol, seeds, groups))
+        end_evaluation(tracker, mlflow_runs[protocol], reports[protocol])
     return reports
 
 
@@ -157,27 +173,27 @@ def _write_report(run: Path, cfg: EmorayConfig, report: dict[str, Any]) -> dict[
     return report
 
 
-def _plan_task(tree: dict[str, Any], label: str) -> dict[str, Any]:
+def _plan_task(tree: dict[str, Any], label: str, tracking: tuple) -> dict[str, Any]:
     """A Ray task: run one plan (config as a JSON tree) and return its results."""
     from emoray.train.plan import run_plan
 
     print(label, flush=True)
-    return run_plan(EmorayConfig.model_validate(tree), echo=lambda line: print(line,
-                                                                               flush=True))
+    return run_plan(EmorayConfig.model_validate(tree), tracking=tracking,
+                    echo=lambda line: print(line, flush=True))
 
 
-def _run_concurrently(units: list[tuple[EmorayConfig, str]], parallel: int,
+def _run_concurrently(units: list[tuple[EmorayConfig, str, tuple]], parallel: int,
                       echo: Callable[[str], None]) -> list[dict[str, Any]]:
     import ray
 
     task = ray.remote(num_cpus=0, max_retries=0)(_plan_task)
     refs: list = [None] * len(units)
     pending: dict = {}
-    for i, (sub, label) in enumerate(units):
+    for i, (sub, label, tracking) in enumerate(units):
         if len(pending) >= parallel:
             done, _ = ray.wait(list(pending), num_returns=1)
             refs[pending.pop(done[0])] = done[0]
-        ref = task.remote(sub.model_dump(mode="json"), label)
+        ref = task.remote(sub.model_dump(mode="json"), label, tracking)
         pending[ref] = i
         echo(f"{label} (started, {len(pending)} running)")
     for ref, i in pending.items():

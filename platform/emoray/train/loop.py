@@ -30,8 +30,9 @@ _CALLBACKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("emoray_train
 @contextlib.contextmanager
 def run_callbacks(*callbacks: Any):
     """Ray Train callbacks (e.g. Tune's ``TuneReportCallback``) that every
-    :func:`fit_stage` inside the ``with`` block adds to its ``RunConfig``."""
-    token = _CALLBACKS.set(tuple(callbacks))
+    :func:`fit_stage` inside the ``with`` block adds to its ``RunConfig`` (with those of
+    enclosing blocks)."""
+    token = _CALLBACKS.set(_CALLBACKS.get() + tuple(callbacks))
     try:
         yield
     finally:

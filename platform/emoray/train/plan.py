@@ -114,7 +114,7 @@ def recorded_checkpoints(stage_dir: Path) -> list[Path]:
 
 def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
              stage_context: Callable[[str], ContextManager] | None = None,
-             curves: bool = True) -> dict[str, Any]:
+             curves: bool = True, tracking: tuple[Any, str] | None = None) -> dict[str, Any]:
     """Run the plan's stages in order; skip finished ones; return per-stage results.
 
     Parameters
@@ -128,14 +128,19 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
         uses it to forward one stage's reports to Tune).
     curves : bool
         Write each stage's PNG curves and confusion matrix (a Tune trial skips them).
+    tracking : (Tracker, str), optional
+        Log the plan's MLflow runs (:mod:`emoray.train.mlflow_runs`) to this tracker,
+        nested under this run id (an evaluation's, a campaign's); default: per
+        ``cfg.tracking``.
 
     Returns
     -------
     dict
-        ``{"run_dir", "stages": {stage: {"status", "bundle", "metrics", "curves",
-        "seconds"}}}``; status is ``"finished"`` or ``"skipped"``.
+        ``{"run_dir", "mlflow_run_id", "stages": {stage: {"status", "bundle", "metrics",
+        "curves", "seconds"}}}``; status is ``"finished"`` or ``"skipped"``.
     """
     from emoray.train.curves import write_curves
+    from emoray.train.mlflow_runs import plan_runs, plan_tracker
 
     if not cfg.train.features:
         raise ConfigError("train.features: no feature folder given (pass FEATURES or set "
@@ -144,6 +149,7 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
     feature_metadata(features)            # not a preprocess output: fail before any folder
     stages = plan_stages(cfg)
     preflight(features, stages)
+    tracker, parent = tracking or (plan_tracker(cfg), None)
     folder = run_dir(cfg).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     resolved = cfg.model_copy(deep=True)
@@ -152,49 +158,59 @@ def run_plan(cfg: EmorayConfig, echo: Callable[[str], None] = print, *,
     state = read_state(folder)
     state.setdefault("stages", {})
     results: dict[str, Any] = {"run_dir": str(folder), "stages": {}}
-    for stage, stage_cfg in stages.items():
-        before = get_stage(stage).after
-        init = (results["stages"].get(before) or {}).get("bundle") if before else None
-        done = finished_bundle(folder, stage, stage_cfg.epochs, state)
-        if done is not None:
-            echo(f"stage {stage} already finished: {done}")
-            entry = state["stages"].get(stage) or {}
-            metrics = read_bundle_meta(done)["metrics"]
-            if entry.get("status") != "finished" or entry.get("bundle") != str(done):
-                # finished, but the driver died before recording it (and its plots)
-                plots = [str(p) for p in write_curves(done, folder, features=features,
-                                                      stage=stage, split=cfg.train.split,
-                                                      echo=echo)] if curves else []
-                entry = {"status": "finished", "bundle": str(done), "metrics": metrics,
-                         "epoch": metrics.get("epoch"), "curves": plots}
-                state["stages"][stage] = entry
-                _write_state(folder, state)
-            results["stages"][stage] = {
-                "status": "skipped", "bundle": str(done), "metrics": metrics,
-                "curves": entry.get("curves", []), "seconds": 0.0}
-            continue
-        echo(f"stage {stage}: training {stage_cfg.epochs} epochs on {features} "
-             f"-> {folder / stage}")
-        state["stages"][stage] = {"status": "running", "started": time.time()}
-        _write_state(folder, state)
-        t0 = time.perf_counter()
-        kwargs = {"init": init} if before else {}
-        with (stage_context or (lambda _: nullcontext()))(stage):
-            out = get_stage(stage).train(features, folder, stage_cfg, name=stage,
-                                split=cfg.train.split, **kwargs)
-        seconds = time.perf_counter() - t0
-        plots = [str(p) for p in write_curves(out["checkpoint"], folder,
-                                              features=features, stage=stage,
-                                              split=cfg.train.split, echo=echo)] if curves else []
-        entry = {"status": "finished", "bundle": out["checkpoint"], "path": out["path"],
-                 "epoch": out["metrics"].get("epoch"), "metrics": out["metrics"],
-                 "curves": plots, "seconds": round(seconds, 2),
-                 "n_train": out["n_train"], "n_val": out["n_val"]}
-        state["stages"][stage] = entry
-        _write_state(folder, state)
-        results["stages"][stage] = {"status": "finished", "bundle": out["checkpoint"],
-                                    "metrics": out["metrics"], "curves": plots,
-                                    "seconds": seconds}
+    params = resolved.model_dump(mode="json", include={"ray", "train"})
+    with plan_runs(tracker, state, cfg.train.name, params, folder, parent) as runs:
+        results["mlflow_run_id"] = runs.run_id
+        for stage, stage_cfg in stages.items():
+            before = get_stage(stage).after
+            init = (results["stages"].get(before) or {}).get("bundle") if before else None
+            done = finished_bundle(folder, stage, stage_cfg.epochs, state)
+            if done is not None:
+                echo(f"stage {stage} already finished: {done}")
+                entry = state["stages"].get(stage) or {}
+                metrics = read_bundle_meta(done)["metrics"]
+                if entry.get("status") != "finished" or entry.get("bundle") != str(done):
+                    # finished, but the driver died before recording it (and its plots)
+                    plots = [str(p) for p in write_curves(done, folder, features=features,
+                                                          stage=stage, split=cfg.train.split,
+                                                          echo=echo)] if curves else []
+                    entry = {"status": "finished", "bundle": str(done), "metrics": metrics,
+                             "epoch": metrics.get("epoch"), "curves": plots}
+                    state["stages"][stage] = entry
+                    _write_state(folder, state)
+                logged = runs.stage_skipped(stage, stage_cfg, entry, done, str(features), folder)
+                if any(entry.get(k) != v for k, v in logged.items()):
+                    state["stages"][stage] = {**entry, **logged}
+                    _write_state(folder, state)
+                results["stages"][stage] = {
+                    "status": "skipped", "bundle": str(done), "metrics": metrics,
+                    "curves": entry.get("curves", []), "seconds": 0.0}
+                continue
+            echo(f"stage {stage}: training {stage_cfg.epochs} epochs on {features} "
+                 f"-> {folder / stage}")
+            sid = runs.stage_start(stage, stage_cfg, state["stages"].get(stage), str(features))
+            state["stages"][stage] = {"status": "running", "started": time.time(),
+                                      **runs.record(sid)}
+            _write_state(folder, state)
+            t0 = time.perf_counter()
+            kwargs = {"init": init} if before else {}
+            with (stage_context or (lambda _: nullcontext()))(stage), runs.epochs(sid):
+                out = get_stage(stage).train(features, folder, stage_cfg, name=stage,
+                                    split=cfg.train.split, **kwargs)
+            seconds = time.perf_counter() - t0
+            plots = [str(p) for p in write_curves(
+                out["checkpoint"], folder, features=features, stage=stage,
+                split=cfg.train.split, echo=echo)] if curves else []
+            runs.stage_end(sid, out["checkpoint"], plots, folder)
+            entry = {"status": "finished", "bundle": out["checkpoint"], "path": out["path"],
+                     "epoch": out["metrics"].get("epoch"), "metrics": out["metrics"],
+                     "curves": plots, "seconds": round(seconds, 2),
+                     "n_train": out["n_train"], "n_val": out["n_val"], **runs.record(sid)}
+            state["stages"][stage] = entry
+            _write_state(folder, state)
+            results["stages"][stage] = {"status": "finished", "bundle": out["checkpoint"],
+                                        "metrics": out["metrics"], "curves": plots,
+                                        "seconds": seconds}
     return results
 
 

@@ -87,6 +87,7 @@ class Campaign:
     concurrency: int
     trial_cpus: float
     prefix_bundle: str | None = None
+    mlflow: dict[str, Any] = field(default_factory=dict)    # tracker and campaign run id
     points: list[dict[str, Any]] = field(default_factory=list)   # typed points_to_evaluate
     config: dict[str, Any] = field(default_factory=dict)    # resolved ray/train/tune
 
@@ -226,7 +227,7 @@ def _trial(params: dict[str, Any], campaign: Campaign) -> None:
             else run_callbacks()
 
     out = run_plan(cfg, echo=lambda line: print(f"[trial {trial_id}] {line}", flush=True),
-                   stage_context=forward, curves=False)
+                   stage_context=forward, curves=False, tracking=(None, None))
     done = out["stages"][campaign.tuned]
     if done["status"] == "skipped":       # finished before an interruption: report it once
         tune.report({**done["metrics"], "checkpoint_path": done["bundle"]})
@@ -273,11 +274,11 @@ def _scheduler(cfg: EmorayConfig, max_t: int):
                          reduction_factor=s.reduction_factor)
 
 
-def _run_config(campaign: Campaign, storage_root: str):
+def _run_config(campaign: Campaign, storage_root: str, callbacks: list):
     from ray import tune
 
-    return tune.RunConfig(name=campaign.name, storage_path=storage_root,
-                          failure_config=tune.FailureConfig(max_failures=0), verbose=1)
+    return tune.RunConfig(name=campaign.name, storage_path=storage_root, verbose=1,
+                          failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks)
 
 
 def prepare(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> Campaign:
@@ -288,6 +289,7 @@ def prepare(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> Campaign:
 
     from emoray.data.features import feature_metadata
     from emoray.train.plan import preflight, run_plan
+    from emoray.tune.mlflow_trials import nest, start_campaign
 
     t = cfg.tune
     if not cfg.train.features:
@@ -311,10 +313,11 @@ def prepare(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> Campaign:
          f"{'+'.join(s['chain'])} ({t.search} search, {t.scheduler.type}), metric "
          f"{t.metric} ({t.mode})")
     echo(f"tune: {note}")
+    start_campaign(cfg, campaign)         # the MLflow run of the campaign (ConfigError first)
     if campaign.prefix:
         echo(f"tune: running the shared stages {campaign.prefix} once, before the trials")
         base = campaign.trial_config({}, "base", campaign.prefix, None)
-        out = run_plan(base, echo=echo, curves=False)
+        out = run_plan(base, echo=echo, curves=False, tracking=nest(campaign))
         campaign.prefix_bundle = out["stages"][campaign.prefix[-1]]["bundle"]
     _write(campaign, cfg)
     return campaign
@@ -352,6 +355,8 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
     """
     from ray import tune
 
+    from emoray.tune.mlflow_trials import end_campaign, resume_campaign, trial_callbacks
+
     t0 = time.perf_counter()
     if resume:
         campaign = load_campaign(resume, storage_root or "runs/tune")
@@ -360,6 +365,7 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
                               f"to restore (the campaign stopped before its first trial); "
                               f"start it again under a new tune.name")
         echo(f"tune: resuming campaign {resume} from {campaign.exp}")
+        resume_campaign(campaign)
         tuner = tune.Tuner.restore(campaign.exp, trainable=_tuner_trainable(campaign),
                                    resume_unfinished=True, resume_errored=True)
     else:
@@ -373,14 +379,19 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
                 scheduler=_scheduler(cfg, campaign.max_t), num_samples=cfg.tune.num_samples,
                 max_concurrent_trials=campaign.concurrency),
             run_config=_run_config(campaign, str(Path(root).resolve())
-                                   if not storage.is_uri(root) else root))
+                                   if not storage.is_uri(root) else root,
+                                   trial_callbacks(campaign)))
     results = tuner.fit()
     _quiet_data()
     counts: dict[str, int] = {}
     for r in results:
         status = "ERROR" if r.error else "TERMINATED"
         counts[status] = counts.get(status, 0) + 1
-    best = promote(campaign, results, echo)
+    best = None
+    try:
+        best = promote(campaign, results, echo)
+    finally:                                  # FAILED when no trial could be promoted
+        end_campaign(campaign, best, counts, "FINISHED" if best else "FAILED")
     return {"exp": campaign.exp, "best": best, "trials": counts,
             "seconds": time.perf_counter() - t0}
 
@@ -395,6 +406,7 @@ def promote(campaign: Campaign, results, echo: Callable[[str], None] = print) ->
     checkpoint).
     """
     from emoray.train.plan import run_plan
+    from emoray.tune.mlflow_trials import nest
 
     sign = 1.0 if campaign.mode == "max" else -1.0
     scored = [r for r in results if r.error is None and r.metrics
@@ -414,7 +426,7 @@ def promote(campaign: Campaign, results, echo: Callable[[str], None] = print) ->
     if campaign.suffix:
         echo(f"tune: running {campaign.suffix} from the best trial's {campaign.tuned} bundle")
         cfg = campaign.trial_config(params, f"best-{trial_id}", campaign.suffix, bundle)
-        out = run_plan(cfg, echo=echo)
+        out = run_plan(cfg, echo=echo, tracking=nest(campaign))
         bundle = out["stages"][campaign.suffix[-1]]["bundle"]
     dest = storage.join(campaign.exp, BEST)
     with tempfile.TemporaryDirectory() as tmp:
