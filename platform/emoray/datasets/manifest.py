@@ -346,10 +346,11 @@ class ManifestAdapter(DatasetAdapter):
     def load_trial(self, spec: TrialSpec) -> Trial:
         """Read every modality the spec names; EEG is picked to the dataset's channels."""
         if "window" in spec.extra:      # one event of a continuous recording
+            # ingest picks the dataset's channels; the first header would list every
+            # recording's events again in each Ray task
             trial = load_event_trial(spec, lambda p: self.read_video(p, fps_hint=self.video_fps))
-            channels = self.eeg_channels or (self._eeg_header[0] if self._eeg_header else None)
-            if trial.eeg is not None and channels:
-                trial.eeg = pick_channels(trial.eeg, channels)
+            if trial.eeg is not None and self.eeg_channels:
+                trial.eeg = pick_channels(trial.eeg, self.eeg_channels)
             return trial
         trial = Trial(spec=spec)
         if "eeg" in spec.refs:
