@@ -5,6 +5,7 @@ same events must give the same trials: count, labels, onsets and EEG values."""
 
 from __future__ import annotations
 
+import datetime
 import warnings
 
 import mne
@@ -18,6 +19,8 @@ from emoray.datasets import get_adapter
 from emoray.datasets.events import EventSettings, read_events_file
 from emoray.datasets.manifest import ManifestAdapter, write_manifest
 from emoray.errors import ConfigError
+
+UTC = datetime.timezone.utc
 
 SFREQ = 128.0
 CHANNELS = ["Fp1", "Fp2", "Cz", "Pz"]
@@ -278,3 +281,25 @@ def test_map_matches_brainvision_types_and_rating_targets():
     assert settings.target("2") == {"valence": 7, "arousal": 2}
     assert settings.target("New Segment/") is None
     assert EventSettings.from_option(None).target("anger") == {"label": "anger"}
+
+
+@pytest.mark.parametrize("meas_date", [None, datetime.datetime(2024, 1, 1, tzinfo=UTC)])
+def test_cropped_fif_annotations_count_from_its_first_sample(tmp_path, meas_date):
+    """A FIF saved after Raw.crop starts at first_samp > 0: onsets must count from it."""
+    raw = _raw()
+    raw.set_meas_date(meas_date)
+    raw.set_annotations(mne.Annotations([5.0, 12.0], [2.0, 2.0], ["happy", "sad"]))
+    raw.crop(tmin=3.0).save(tmp_path / "crop_raw.fif", verbose="error")
+    write_manifest(tmp_path / "m.csv", [{"subject": "s", "trial": "c",
+                                         "eeg": tmp_path / "crop_raw.fif",
+                                         "events": "annotations"}])
+    adapter = ManifestAdapter(str(tmp_path / "m.csv"), events={"map": MAP})
+    specs, rejections = adapter.list_trials()
+    assert not rejections and [s.extra["onset"] for s in specs] == [2.0, 9.0]
+    events = mne.events_from_annotations(mne.io.read_raw(tmp_path / "crop_raw.fif",
+                                                         verbose="error"), verbose="error")[0]
+    first = int(3.0 * SFREQ)
+    assert [int(s.extra["onset"] * SFREQ) for s in specs] == list(events[:, 0] - first)
+    trial = adapter.load_trial(specs[0])
+    np.testing.assert_allclose(trial.eeg.data, _raw().get_data()[:, 640:896], atol=1e-12)
+

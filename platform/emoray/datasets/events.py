@@ -258,8 +258,9 @@ def _cell_number(cells: dict[str, str], column: str, *,
 def recording_events(raw: Any, source: str, stim_channel: str | None = None) -> list[Event]:
     """Events from an MNE ``Raw`` (header only): its annotations or its stim channel.
 
-    Onsets are seconds from the first sample (``Raw.time_as_index`` with the annotations'
-    own origin, so FIF files whose first sample is not 0 line up).
+    Onsets are seconds from the first sample, counted as ``mne.events_from_annotations``
+    does (``Raw.time_as_index`` with the annotations' own origin), so FIF files whose first
+    sample is not 0 (cropped recordings) line up with or without a measurement date.
     """
     import mne
 
@@ -278,6 +279,8 @@ def recording_events(raw: Any, source: str, stim_channel: str | None = None) -> 
     annotations = raw.annotations
     samples = raw.time_as_index(annotations.onset, use_rounding=True,
                                 origin=annotations.orig_time)
+    if annotations.orig_time is None:     # as mne.events_from_annotations counts them
+        samples = samples - raw.first_samp
     extras = getattr(annotations, "extras", None) or [{}] * len(annotations)
     events = []
     for i, (sample, duration, description) in enumerate(
