@@ -28,7 +28,7 @@ from emoray.datasets.base import Rejection
 from emoray.datasets.events import EventSettings, read_events_file, recording_events
 from emoray.errors import DataError
 from emoray.labels import LabelSpace, to_common_scale
-from emoray.types import EEG, Audio, Trial, TrialSpec, Video
+from emoray.types import EEG, Trial, TrialSpec, Video
 
 _TOLERANCE = 1e-6     # seconds: a window ending exactly at the last sample is in range
 
@@ -69,24 +69,25 @@ class Expansion:
     overlaps: int = 0
 
 
-def _lengths(rec: Recording, video_fps: float) -> tuple[dict[str, float], Any, float | None]:
-    """Seconds per modality, the EEG's MNE Raw (header only) and its sample rate."""
+def _lengths(rec: Recording, video_fps: float) -> tuple[dict[str, float], Any, dict]:
+    """Seconds per modality, the EEG's MNE Raw (header only) and the sample rates."""
     from emoray.io.audio import audio_header
     from emoray.io.eeg import open_raw
     from emoray.io.video import video_header
 
     lengths: dict[str, float] = {}
-    raw, sfreq = None, None
+    rates: dict[str, float] = {}
+    raw = None
     if rec.eeg:
         raw = open_raw(rec.eeg)
-        sfreq = float(raw.info["sfreq"])
-        lengths["eeg"] = raw.n_times / sfreq
+        rates["eeg"] = float(raw.info["sfreq"])
+        lengths["eeg"] = raw.n_times / rates["eeg"]
     if rec.audio:
-        rate, frames = audio_header(rec.audio)
-        lengths["audio"] = frames / rate
+        rates["audio"], frames = audio_header(rec.audio)
+        lengths["audio"] = frames / rates["audio"]
     if rec.video:
         lengths["video"] = video_header(rec.video, frames_fps=video_fps)[3]
-    return lengths, raw, sfreq
+    return lengths, raw, rates
 
 
 def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpace,
@@ -99,7 +100,7 @@ def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpac
     """
     out = Expansion()
     try:
-        lengths, raw, sfreq = _lengths(rec, video_fps)
+        lengths, raw, rates = _lengths(rec, video_fps)
         if rec.events_file:
             events = read_events_file(rec.events_file, settings.label_column,
                                       label_defaults)
@@ -126,7 +127,7 @@ def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpac
         try:
             if event.error:
                 raise DataError(where, event.error, kind="invalid_value", field="onset")
-            spec = _spec(rec, trial, event, target, settings, label_space, va_scale, sfreq)
+            spec = _spec(rec, trial, event, target, settings, label_space, va_scale, rates)
             start, stop = spec.extra["window"]
             for lo, hi, what in [(start, stop, "window"), *(
                     [tuple(spec.refs["eeg"]["baseline"]) + ("baseline interval",)]
@@ -169,7 +170,7 @@ def _rating(value: Any, name: str, va_scale: tuple[float, float]) -> tuple[float
 
 def _spec(rec: Recording, trial: str, event, target: dict[str, Any],
           settings: EventSettings, label_space: LabelSpace, va_scale: tuple[float, float],
-          sfreq: float | None) -> TrialSpec:
+          rates: dict[str, float]) -> TrialSpec:
     label = target.get("label")
     index = None
     if label not in (None, ""):
@@ -192,11 +193,13 @@ def _spec(rec: Recording, trial: str, event, target: dict[str, Any],
                 if settings.baseline else None)
     refs: dict[str, Any] = {}
     if rec.eeg:
-        refs["eeg"] = {"path": rec.eeg, "start": start, "stop": stop, "sfreq": sfreq,
+        refs["eeg"] = {"path": rec.eeg, "start": start, "stop": stop, "sfreq": rates["eeg"],
                        "baseline": baseline, "bads": list(rec.bads)}
     for modality in ("audio", "video"):
         if getattr(rec, modality):
             refs[modality] = {"path": getattr(rec, modality), "start": start, "stop": stop}
+    if rec.audio:
+        refs["audio"]["rate"] = rates["audio"]
     if rec.events_file:
         refs["events"] = {"path": rec.events_file}
     extra = dict(rec.extra, **event.extra)
@@ -243,11 +246,11 @@ def load_event_trial(spec: TrialSpec, read_video) -> Trial:
                         source=eeg.source)
     if "audio" in spec.refs:
         a = spec.refs["audio"]
-        audio = read_audio(a["path"])
-        i0 = int(round(a["start"] * audio.sample_rate))
-        n = int(round((a["stop"] - a["start"]) * audio.sample_rate))
-        trial.audio = Audio(audio.samples[i0:i0 + n].copy(), audio.sample_rate, audio.source)
-    if "video" in spec.refs:
+        rate = a["rate"]
+        i0 = int(round(a["start"] * rate))
+        trial.audio = read_audio(a["path"], start=i0,
+                                 stop=i0 + int(round((a["stop"] - a["start"]) * rate)))
+    if "video" in spec.refs:      # decoded whole, then cut (PyAV seeks only to key frames)
         v = spec.refs["video"]
         video = read_video(v["path"])
         i0, i1 = (int(math.floor(t * video.fps + 1e-6)) for t in (v["start"], v["stop"]))

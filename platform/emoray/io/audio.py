@@ -53,13 +53,15 @@ def _info(path: str | os.PathLike):
                         kind="unreadable", field="audio") from None
 
 
-def read_audio(path: str | os.PathLike) -> Audio:
+def read_audio(path: str | os.PathLike, *, start: int = 0, stop: int | None = None) -> Audio:
     """Read an audio file as mono float32.
 
     Parameters
     ----------
     path : str | os.PathLike
         A ``.wav``, ``.flac`` or ``.ogg`` file at any sample rate.
+    start, stop : int
+        Read only frames ``[start, stop)`` (a trial's window of a long recording).
 
     Returns
     -------
@@ -76,7 +78,8 @@ def read_audio(path: str | os.PathLike) -> Audio:
 
     _check_path(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, ch)
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True,
+                             start=start, stop=stop)                      # (T, ch)
     except Exception as exc:
         raise DataError(str(path), f"cannot read audio: {_short_reason(exc)}",
                         kind="unreadable", field="audio") from None
