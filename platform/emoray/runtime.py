@@ -35,6 +35,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     if address:
         check_reachable(address, source="--address" if cfg.address else "RAY_ADDRESS")
         ray.init(address=address, **kwargs)
+        quiet_console()
         return
     embedded_defaults()
     if cfg.include_dashboard is not None:
@@ -43,6 +44,32 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 1024 * 1024
     ray.init(num_cpus=cfg.num_cpus, **kwargs)
+    quiet_console()
+
+
+def quiet_console() -> None:
+    """Where the driver's console is emoray's (:func:`emoray.console.configure`): worker
+    output goes through :mod:`emoray.console` (each execution's plan, which Ray Data logs
+    at INFO, reaches the log file only), and unless verbose Ray Data draws no progress
+    bars (its own switch, carried to the workers with each dataset's context)."""
+    from emoray import console
+
+    if not console.is_driver():
+        return
+    import ray.data
+
+    console.install_ray_handler()
+    console.quiet_ray_loggers()
+    if not console.verbose():
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+    if ray.is_initialized() and console.log_path() is not None:
+        try:
+            from ray._private.worker import _global_node
+
+            console.log(f"Ray session logs: {_global_node.get_logs_dir_path()}")
+        except Exception:                       # a client connection has no local node
+            pass
 
 
 #: Ray settings of the embedded cluster (a variable already set wins). One machine has no
@@ -113,7 +140,8 @@ def _call_per_row(batch: dict, fn):
     return {k: [r[k] for r in results] for k in results[0]}
 
 
-def map_tasks(tasks: list[dict], fn) -> list[dict]:
+def map_tasks(tasks: list[dict], fn, desc: str | None = None, unit: str = "task"
+              ) -> list[dict]:
     """Run ``fn`` on each task row as a Ray Data ``map_batches`` pipeline, one task per row.
 
     Task rows hold plain values only (ints, strings: nested structures travel as JSON, or
@@ -123,9 +151,12 @@ def map_tasks(tasks: list[dict], fn) -> list[dict]:
     Ray Data's per-operator resource reservation keeps half the CPUs back from a
     single-operator pipeline until its first output arrives (on 2 CPUs: one task runs
     alone for a whole task length). These pipelines have one operator whose tasks are
-    the whole job, so the reservation is switched off while they run.
+    the whole job, so the reservation is switched off while they run. ``desc`` names a
+    progress display over the tasks (:class:`emoray.console.Progress`) as results arrive.
     """
     import ray.data
+
+    from emoray.console import Progress
 
     if not tasks:
         return []
@@ -134,7 +165,13 @@ def map_tasks(tasks: list[dict], fn) -> list[dict]:
     ctx.op_resource_reservation_enabled = False
     try:
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        return ds.map_batches(_call_per_row, fn_kwargs={"fn": fn}, batch_size=1,
-                              batch_format="numpy").take_all()
+        rows = ds.map_batches(_call_per_row, fn_kwargs={"fn": fn}, batch_size=1,
+                              batch_format="numpy").iter_rows()
+        results = []
+        with Progress(len(tasks), desc or "tasks", unit, enabled=desc is not None) as bar:
+            for row in rows:
+                results.append(row)
+                bar.update()
+        return results
     finally:
         ctx.op_resource_reservation_enabled = saved

@@ -35,6 +35,13 @@ def test_parser_knows_the_same_subcommands():
     assert sorted(actions[0].choices) == sorted(SUBCOMMANDS)
 
 
+def test_verbose_is_a_flag_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "quickstart"]).verbose
+    assert parser.parse_args(["ingest", "src", "--out", "o", "--verbose"]).verbose
+    assert not parser.parse_args(["quickstart"]).verbose
+
+
 def test_config_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "c"), "--set", "synth.subjcts=2"]) == 2
     err = capsys.readouterr().err
@@ -62,6 +69,12 @@ def test_synth_ingest_inspect_from_the_command_line(tmp_path, capsys):
                "--segment-seconds", "2", "--set", "ingest.options.task=both")
     assert res.returncode == 0, res.stderr
     assert "5 found = 5 ingested + 0 rejected (reconciled)" in res.stdout
+    # the quiet console: Ray's own lines go to the run folder's log, which the console names
+    log = rec / "logs" / "ray.log"
+    printed = res.stdout + res.stderr
+    assert f"logs: {log}" in res.stdout and "Execution plan" not in printed, printed
+    assert len(printed.splitlines()) <= 10, printed
+    assert "Execution plan of Dataset" in log.read_text()
     saved = yaml.safe_load((rec / "config.yaml").read_text())
     assert saved["ingest"]["options"] == {"task": "both"} and saved["ingest"]["layout"] == "eav"
     capsys.readouterr()

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "emoray"
 #: (longest prefix wins); it may import its own layer and the layers below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("emoray", "emoray.errors", "emoray.labels", "emoray.types", "emoray.storage",
-                "emoray.tracking")),
+                "emoray.console", "emoray.tracking")),
     ("io", ("emoray.io",)),
     ("datasets", ("emoray.datasets",)),
     ("synth", ("emoray.synth",)),

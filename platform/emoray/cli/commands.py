@@ -41,6 +41,17 @@ def _tracker(cfg, root: str | Path):
     return open_tracker(t.uri, t.experiment, root) if t.enabled else None
 
 
+def _start_ray(args: argparse.Namespace, ray_cfg, folder: str | Path) -> None:
+    """Start or join Ray with emoray's console: quiet unless ``-v``; Ray's and the
+    workers' output to ``FOLDER/logs/ray.log``."""
+    from emoray import console
+    from emoray.runtime import init_ray
+
+    path = console.configure(Path(folder) / "logs", verbose=getattr(args, "verbose", False))
+    print(f"logs: {path}", flush=True)
+    init_ray(ray_cfg)
+
+
 def _command(name: str):
     def wrap(fn):
         _COMMANDS[name] = fn
@@ -67,8 +78,6 @@ def _synth(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from emoray.config import dump
     from emoray.data.ingest import format_report, run_ingest
-    from emoray.runtime import init_ray
-
     cfg = _resolve(args, {"ingest.source": args.source, "ingest.output": args.out,
                           "ingest.layout": args.layout,
                           "ingest.segment_seconds": args.segment_seconds,
@@ -76,7 +85,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if not cfg.ingest.source or not cfg.ingest.output:
         raise EmorayError("ingest needs a SOURCE and --out (or ingest.source/ingest.output "
                           "in --config)")
-    init_ray(cfg.ray)
+    _start_ray(args, cfg.ray, cfg.ingest.output)
     report = run_ingest(cfg.ingest)
     dump(cfg, Path(cfg.ingest.output) / "config.yaml", ["ray", "ingest"])
     print(format_report(report))
@@ -87,7 +96,6 @@ def _ingest(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from emoray.config import dump
     from emoray.data.preprocess import format_report, run_preprocess
-    from emoray.runtime import init_ray
 
     cfg = _resolve(args, {"preprocess.input": args.input, "preprocess.output": args.out,
                           "preprocess.force": args.force})
@@ -96,7 +104,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     from emoray.data.shards import shard_files
 
     shard_files(cfg.preprocess.input)         # a bad folder fails before Ray starts
-    init_ray(cfg.ray)
+    _start_ray(args, cfg.ray, cfg.preprocess.output)
     report = run_preprocess(cfg.preprocess)
     dump(cfg, Path(cfg.preprocess.output) / "config.yaml", ["ray", "preprocess"])
     print(format_report(report))
@@ -121,7 +129,10 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     cfg = quickstart_config(args.config, args.overrides,
                             {"ray.address": args.ray_address, "ray.num_cpus": args.num_cpus})
-    run_quickstart(cfg, args.out)
+    from emoray import console
+
+    console.configure(Path(args.out) / "logs", verbose=getattr(args, "verbose", False))
+    run_quickstart(cfg, args.out, echo=console.echo)
     return 0
 
 
@@ -132,15 +143,12 @@ def _train(args: argparse.Namespace) -> int:
     if not cfg.train.features:
         raise EmorayError("train needs a FEATURES folder (or train.features in --config)")
     from emoray.data.features import feature_metadata
-    from emoray.runtime import init_ray
-    from emoray.train.plan import format_summary, run_plan
-
-    from emoray.train.plan import plan_stages, preflight
+    from emoray.train.plan import format_summary, plan_stages, preflight, run_dir, run_plan
 
     feature_metadata(cfg.train.features)      # a bad folder fails before Ray starts
     preflight(Path(cfg.train.features), plan_stages(cfg))
     tracker = _tracker(cfg, cfg.train.output)
-    init_ray(cfg.ray)
+    _start_ray(args, cfg.ray, run_dir(cfg))
     print(format_summary(run_plan(cfg, tracking=(tracker, None))))
     return 0
 
@@ -171,11 +179,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_cfg = resolve(target / "config.yaml", overrides=args.overrides)
     run_cfg.ray, run_cfg.tracking = cfg.ray, cfg.tracking
     tracker = _tracker(cfg, target.resolve().parent)
-    from emoray.runtime import init_ray
-
-    init_ray(cfg.ray)
     if args.parallel < 1:
         raise EmorayError(f"--parallel: expected an integer >= 1, got {args.parallel}")
+    _start_ray(args, cfg.ray, target / "eval" / args.protocol)
     report = evaluate_run(target, args.protocol, seeds, args.folds, args.features, run_cfg,
                           parallel=args.parallel, tracker=tracker)
     print(format_report(report))
@@ -386,6 +392,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run its handler; user errors print one line and return 2."""
+    from emoray import console
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -395,8 +403,24 @@ def run(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except EmorayError as exc:
         print(f"emoray {args.command}: error: {exc}", file=sys.stderr)
+        _tell_logs(args.command)
         return 2
     except KeyboardInterrupt:
         print(f"emoray {args.command}: interrupted", file=sys.stderr)
+        _tell_logs(args.command)
         return 130
+    except BaseException:
+        _tell_logs(args.command)
+        raise
+    finally:
+        console.close()
+
+
+def _tell_logs(command: str) -> None:
+    """After a failure: where Ray's and the workers' output went, if it was hidden."""
+    from emoray import console
+
+    path = console.log_path()
+    if path is not None and path.exists():
+        print(f"emoray {command}: Ray's and the workers' output: {path}", file=sys.stderr)
 

@@ -24,6 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", dest="ray_address", help="Ray cluster address (default: start "
                    "an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show Ray's own logs and every worker line (same as emoray -v)")
 
 
 def _tracking(p: argparse.ArgumentParser, serve: bool = False) -> None:
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emoray", description="emoray: multimodal emotion recognition (EEG, speech, "
         "video) on Ray.", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"emoray {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs, "
+                        "Ray Data's execution plans and every worker's output on the console "
+                        "(by default they go to the run folder's logs/ray.log)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("quickstart", help="synth -> ingest -> preprocess on an embedded "

@@ -74,6 +74,10 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
          else f"[2/7] connecting to Ray at {cfg.ray.address}")
     init_ray(cfg.ray)
     timings["ray"] = time.perf_counter() - t
+    from emoray import console
+
+    if console.where():
+        echo("  " + console.where())
 
     t = time.perf_counter()
     ingest = cfg.ingest.model_copy(update={"source": str(corpus), "output": str(records)})
@@ -106,6 +110,8 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
     echo("")
     echo("quickstart done in " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
          + f"; resolved config: {out / 'config.yaml'}")
+    if console.where():
+        echo(console.where())
     return {"ingest": ingest_report, "preprocess": prep_report, "summaries": summaries,
             "reports": reports, "answers": answers, "timings": timings}
 
@@ -172,6 +178,7 @@ def serve_and_ask(cfg: EmorayConfig, run: Path, corpus: Path, echo=print,
     keeps), print the answers beside the true label and shut Serve down."""
     from ray import serve
 
+    from emoray import console
     from emoray.cli.format import format_prediction
     from emoray.serving.app import run as serve_run
     from emoray.serving.client import predict_files
@@ -183,6 +190,7 @@ def serve_and_ask(cfg: EmorayConfig, run: Path, corpus: Path, echo=print,
     echo("")
     echo(f"[7/7] serve: {run} on Ray Serve; one request per modality subset of validation "
          f"trial {row['trial']} of {row['subject']} (true label: {row['label']})")
+    console.quiet_ray_loggers()              # Serve sets its driver logger up on import
     url = serve_run(settings, echo=echo)
     answers = {}
     try:

@@ -139,7 +139,7 @@ def run_tasks_ray(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the shard tasks as a Ray Data pipeline (one task per shard)."""
     from emoray.runtime import map_tasks
 
-    return map_tasks(tasks, process_group)
+    return map_tasks(tasks, process_group, desc="ingest", unit="shard")
 
 
 def run_tasks_local(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:

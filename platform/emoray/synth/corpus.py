@@ -33,9 +33,9 @@ CONFIG_NAME = "synth_config.yaml"
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+    from emoray.console import Progress
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="trial", leave=False)
+    return Progress(total, desc, unit="trial", enabled=enabled)
 
 
 def write_corpus(cfg: SynthConfig, out: str | Path, *, progress: bool = True) -> dict:

@@ -175,11 +175,11 @@ def _write_report(run: Path, cfg: EmorayConfig, report: dict[str, Any]) -> dict[
 
 def _plan_task(tree: dict[str, Any], label: str, tracking: tuple) -> dict[str, Any]:
     """A Ray task: run one plan (config as a JSON tree) and return its results."""
+    from emoray.console import remote_echo
     from emoray.train.plan import run_plan
 
-    print(label, flush=True)
-    return run_plan(EmorayConfig.model_validate(tree), tracking=tracking,
-                    echo=lambda line: print(line, flush=True))
+    # its stages' lines reach the driver's console (the driver printed the label)
+    return run_plan(EmorayConfig.model_validate(tree), echo=remote_echo, tracking=tracking)
 
 
 def _run_concurrently(units: list[tuple[EmorayConfig, str, tuple]], parallel: int,

@@ -21,6 +21,7 @@ import torch
 from emoray.config import SplitConfig
 from emoray.config.train import FusionStageConfig
 from emoray.config.contract import PreprocessContract
+from emoray.console import remote_echo
 from emoray.data.features import batch_to_tensors, feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import DataError
@@ -204,9 +205,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             parts = " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                              if k.startswith("val_acc") or k == "val_f1")
-            print(f"[fusion] epoch {epoch + 1}/{cfg.epochs} steps={metrics['steps']} "
-                  f"loss={metrics['train_loss']:.4f} "
-                  f"{parts}", flush=True)
+            remote_echo(f"[fusion] epoch {epoch + 1}/{cfg.epochs} steps={metrics['steps']} "
+                        f"loss={metrics['train_loss']:.4f} {parts}")
         state = {"optimizer": opt.state_dict(), "epoch": epoch, "history": history}
         if best is not None:                 # a restarted run goes on choosing
             state["selected"] = best

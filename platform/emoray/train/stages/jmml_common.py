@@ -22,6 +22,7 @@ import torch
 
 from emoray.bundle import check_contract, read_bundle_meta
 from emoray.config.train import TARGETS
+from emoray.console import remote_echo
 from emoray.data.features import batch_to_tensors
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError, DataError
@@ -87,7 +88,7 @@ def progress(stage: str, epoch: int, epochs: int, metrics: dict[str, Any],
               keys: list[str]) -> None:
     shown = " ".join(f"{k}={metrics[k]}" if isinstance(metrics[k], int) else
                      f"{k}={metrics[k]:.3f}" for k in keys if k in metrics)
-    print(f"[{stage}] epoch {epoch + 1}/{epochs} {shown}", flush=True)
+    remote_echo(f"[{stage}] epoch {epoch + 1}/{epochs} {shown}")
 
 
 #: representation -> the modalities a record needs for it

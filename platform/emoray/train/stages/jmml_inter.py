@@ -19,6 +19,7 @@ import torch
 from emoray.bundle import MODEL_FILE
 from emoray.config import SplitConfig
 from emoray.config.train import JMML_MODALITIES, InterStageConfig
+from emoray.console import remote_echo
 from emoray.data.features import feature_metadata
 from emoray.data.shards import shard_files
 from emoray.errors import ConfigError
@@ -125,8 +126,8 @@ def inter_loop(config: dict[str, Any]) -> None:
                           f"{world} workers give {per_worker} per worker; DCCA needs "
                           f"batches larger than k + 1 ({cfg.k + 1}): lower k or num_workers")
     if batch_size < cfg.batch_size and rank == 0:
-        print(f"[inter] {len(rows_s)} {pairing} pairs: batch size {batch_size} instead of "
-              f"{cfg.batch_size}", flush=True)
+        remote_echo(f"[inter] {len(rows_s)} {pairing} pairs: batch size {batch_size} "
+                    f"instead of {cfg.batch_size}")
     opt_state, start, history = restored or (None, 0, [])
     cae = ray.train.torch.prepare_model(model.cae)
     opt = torch.optim.AdamW(cae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
