@@ -140,6 +140,14 @@ def test_tasks_option_label_column_and_ingest(tree, tmp_path):
     assert report["records"] == 6 * 2 and report["records_per_modality"]["audio"] == 2
 
 
+def test_bad_channels_stay_out_of_an_intersection_channel_set(tree, tmp_path):
+    cfg = IngestConfig(layout="bids", source=str(tree), output=str(tmp_path / "out"),
+                       channels="intersection", options=OPTIONS)
+    report = run_ingest(cfg, runner=run_tasks_local, echo=lambda *_: None)
+    assert report["channels"]["picked"] == ["Fp1", "Fp2", "Cz", "Pz"]   # O1 bad in sub-02
+    assert report["ingested"] == 6 and report["rejected"] == 2
+
+
 def test_bad_root_and_options(tmp_path):
     with pytest.raises(DataError) as err:
         get_adapter("bids", str(tmp_path), {}).list_trials()

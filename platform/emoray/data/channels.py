@@ -94,6 +94,16 @@ def eeg_files(specs) -> list[str]:
     return list(seen)
 
 
+def _bad_channels(specs) -> dict[str, set[str]]:
+    """Channels an adapter marks bad per EEG file (a BIDS channels.tsv's ``status``):
+    not counted as the file's channels, so ``intersection`` leaves them out."""
+    from emoray.io.eeg import normalize_channel_name
+
+    return {str(s.refs["eeg"]["path"]): {normalize_channel_name(b) for b in
+                                         s.refs["eeg"]["bads"]}
+            for s in specs if isinstance(s.refs.get("eeg"), dict) and s.refs["eeg"].get("bads")}
+
+
 def read_channels(paths: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
     """``({file: normalised channels}, {file: why its header could not be read})``."""
     from emoray.io.eeg import eeg_header
@@ -114,6 +124,8 @@ def plan_channels(spec: str | list[str], specs, declared: list[str] | None
     {file: [names]}, "unreadable": {file: reason}}``. Without readable EEG files of their
     own (an adapter of fixed-layout archives) every trial has the ``declared`` channels."""
     files, failed = read_channels(eeg_files(specs))
+    files = {f: [c for c in chans if c not in bads] for f, chans in files.items()
+             for bads in [_bad_channels(specs).get(f, set())]}
     if not files and not failed and declared:
         files = {"(every trial)": list(declared)}
     picked = resolve_set(spec, files)
