@@ -13,8 +13,8 @@ import numpy as np
 import pybv
 import pytest
 
-from emoray.data.ingest import format_report, run_ingest, run_tasks_local
 from emoray.config import IngestConfig
+from emoray.data.ingest import format_report, run_ingest, run_tasks_local
 from emoray.datasets import get_adapter
 from emoray.datasets.events import EventSettings, read_events_file
 from emoray.datasets.manifest import ManifestAdapter, write_manifest
