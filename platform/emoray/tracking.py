@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -77,9 +78,9 @@ def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     """The finite numbers of ``metrics`` (bools and text dropped), keys made valid."""
     out = {}
-    for name, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value):
+    for name, value in metrics.items():          # numbers.Real: numpy scalars too
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and type(value).__name__ != "bool_" and math.isfinite(value):
             out[key(name)] = float(value)
     return out
 

@@ -12,6 +12,7 @@ import logging
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -90,14 +91,15 @@ def test_runs_nest_params_resume_and_metrics_keep_one_point_per_step(tmp_path):
     parent = tracker.start("train p", params={"train.name": "p"})
     child = tracker.start("fusion", parent=parent, params={"lr": "0.1"})
     tracker.log_metrics(child, {"epoch": 0, "train_loss": 1.5, "note": "text", "ok": True,
-                                "nan": float("nan")}, step=0)
+                                "nan": float("nan"), "lr": np.float32(0.25),
+                                "steps": np.int64(7)}, step=0)
     again = tracker.start("fusion", resume=child, params={"lr": "0.2", "dim": "8"})
     assert again == child                  # the recorded run is continued, not duplicated
     client = MlflowClient(tracking_uri=tracker.uri)
     run = client.get_run(child)
     assert run.data.tags[PARENT_TAG] == parent
     assert run.data.params == {"lr": "0.1", "dim": "8"}    # a logged param never changes
-    assert run.data.metrics == {"epoch": 0.0, "train_loss": 1.5}
+    assert run.data.metrics == {"epoch": 0.0, "train_loss": 1.5, "lr": 0.25, "steps": 7.0}
     assert tracker.logged_steps(child, "epoch") == {0}
     tracker.end(child, "KILLED")
     assert client.get_run(child).info.status == "KILLED"
