@@ -303,3 +303,16 @@ def test_cropped_fif_annotations_count_from_its_first_sample(tmp_path, meas_date
     trial = adapter.load_trial(specs[0])
     np.testing.assert_allclose(trial.eeg.data, _raw().get_data()[:, 640:896], atol=1e-12)
 
+
+def test_without_a_map_descriptions_are_class_names(tmp_path):
+    """BrainVision's "Comment/" type prefix is not part of the class name."""
+    raw = _raw(with_annotations=False)
+    raw.set_annotations(mne.Annotations([1.0, 5.0], [2.0, 2.0], ["anger", "surprise"]))
+    _export(raw, tmp_path / "r.vhdr")
+    write_manifest(tmp_path / "m.csv", [{"subject": "s", "trial": "r", "eeg": "r.vhdr",
+                                         "events": "annotations"}])
+    specs, rejections = ManifestAdapter(str(tmp_path / "m.csv")).list_trials()
+    assert [(s.extra["event"], s.label) for s in specs] == [("Comment/anger", 2)]
+    assert [r.kind for r in rejections] == ["label"]
+    assert "Comment/surprise" in rejections[0].reason
+

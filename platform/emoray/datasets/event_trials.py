@@ -175,7 +175,12 @@ def _spec(rec: Recording, trial: str, event, target: dict[str, Any],
     index = None
     if label not in (None, ""):
         text = str(int(label)) if isinstance(label, float) and label.is_integer() else label
-        index = label_space.index(text)
+        try:
+            index = label_space.index(text)
+        except DataError:
+            if "/" not in str(text):
+                raise
+            index = label_space.index(str(text).split("/", 1)[1])   # BrainVision "Comment/x"
     valence = _rating(event.valence if event.valence is not None else target.get("valence"),
                       "valence", va_scale)
     arousal = _rating(event.arousal if event.arousal is not None else target.get("arousal"),
