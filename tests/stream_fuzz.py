@@ -110,6 +110,13 @@ def malformed_streams(first: dict, eeg_chunk: bytes, speech_chunk: bytes, key: s
     chunk_case("speech 12 s ahead", [("bytes", b"s" + six), ("bytes", b"s" + six)], {POLICY})
     chunk_case("text chunk", [("text", "hello")], {UNSUPPORTED})
     chunk_case("json chunk", [("text", json.dumps({"eeg": [[1.0]]}))], {UNSUPPORTED})
+    rng = np.random.default_rng(7)
+    for i in range(6):          # garbage under a declared tag: a ragged length, or NaN/inf
+        tag = b"es"[i % 2:i % 2 + 1]            # among thousands of random float32 values
+        frame, rate = (4 * n_chans, eeg_rate) if tag == b"e" else (4, speech_rate)
+        samples = int(rng.integers(max(1, int(rate)), int(4 * rate)))     # 1-4 s
+        n = samples * frame + (int(rng.integers(1, frame)) if i < 3 else 0)
+        chunk_case(f"garbage {tag!r} {n} bytes", [("bytes", tag + rng.bytes(n))], {INVALID})
     chunk_case("cut mid-frame, then dropped", [("bytes", eeg_chunk),
                                                ("raw", _partial_frame(4000, 100))], {GONE})
     out.append(("first: cut mid-frame, then dropped", [("raw", _partial_frame(300, 10))],
