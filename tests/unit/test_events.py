@@ -316,3 +316,18 @@ def test_without_a_map_descriptions_are_class_names(tmp_path):
     assert [r.kind for r in rejections] == ["label"]
     assert "Comment/surprise" in rejections[0].reason
 
+
+
+def test_source_option_and_a_missing_stim_channel(recordings):
+    root, paths = recordings
+    write_manifest(root / "rows.csv", [
+        {"subject": "s1", "trial": "a", "eeg": paths["edf"]},                 # no events cell
+        {"subject": "s2", "trial": "s", "eeg": paths["fif_stim"], "events": "stim"}])
+    adapter = ManifestAdapter(str(root / "rows.csv"), va_scale=(1, 9), events={
+        "source": "annotations", "map": MAP, "stim_channel": "TRIGGER"})
+    specs, rejections = adapter.list_trials()
+    assert [s.trial for s in specs] == ["a-002", "a-003", "a-004", "a-005"]
+    [bad] = rejections
+    assert bad.trial_id == "manifest/s2/1/s" and bad.kind == "layout"
+    assert "TRIGGER" in bad.reason and "events.stim_channel" in bad.reason
+    assert bad.files[0] == str(paths["fif_stim"])

@@ -271,9 +271,12 @@ def recording_events(raw: Any, source: str, stim_channel: str | None = None) -> 
             found = mne.find_events(raw, stim_channel=stim_channel, shortest_event=1,
                                     verbose="error")
         except Exception as exc:
-            raise DataError(where, f"cannot read stim events: {str(exc).splitlines()[0]} "
-                            "(set events.stim_channel)", kind="layout", field="events") \
-                from None
+            stims = [raw.ch_names[i] for i in mne.pick_types(raw.info, stim=True)]
+            channel = repr(stim_channel) if stim_channel else "MNE's default stim channel"
+            raise DataError(where, f"cannot read stim events from {channel} "
+                            f"({' '.join(str(exc).split())[:120]}); the file's stim channels "
+                            f"are {stims}: set events.stim_channel", kind="layout",
+                            field="events") from None
         return [Event((sample - raw.first_samp) / sfreq, 0.0, str(code), f"stim event {i + 1}")
                 for i, (sample, _, code) in enumerate(found)]
     annotations = raw.annotations
