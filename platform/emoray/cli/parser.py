@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(Ray Data)")
     p.add_argument("source", nargs="?", help="dataset root (or manifest CSV)")
     p.add_argument("--out", help="output folder (shards go to OUT/shards)")
-    p.add_argument("--layout", help="manifest, eav, deap, seed, dreamer or iemocap")
+    p.add_argument("--layout", help="manifest, bids, eav, deap, seed, dreamer or iemocap")
     p.add_argument("--segment-seconds", type=float)
     p.add_argument("--force", action="store_true", default=None, help="redo even if up to date")
     _common(p)

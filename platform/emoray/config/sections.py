@@ -28,7 +28,7 @@ class RayConfig(_Strict):
 class IngestConfig(_Strict):
     """Ingest: a dataset tree -> Parquet shards of segmented records."""
 
-    layout: str = Field("manifest", description="Dataset adapter: manifest, eav, deap, seed, "
+    layout: str = Field("manifest", description="Dataset adapter: manifest, bids, eav, deap, seed, "
                         "dreamer, iemocap.")
     source: str | None = Field(None, description="Dataset root (or manifest CSV).")
     output: str | None = Field(None, description="Output folder; shards go to OUTPUT/shards.")
