@@ -116,3 +116,6 @@ def test_cli_bids_with_events_map(ray_cluster, sources, tmp_path, capsys):
                  "--layout", "bids", "--set", "ingest.options.events.pre=-1"])
     err = capsys.readouterr().err
     assert code == 2 and "events.pre" in err and "Traceback" not in err
+    code = main(["ingest", str(sources), "--out", str(tmp_path / "nobids"), "--layout", "bids"])
+    err = capsys.readouterr().err
+    assert code == 2 and "expected a BIDS root" in err and "Traceback" not in err
