@@ -264,6 +264,7 @@ def test_events_file_columns(tmp_path):
 @pytest.mark.parametrize("option, message", [
     ({"mapping": {}}, "unknown key"), ({"map": []}, "events.map"),
     ({"map": {"a": 1.5}}, "class name or index"), ({"map": {"a": {"valance": 1}}}, "keys"),
+    ({"map": {"a": {"valence": "high"}}}, "ratings as numbers"),
     ({"pre": -1}, "pre >= 0"), ({"post": "4s"}, "events.post"),
     ({"baseline": [0, -3]}, "start < end"), ({"baseline": 3}, "[start, end]"),
     ({"source": "markers"}, "events.source"), ({"overlap": "cut"}, "events.overlap"),

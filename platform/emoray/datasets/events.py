@@ -168,9 +168,12 @@ def _norm(text: str) -> str:
 def _check_target(key: Any, value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         bad = sorted(set(value) - {"label", "valence", "arousal"})
-        if bad or not value:
+        ratings = [value.get(k) for k in ("valence", "arousal") if k in value]
+        if bad or not value or not all(isinstance(r, (int, float)) and not isinstance(
+                r, bool) and math.isfinite(r) for r in ratings):
             raise ConfigError(f"ingest option events.map[{key!r}]={value!r}: expected a "
-                              "label, or a mapping with keys label/valence/arousal")
+                              "label, or a mapping with keys label/valence/arousal "
+                              "(ratings as numbers on va_scale)")
         return dict(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ConfigError(f"ingest option events.map[{key!r}]={value!r}: expected a class "
