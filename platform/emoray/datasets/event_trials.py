@@ -113,6 +113,11 @@ def event_trials(rec: Recording, settings: EventSettings, label_space: LabelSpac
     except DataError as err:
         out.rejections.append(Rejection.from_error(rec.trial_id, rec.files, err))
         return out
+    except Exception as exc:    # a reader's surprise must not sink the dataset's listing
+        out.rejections.append(Rejection(rec.trial_id, rec.files, "unreadable",
+                                        f"cannot read the recording's events: "
+                                        f"{type(exc).__name__}: {exc}"))
+        return out
     where = rec.events_file or rec.eeg or ""
     end = min(lengths.values()) if lengths else 0.0
     shortest = min(lengths, key=lengths.get) if lengths else "recording"
