@@ -138,6 +138,13 @@ def test_tasks_option_label_column_and_ingest(tree, tmp_path):
     report = run_ingest(cfg, runner=run_tasks_local, echo=lambda *_: None)
     assert report["found"] == 8 and report["ingested"] == 6 and report["reconciled"]
     assert report["records"] == 6 * 2 and report["records_per_modality"]["audio"] == 2
+    # another column as the label: mne-bids's "value" codes (per recording: fear 1, joy 2)
+    coded = get_adapter("bids", str(tree), {"tasks": ["film"], "va_scale": [1, 9], "events": {
+        "label_column": "value", "map": {1: "anger", 2: "happiness"}, "post": 3.0}})
+    specs, rejections = coded.list_trials()
+    assert [(s.trial, s.label) for s in specs if s.subject == "01"][:3] == [
+        ("task-film_run-1-001", 3), ("task-film_run-1-002", 2), ("task-film_run-1-003", 3)]
+    assert specs[0].extra["trial_type"] == "joy"           # the other columns stay in extra
 
 
 def test_bad_channels_stay_out_of_an_intersection_channel_set(tree, tmp_path):
