@@ -1,4 +1,4 @@
-"""Events -> trials over recordings written by other tools: MNE's exporters (EDF+ through
+"""Events -> trials over recordings written by other tools: MNE's exporters (EDF+/BDF+ through
 edfio, BrainVision through pybv), pybv itself, MNE's FIF with a stim channel, a hand-typed
 events TSV, and a BIDS tree written by mne_bids.write_raw_bids. Every way of giving the
 same events must give the same trials: count, labels, onsets and EEG values."""
@@ -91,6 +91,7 @@ def recordings(tmp_path):
     """The same 32 s recording and events, written every supported way."""
     raw = _raw()
     paths = {"edf": _export(raw, tmp_path / "rec.edf"),
+             "bdf": _export(raw, tmp_path / "rec.bdf"),
              "brainvision": _export(raw, tmp_path / "rec.vhdr"),
              "fif_stim": _fif_with_stim(tmp_path / "stim_raw.fif"),
              "pybv": _pybv(tmp_path),
@@ -99,6 +100,7 @@ def recordings(tmp_path):
     rows = [{"subject": "s1", "trial": "edf", "eeg": paths["edf"], "events": "annotations"},
             {"subject": "s1", "trial": "bv", "eeg": paths["brainvision"],
              "events": "annotations"},
+            {"subject": "s1", "trial": "bdf", "eeg": paths["bdf"], "events": "annotations"},
             {"subject": "s1", "trial": "tsv", "eeg": paths["plain_edf"],
              "events": tmp_path / "rec_events.tsv"}]
     write_manifest(tmp_path / "manifest.csv", rows)
@@ -128,9 +130,9 @@ def test_annotations_and_events_file_give_the_same_trials(recordings):
     adapter = ManifestAdapter(str(root / "manifest.csv"), **OPTIONS)
     specs, rejections, trials = _trials(adapter)
     assert not rejections
-    assert len(specs) == 3 * len(TRIALS)            # "boundary" is no trial
+    assert len(specs) == 4 * len(TRIALS)            # "boundary" is no trial
     edf = _by_recording(specs, trials, "edf")
-    for name in ("edf", "bv", "tsv"):
+    for name in ("edf", "bv", "bdf", "tsv"):
         pairs = _by_recording(specs, trials, name)
         names = [adapter.label_names[s.label] for s, _ in pairs]
         assert names == LABELS, name
