@@ -96,8 +96,8 @@ def test_json_round_trip_reproduces_signals(media):
                         SpeechInput(media["speech"], RATE),
                         VideoInput(media["frames"], FPS))
     out = decode_json(json.dumps(body).encode())
-    assert out["eeg"].data.shape == (4, 256) and out["eeg"].data.dtype == np.float64
-    np.testing.assert_array_equal(out["eeg"].data, media["eeg"])          # JSON is exact
+    assert out["eeg"].data.shape == (4, 256) and out["eeg"].data.dtype == np.float32
+    np.testing.assert_array_equal(out["eeg"].data, media["eeg"].astype(np.float32))  # exact
     assert out["eeg"].sfreq == SFREQ and list(out["eeg"].ch_names) == CHANNELS
     np.testing.assert_array_equal(out["speech"].samples, media["speech"])
     assert out["speech"].sample_rate == RATE and out["speech"].samples.dtype == np.float32
@@ -574,3 +574,17 @@ def test_fuzz_only_data_error_escapes(media):
         up = Upload(field, f"f{ext}" if ext else None, data)
         outcomes.append(_outcome(lambda: decode_multipart([up], {})))
     assert len(outcomes) == 420 and outcomes.count("refused") > 300
+
+
+def test_json_eeg_travels_as_float32_and_values_beyond_its_range_are_refused():
+    """EEG from JSON is float32 like the binary path's (compact between deployments); a
+    finite number float32 cannot hold (1e308 V) is refused naming the field, not passed on
+    to a model whose answer would not be finite."""
+    from emoray.errors import DataError
+
+    body = {"eeg": {"data": [[1e-5, -2e-5, 3e-5]] * 2, "sfreq": 2.0, "ch_names": ["Cz", "Pz"]}}
+    assert decode_json(json.dumps(body).encode())["eeg"].data.dtype == np.float32
+    body["eeg"]["data"][1] = [1e-5, 1e308, 0.0]
+    with pytest.raises(DataError) as err:
+        decode_json(json.dumps(body).encode())
+    assert err.value.field == "eeg.data" and "out-of-range" in err.value.reason

@@ -108,7 +108,7 @@ def _json_eeg(obj: dict, limits: DecodeLimits) -> EEGInput:
         raise _bad("request", "eeg.data", "rows have zero samples", "truncated")
     _limit_seconds(n / rate, limits, "request", "eeg.data")
     ch_names = _channel_names(names, len(data), "request", "eeg.ch_names")
-    return EEGInput(_numbers(data, "request", "eeg.data", np.float64, True), rate, ch_names)
+    return EEGInput(_numbers(data, "request", "eeg.data", np.float32, True), rate, ch_names)
 
 
 def _json_speech(obj: dict, limits: DecodeLimits) -> SpeechInput:
