@@ -108,7 +108,8 @@ def test_cli_bids_with_events_map(ray_cluster, sources, tmp_path, capsys):
     code = main(["ingest", str(sources / "bids"), "--out", str(tmp_path / "cli"),
                  "--layout", "bids", "--set",
                  "ingest.options.events.map={happy: happiness, sad: sadness, calm: calmness}",
-                 "--set", "ingest.options.events.post=4", "--set", "ingest.segment_seconds=2"])
+                 "--set", "ingest.options.events.post=4", "--set", "ingest.segment_seconds=2",
+                 "--set", "ingest.options.va_scale=[1, 9]"])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "4 found = 4 ingested + 0 rejected" in out.out

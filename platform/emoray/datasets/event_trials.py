@@ -229,7 +229,7 @@ def _spec(rec: Recording, trial: str, event, target: dict[str, Any],
 def load_event_trial(spec: TrialSpec, read_video) -> Trial:
     """Read one event trial: the EEG window (baseline-corrected, bad channels dropped) and
     the same window of its audio and video. ``read_video(path)`` is the adapter's."""
-    import mne
+    from mne.baseline import rescale   # a submodule: not loaded by ``import mne``
 
     from emoray.io.audio import read_audio
     from emoray.io.eeg import normalize_channel_name, read_eeg
@@ -246,8 +246,8 @@ def load_event_trial(spec: TrialSpec, read_video) -> Trial:
         data = eeg.data.astype(np.float64)
         if ref["baseline"]:
             times = (i0 + np.arange(data.shape[1])) / sfreq
-            data = mne.baseline.rescale(data, times, tuple(ref["baseline"]), mode="mean",
-                                        copy=False, verbose="error")
+            data = rescale(data, times, tuple(ref["baseline"]), mode="mean", copy=False,
+                           verbose="error")
         j0 = int(round(start * sfreq)) - i0
         bads = {normalize_channel_name(b) for b in ref.get("bads") or []}
         keep = [i for i, name in enumerate(eeg.ch_names) if name not in bads]
