@@ -1,5 +1,5 @@
-"""`emoray train` in-process on real local Ray: config mistakes exit 2 with one line naming
-the field, before anything starts.
+"""`emoray train` in-process on real local Ray: config mistakes (and a tracking URI that
+cannot work) exit 2 with one line naming the field, before anything starts.
 
 What a finished call writes (the run folder: config, plan state, bundle, PNG plots) and that
 an identical call then skips the finished stage are checked in test_train_faults.py, on the
@@ -8,6 +8,7 @@ Ray Train start-up costs about 25 s on 2 cores)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "train" / "fusion-tiny.yaml")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,4 +56,12 @@ def test_config_mistakes_exit_2_with_one_line(features, tmp_path, capsys):
     assert main(["train", "--config", TINY, str(tmp_path / "nowhere"),
                  "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("emoray train: error:")
+
+    # an MLflow tracking URI that cannot work: one line naming it, before Ray or a store
+    for uri, what in ((f"http://127.0.0.1:{_closed_port()}", "no MLflow server answers"),
+                      (str(tmp_path / "mlruns"), "a file store")):
+        assert main(base + ["--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"emoray train: error: tracking.uri {uri}: ") and what in err
     assert list(tmp_path.iterdir()) == [bad]                          # nothing was started

@@ -285,6 +285,33 @@ def test_resumed_run_writes_the_run_folder(faulted_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
 
 
+def test_the_killed_and_resumed_stage_is_one_mlflow_run_with_one_point_per_epoch(
+        faulted_run):
+    """Both kills and the resuming call log to the same two runs (plan, stage) of the
+    default store, read back through MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    state = read_state(faulted_run["folder"])
+    uri = f"sqlite:///{faulted_run['out'].resolve() / 'mlflow.db'}"
+    assert state["mlflow"]["uri"] == uri                 # the default store beside the runs
+    client = MlflowClient(tracking_uri=uri)
+    plan = client.get_run(state["mlflow"]["run_id"])
+    stage = client.get_run(state["stages"]["fusion"]["mlflow_run_id"])
+    assert len(client.search_runs([plan.info.experiment_id])) == 2
+    assert stage.data.tags["mlflow.parentRunId"] == plan.info.run_id
+    assert plan.info.run_name == f"train {NAME}" and stage.info.run_name == "fusion"
+    assert plan.info.status == stage.info.status == "FINISHED"
+    assert plan.data.params["train.stages.fusion.epochs"] == str(EPOCHS)   # --set
+    assert stage.data.params["max_failures"] == "2"
+    history = _history(state["stages"]["fusion"]["bundle"])
+    for metric in ("epoch", "resumed_from", "train_loss", "val_acc"):
+        logged = client.get_metric_history(stage.info.run_id, metric)
+        assert sorted(m.step for m in logged) == list(range(EPOCHS)), metric
+        by_step = {m.step: m.value for m in logged}
+        assert [by_step[e] for e in range(EPOCHS)] == pytest.approx(
+            [float(h[metric]) for h in history]), metric
+
+
 def test_third_call_skips_the_finished_stage(faulted_run, capsys):
     stage_dir = faulted_run["stage_dir"]
     bundle = read_state(faulted_run["folder"])["stages"]["fusion"]["bundle"]
@@ -298,5 +325,9 @@ def test_third_call_skips_the_finished_stage(faulted_run, capsys):
     assert f"stage fusion already finished: {bundle}" in out
     assert "fusion: skipped" in out and f"fusion bundle: {bundle}" in out
     assert sorted(p.name for p in stage_dir.glob("checkpoint_*")) == checkpoints
+    from mlflow.tracking import MlflowClient           # nor another MLflow run
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{faulted_run['out'] / 'mlflow.db'}")
+    assert len(client.search_runs([client.get_experiment_by_name("emoray").experiment_id])) == 2
     # no training ran
     assert seconds < min(10.0, faulted_run["resumed_seconds"] / 2), seconds

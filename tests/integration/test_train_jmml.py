@@ -60,6 +60,45 @@ def test_plan_runs_three_stages_each_feeding_the_next(jmml_run):
         assert (Path(result["run_dir"]) / name).stat().st_size > 1000
 
 
+def test_each_stage_is_an_mlflow_run_nested_under_the_plan_run(jmml_run):
+    """Read back through MLflow's client from the default store beside the run folder."""
+    from mlflow.tracking import MlflowClient
+
+    result, _ = jmml_run
+    folder = Path(result["run_dir"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder.parent / 'mlflow.db'}")
+    plan = client.get_run(result["mlflow_run_id"])
+    assert plan.info.run_name == "train tiny" and plan.info.status == "FINISHED"
+    assert plan.data.params["train.name"] == "tiny"
+    assert plan.data.params["train.stages.inter.k"] == "4"                 # the resolved plan
+    assert {a.path for a in client.list_artifacts(plan.info.run_id)} >= {"config.yaml",
+                                                                        "plan_state.json"}
+    children = client.search_runs([plan.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{plan.info.run_id}'")
+    runs = {r.info.run_name: r for r in children}
+    assert sorted(runs) == ["classifier", "inter", "intra"] and len(children) == 3
+    state = json.loads((folder / "plan_state.json").read_text())
+    cfg = resolve(folder / "config.yaml")
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED"
+        assert state["stages"][name]["mlflow_run_id"] == run.info.run_id
+        assert run.data.params["stage"] == name
+        assert run.data.params["epochs"] == str(cfg.train.stages[name].epochs)
+        # one point per epoch, the last one the stage's final metrics
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch"))
+        assert steps == list(range(cfg.train.stages[name].epochs))
+        final = {k: v for k, v in result["stages"][name]["metrics"].items()
+                 if isinstance(v, float) and v == v}
+        assert len(final) > 3
+        for k, v in final.items():
+            assert run.data.metrics[k] == pytest.approx(v, rel=1e-6), (name, k)
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
+        assert {"bundle/bundle.json", "bundle/model.pt"} <= files
+        assert "bundle/train_state.pt" not in files                   # no optimizer state
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert f"plots/{name}_curves.png" in plots
+
+
 def test_metrics_hold_the_ablation_and_the_pairing(jmml_run):
     stages = jmml_run[0]["stages"]
     intra = stages["intra"]["metrics"]
@@ -202,6 +241,20 @@ def test_evaluate_reuses_the_run_for_its_own_seed_and_writes_the_report(jmml_run
         clf["val_f1_speech_only_valence"])
     assert rows[("eeg", "raw features")]["arousal"]["n_seeds"] == 1
     assert report["units"][0]["run_dir"] == run                 # no re-training for seed 0
+    # the evaluation is an MLflow run: its settings, the report's means and files
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path(run).parent / 'mlflow.db'}")
+    found = client.search_runs([client.get_experiment_by_name("emoray").experiment_id],
+                               "tags.`emoray.kind` = 'evaluation'")
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    evaluation = found[0]
+    assert evaluation.data.params["evaluate.protocol"] == "within-subject"
+    assert evaluation.data.params["evaluate.seeds"] == "[0]"
+    assert evaluation.data.metrics["speech_speech_only_valence_f1_mean"] == pytest.approx(
+        rows[("speech", "JMML")]["valence"]["mean"])
+    assert {a.path for a in client.list_artifacts(evaluation.info.run_id, "report")} == {
+        "report/report.json", "report/report.md"}
     assert not (Path(run) / "eval" / "within-subject" / "seed0").exists()
     # a checkpoint is scored as it is; a protocol that re-trains needs the run
     bundle = jmml_run[0]["stages"]["classifier"]["bundle"]
