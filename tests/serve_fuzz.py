@@ -142,6 +142,7 @@ def malformed_requests(body: dict, files: dict[str, bytes], key: str, cap_bytes:
             "content-type": "multipart/form-data", "X-API-Key": key}}),
     ]
     out += _binary_cases(body, rng, key, cap_bytes)
+    out += _hostile_cases(body, files, key)
     # transport: content type, auth, size
     out += [
         ("text/plain", {"data": raw, "headers": {"content-type": "text/plain",
@@ -282,6 +283,55 @@ def _binary_cases(body: dict, rng, key: str, cap_bytes: int) -> list[tuple[str, 
             (64, cap_bytes // 64), np.float32))))], key, meta["eeg"])),
         ("npy over the cap", npy("eeg", _npy(np.zeros((8, cap_bytes // 30), np.float32)))),
     ]
+    return out
+
+
+def _hostile_cases(body: dict, files: dict[str, bytes], key: str) -> list[tuple[str, dict]]:
+    """What a hostile client sends: unpaired surrogates in keys and values, finite values
+    no signal can hold, frames that are cheap to send and costly to decode, and requests
+    the framework refuses (wrong path, method, path parameter); ``path``/``method`` in a
+    case's kwargs replace POST /v1/predict."""
+    import struct
+
+    eeg, speech = body["eeg"], body["speech"]
+    out = []
+    surrogates = {
+        "top key": b'{"\\ud800": 1}',
+        "eeg key": b'{"eeg": {"\\udfff": [[1]], "sfreq": 1, "ch_names": ["a"]}}',
+        # json.dumps writes lone surrogates as \\uXXXX escapes, as a hostile client would
+        "channel name": json.dumps(_set(body, ("eeg", "ch_names", 0), "\ud800")).encode(),
+        "sample rate": json.dumps(_set(body, ("speech", "sample_rate"),
+                                       "\udbff\udc00x\ud800")).encode()}
+    for where, text in surrogates.items():
+        out.append((f"surrogate in {where}", _json_bytes(text, key)))
+    for value in (1e308, -1.7e308, 3.4e38, 1e30, 5.0, 11.0):
+        if value != 11.0:                   # 5 V: no EEG; 11: beyond a waveform's headroom
+            out.append((f"eeg value {value:g}", _json(
+                {"eeg": _set(eeg, ("data", 0, 0), value)}, key)))
+        if value != 5.0:
+            out.append((f"speech value {value:g}", _json(
+                {"speech": _set(speech, ("samples", 3), value)}, key)))
+    huge = np.full((len(eeg["data"]), len(eeg["data"][0])), 1e30, dtype="<f4")
+    out.append(("eeg npy of 1e30", _files([("eeg", ("e.npy", _npy(huge)))], key, {
+        "eeg_sfreq": str(eeg["sfreq"]), "eeg_ch_names": json.dumps(eeg["ch_names"])})))
+    out.append(("speech npy of 1e30", _files([("speech", ("s.npy", _npy(np.full(
+        len(speech["samples"]), 1e30, dtype="<f4"))))], key,
+        {"speech_sample_rate": str(speech["sample_rate"])})))
+    # a JPEG header declaring 8000 x 8000 (SOF0) on a tiny file: over the pixel budget of
+    # a request long before any decoding (the per-frame cap allows 8000 x 8000)
+    jpg = files["jpg"]
+    sof = jpg.find(b"\xff\xc0")
+    if sof > 0:
+        big = jpg[:sof + 5] + struct.pack(">HH", 8000, 8000) + jpg[sof + 9:]
+        out.append(("60 frames declaring 8000x8000", _files(
+            [("video", (f"f{i}.jpg", big, "image/jpeg")) for i in range(60)], key,
+            {"video_fps": "25"})))
+    for path, method in [("/nope", "post"), ("/v1/predict", "get"), ("/v1/predict", "put"),
+                         ("/v1/model", "delete"), ("/v1/subjects/%0A/calibration", "post"),
+                         ("/v1/subjects//calibration", "post"), ("/v1/stream", "post"),
+                         ("/openapi.json", "post"), ("/" + "a" * 5000, "get")]:
+        out.append((f"{method.upper()} {path[:30]}", {"path": path, "method": method,
+                                                      "headers": {"X-API-Key": key}}))
     return out
 
 

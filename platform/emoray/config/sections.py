@@ -241,6 +241,12 @@ class ServeConfig(_Strict):
     max_seconds: float = Field(120.0, gt=0, description="Longest recording accepted.")
     max_channels: int = Field(256, ge=1)
     max_frames: int = Field(3000, ge=1)
+    max_pixels: int = Field(500_000_000, ge=1, description="Source video pixels a request "
+                            "may decode, all frames together (bounds work, not size).")
+    request_timeout_s: float = Field(60.0, gt=0, description="A request still running "
+                                     "after this long is answered 504.")
+    public_docs: bool = Field(False, description="With api_key_env set: /docs and "
+                              "/openapi.json open to all (false: they need the key too).")
     max_subjects: int = Field(10000, ge=0, description="Calibrated subjects a router "
                               "replica keeps (POST /v1/subjects/{id}/calibration).")
     incongruence_threshold: float = Field(0.2, ge=0, le=1, description="JS divergence "

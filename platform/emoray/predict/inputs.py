@@ -236,8 +236,19 @@ def _bad(where: str, name: str, reason: str, kind: str = "layout") -> DataError:
     return DataError(where, reason, kind=kind, field=name)
 
 
+#: The largest magnitude an input may hold (float inputs; integer PCM is bounded by its
+#: type): EEG in volts (1 V is far beyond any scalp EEG, even a DC-coupled amplifier's
+#: offset; microvolts sent as volts land here), speech as a waveform in [-1, 1] (some
+#: headroom for float recordings that overshoot). Served in ``GET /v1/model``.
+MAX_ABS = {"eeg.data": 1.0, "speech.samples": 10.0}
+_UNITS = {"eeg.data": "volts (microvolts must be scaled by 1e-6)",
+          "speech.samples": "a float waveform in [-1, 1] (integer PCM: send int16, or divide "
+                            "by 32768)"}
+
+
 def _signal(value: Any, where: str, name: str, ndim: int, shape_doc: str) -> np.ndarray:
-    """A finite real array of ``ndim`` dimensions, else a DataError naming ``name``."""
+    """A finite real array of ``ndim`` dimensions within :data:`MAX_ABS`, else a DataError
+    naming ``name``."""
     arr = np.asarray(value)
     if arr.ndim != ndim or arr.dtype.kind not in "fiu":
         raise _bad(where, name, f"expected a real {shape_doc} array, got shape {arr.shape} "
@@ -245,6 +256,11 @@ def _signal(value: Any, where: str, name: str, ndim: int, shape_doc: str) -> np.
     if not np.isfinite(arr).all():
         raise _bad(where, name, f"{int((~np.isfinite(arr)).sum())} NaN/inf values; expected "
                    "finite values", kind="invalid_value")
+    if arr.dtype.kind == "f" and name in MAX_ABS and arr.size:
+        peak = float(np.abs(arr).max())
+        if peak > MAX_ABS[name]:
+            raise _bad(where, name, f"values up to {peak:.3g}; expected {_UNITS[name]}, at "
+                       f"most {MAX_ABS[name]:g} in magnitude", kind="invalid_value")
     return arr
 
 

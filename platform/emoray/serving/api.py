@@ -35,11 +35,6 @@ a body that cannot be parsed, 401 for a missing or wrong API key, 413 for a body
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
@@ -48,9 +43,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from emoray.errors import ConfigError, DataError
+from emoray.serving.guard import (API_KEY_HEADER, Refused, Timings, api_key_digest,  # noqa: F401
+                                  check_answer, check_key, error, install_errors, key_digest,
+                                  printable, refusal)
 from emoray.serving.stream import STREAM_PATH, run_stream
 
-API_KEY_HEADER = "X-API-Key"
 
 
 # -- documented shapes (the decoders do the validation) -------------------------------------
@@ -149,69 +146,6 @@ _MULTIPART_DOC = {"type": "object", "properties": {
                     "50,224,224,3"}}}
 
 
-def error(status: int, message: str, field: str | None = None,
-          kind: str | None = None) -> JSONResponse:
-    """The JSON error answer."""
-    return JSONResponse({"error": {"status": status, "field": field, "kind": kind,
-                                   "message": message}}, status_code=status)
-
-
-class Refused(Exception):
-    """A request refused before it reaches the model (status, message, field)."""
-
-    def __init__(self, status: int, message: str, field: str | None = None,
-                 kind: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field, self.kind = status, message, field, kind
-
-
-class Timings:
-    """How long each step of one request took, answered as a ``Server-Timing`` header
-    (``read;dur=0.4, decode;dur=21.3, prepare;dur=55.0, eeg;dur=9.1, ...``, milliseconds;
-    browsers' developer tools and ``curl -i`` show it)."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1000
-
-    def header(self) -> str:
-        return ", ".join(f"{name};dur={ms:.1f}" for name, ms in self.ms.items())
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def api_key_digest(env_name: str | None) -> str | None:
-    """The sha256 of the key in environment variable ``env_name`` (None: auth off)."""
-    import os
-
-    if not env_name:
-        return None
-    key = os.environ.get(env_name, "")
-    if not key:
-        raise ConfigError(f"serve.api_key_env: environment variable {env_name} is unset or "
-                          "empty; set it to the API key, or leave api_key_env unset for no auth")
-    return key_digest(key)
-
-
-def check_key(backend: Any, request: Request) -> None:
-    digest = backend.api_key_digest
-    if digest is None:
-        return
-    sent = request.headers.get(API_KEY_HEADER)
-    if not sent or not hmac.compare_digest(key_digest(sent), digest):
-        raise Refused(401, f"missing or wrong API key; send it in the {API_KEY_HEADER} header",
-                      field=API_KEY_HEADER)
-
-
 async def read_body(request: Request, cap_bytes: int) -> bytes:
     """The body, refusing (413) more than ``cap_bytes`` without reading it all."""
     declared = request.headers.get("content-length")
@@ -272,7 +206,7 @@ async def decode_request(backend: Any, request: Request,
     with timings.step("decode"):
         return await _decode_body(request, body, DecodeLimits(
             max_seconds=s.max_seconds, max_channels=s.max_channels, max_frames=s.max_frames,
-            max_array_bytes=int(s.max_body_mb * (1 << 20))))
+            max_array_bytes=int(s.max_body_mb * (1 << 20)), max_pixels=s.max_pixels))
 
 
 async def _decode_body(request: Request, body: bytes, limits: Any) -> dict[str, Any]:
@@ -288,16 +222,6 @@ async def _decode_body(request: Request, body: bytes, limits: Any) -> dict[str, 
                   "multipart/form-data", field="content-type")
 
 
-def refusal(err: Exception) -> JSONResponse:
-    """The 4xx answer of a refused request."""
-    if isinstance(err, Refused):
-        return error(err.status, err.message, err.field, err.kind)
-    if isinstance(err, DataError):
-        status = 400 if err.field == "body" else 422
-        return error(status, f"{err.field or 'input'}: {err.reason}", err.field, err.kind)
-    return error(422, str(err), None, "config")
-
-
 def subject_id(value: str | None, field: str = "subject") -> str | None:
     """A subject id from a URL (None stays None): 1-128 printable characters, no ``/``."""
     if value is None:
@@ -308,14 +232,32 @@ def subject_id(value: str | None, field: str = "subject") -> str | None:
     return value
 
 
+async def _in_time(backend: Any, work: Any) -> Any:
+    """Await ``work`` for at most ``serve.request_timeout_s``; past it, a 504 (the replica
+    stops waiting and answers others; a step already running in a worker thread ends on
+    its own)."""
+    limit = backend.settings.request_timeout_s
+    try:
+        return await asyncio.wait_for(work, limit)
+    except asyncio.TimeoutError:
+        raise Refused(504, f"the request took longer than {limit:g} s "
+                      "(serve.request_timeout_s); send less signal or raise the limit",
+                      field="request", kind="timeout") from None
+
+
 async def handle_predict(backend: Any, request: Request) -> JSONResponse:
     timings = Timings()
     try:
         with timings.step("total"):
             subject = subject_id(request.query_params.get("subject"))
-            inputs = await decode_request(backend, request, timings)
-            inputs["subject"] = subject
-            answer = await backend.predict(inputs, timings)
+
+            async def work():
+                inputs = await decode_request(backend, request, timings)
+                inputs["subject"] = subject
+                return await backend.predict(inputs, timings)
+
+            answer = await _in_time(backend, work())
+            check_answer(answer)
     except (Refused, DataError, ConfigError) as err:
         return refusal(err)
     return JSONResponse(answer, headers={"Server-Timing": timings.header()})
@@ -326,8 +268,12 @@ async def handle_calibration(backend: Any, request: Request, subject: str) -> JS
     try:
         subject = subject_id(subject)
         reset = request.query_params.get("reset", "").lower() in ("1", "true", "yes")
-        inputs = await decode_request(backend, request)
-        answer = await backend.calibrate(subject, inputs, reset)
+
+        async def work():
+            inputs = await decode_request(backend, request)
+            return await backend.calibrate(subject, inputs, reset)
+
+        answer = await _in_time(backend, work())
     except (Refused, DataError, ConfigError) as err:
         return refusal(err)
     return JSONResponse(answer)
@@ -339,6 +285,21 @@ async def handle_model(backend: Any, request: Request) -> JSONResponse:
     except Refused as err:
         return refusal(err)
     return JSONResponse(backend.info())
+
+
+async def handle_docs(backend: Any, request: Request, app: FastAPI, what: str):
+    """``/openapi.json`` or ``/docs``: behind the API key when one is set, unless
+    ``serve.public_docs``."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    if not backend.settings.public_docs:
+        try:
+            check_key(backend, request)
+        except Refused as err:
+            return refusal(err)
+    if what == "openapi":
+        return JSONResponse(app.openapi())
+    return get_swagger_ui_html(openapi_url="openapi.json", title="emoray API")
 
 
 async def handle_health(backend: Any, request: Request) -> JSONResponse:
@@ -384,8 +345,10 @@ def new_app() -> FastAPI:
     from emoray import __version__
 
     app = FastAPI(title="emoray", version=__version__, description=(
-        "Multimodal emotion recognition from EEG, speech and video."))
+        "Multimodal emotion recognition from EEG, speech and video."),
+        docs_url=None, redoc_url=None, openapi_url=None)       # served behind the key
     install_openapi(app)
+    install_errors(app)
     return app
 
 
@@ -412,5 +375,13 @@ def make_app(backend: Any) -> FastAPI:
     @app.websocket(STREAM_PATH)
     async def stream(websocket: WebSocket):
         await run_stream(backend, websocket)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        return await handle_docs(backend, request, app, "openapi")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        return await handle_docs(backend, request, app, "docs")
 
     return app

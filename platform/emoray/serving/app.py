@@ -29,7 +29,6 @@ Ray (the benchmark's floor and plain-FastAPI baseline).
 
 import asyncio
 import functools
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -115,7 +114,7 @@ class RouterCore:
 
     async def health(self, deep: bool) -> dict[str, Any]:
         return {"status": "ok", "model_version": self.model.version,
-                "modalities": self.model.modalities, "pid": os.getpid()}
+                "modalities": self.model.modalities}
 
 
 def _features(model: ServedModel, modality: str,
@@ -241,6 +240,14 @@ class FusionRouter:
     @app.websocket(STREAM_PATH)
     async def ws_stream(self, websocket: WebSocket):
         await run_stream(self, websocket)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def http_openapi(self, request: Request):
+        return await api.handle_docs(self, request, app, "openapi")
+
+    @app.get("/docs", include_in_schema=False)
+    async def http_docs(self, request: Request):
+        return await api.handle_docs(self, request, app, "docs")
 
 
 def _options(cfg: ServeConfig, role: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from emoray.errors import ConfigError, DataError, EmorayError
 from emoray.bundle import META_FILE, load_servable, read_bundle_meta, servable
 from emoray.predict import (INCONGRUENCE_THRESHOLD, MIN_SECONDS, MODALITIES, ModelParts,
                             Prediction, model_parts, prepare_inputs)
-from emoray.predict.inputs import modality_rows, plan_sample, rows_to_tensors
+from emoray.predict.inputs import MAX_ABS, modality_rows, plan_sample, rows_to_tensors
 
 ROLES = ("router", *MODALITIES)
 
@@ -214,11 +214,13 @@ class ServedModel:
         campaign = self.bundle / "campaign.json"
         return {
             "version": self.version, "stage": self.parts.stage,
-            "emoray_version": self.meta.get("emoray_version"), "source": self.source,
+            "emoray_version": self.meta.get("emoray_version"),
             "label_names": list(self.parts.label_names), "modalities": list(self.modalities),
             "eeg": {"channels": c.eeg.channels, "sfreq": c.eeg.sfreq,
-                    "any_sfreq": True, "any_channel_order": True},
-            "speech": {"sample_rate": c.audio.sample_rate, "any_sample_rate": True},
+                    "any_sfreq": True, "any_channel_order": True,
+                    "unit": "V", "max_abs": MAX_ABS["eeg.data"]},
+            "speech": {"sample_rate": c.audio.sample_rate, "any_sample_rate": True,
+                       "max_abs": MAX_ABS["speech.samples"]},
             "video": {"n_frames": c.video.n_frames, "size": c.video.size},
             "segment_seconds": c.segment_seconds, "min_seconds": MIN_SECONDS,
             "metrics": {k: v for k, v in (self.meta.get("metrics") or {}).items()

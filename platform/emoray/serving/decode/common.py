@@ -50,6 +50,9 @@ class DecodeLimits:
     max_frames: int = 3000         # video frames after decoding
     max_video_side: int = 1024     # decoded frames are scaled so the longer side <= this
     max_array_bytes: int = 32 << 20   # array parts once decoded (an .npz inflates)
+    #: source pixels decoded per request, all frames together (caps bound size, this bounds
+    #: work: 60 progressive 8000 x 8000 JPEGs fit the body cap and take ~40 s to decode)
+    max_pixels: int = 500_000_000
 
 
 @dataclass

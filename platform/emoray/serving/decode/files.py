@@ -14,7 +14,7 @@ from emoray.serving.decode.common import (FORMAT_NAMES, _A, _TAKES, DecodeLimits
                                           _channel_names)
 from emoray.serving.decode.common import (_bad, _limit, _limit_seconds, _sniff)
 from emoray.serving.decode.common import short_reason
-from emoray.serving.decode.media import check_fif
+from emoray.serving.decode.media import check_fif, check_pixels
 
 def _scrub(text: str, path: Path, shown: str) -> str:
     """Replace the temporary path in a reader's message by the uploaded name."""
@@ -53,10 +53,11 @@ def _read_file(data: bytes, filename: str | None, modality: str, source: str, fi
             _limit_seconds(n_frames / rate, limits, source, field)
             audio = read_audio(path)                                         # (T,) f32
             return SpeechInput(audio.samples, audio.sample_rate)
-        rate, _, _, seconds = video_header(path)
+        rate, width, height, seconds = video_header(path)
         if seconds * rate > limits.max_frames * 1.02 + 2:      # refuse before decoding
             raise _bad(source, field, f"about {seconds * rate:.0f} frames (from the header); "
                        f"the limit is {limits.max_frames}")
+        check_pixels(int(seconds * rate), width, height, limits.max_pixels, source, field)
         video = read_video(path, max_size=limits.max_video_side)            # (N, H, W, 3)
         _limit(video.frames.shape[0], limits.max_frames, "frames", source, field)
         _limit_seconds(video.seconds, limits, source, field)

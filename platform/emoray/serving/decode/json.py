@@ -148,7 +148,8 @@ def _json_video(obj: dict, limits: DecodeLimits) -> VideoInput:
     _limit(len(blobs), limits.max_frames, "frames", "request", "video.frames_base64")
     fields = [f"video.frames_base64[{i}]" for i in range(len(blobs))]
     data = [_b64(b, "request", f) for b, f in zip(blobs, fields)]
-    frames = decode_frames(data, [("request", f) for f in fields], limits.max_video_side)
+    frames = decode_frames(data, [("request", f) for f in fields], limits.max_video_side,
+                           limits.max_pixels)
     if fps is not None:
         _limit_seconds(len(data) / fps, limits, "request", "video.frames_base64")
     return VideoInput(frames, fps)

@@ -101,10 +101,11 @@ def jpeg_size(blob: bytes, source: str, field: str) -> tuple[int, int]:
 
 
 def decode_frames(blobs: list[bytes], where: list[tuple[str, str]],
-                  max_side: int) -> np.ndarray:
+                  max_side: int, max_pixels: int | None = None) -> np.ndarray:
     """JPEG blobs -> ``(N, H, W, 3)`` uint8 RGB, scaled so the longer side <= ``max_side``.
 
-    ``where[i]`` is the ``(source, field)`` named when frame ``i`` is bad.
+    ``where[i]`` is the ``(source, field)`` named when frame ``i`` is bad; more than
+    ``max_pixels`` source pixels over all frames are refused before any is decoded.
     """
     import torch
     import torchvision.io as tvio
@@ -118,6 +119,7 @@ def decode_frames(blobs: list[bytes], where: list[tuple[str, str]],
     if width * height > MAX_JPEG_PIXELS:
         raise _bad(where[0][0], where[0][1], f"frames of {width}x{height} pixels; the limit is "
                    f"{MAX_JPEG_PIXELS} pixels per frame")
+    check_pixels(len(blobs), width, height, max_pixels, *where[0])
     out_w, out_h = fit_size(width, height, max_side)
     resize = (out_w, out_h) != (width, height)
     out = np.empty((len(blobs), out_h, out_w, 3), dtype=np.uint8)       # (N, H', W', 3)
@@ -134,6 +136,16 @@ def decode_frames(blobs: list[bytes], where: list[tuple[str, str]],
             raise _bad(source, field, f"cannot decode JPEG: {short_reason(exc)}",
                        "unreadable") from None
     return out
+
+
+def check_pixels(n: int, width: int, height: int, max_pixels: int | None, source: str,
+                 field: str) -> None:
+    """Refuse ``n`` frames of ``width x height`` over the request's pixel budget."""
+    if max_pixels is not None and n * width * height > max_pixels:
+        raise _bad(source, field, f"{n} frames of {width}x{height} are "
+                   f"{n * width * height / 1e6:.0f} million pixels to decode; the limit is "
+                   f"{max_pixels / 1e6:.0f} million per request (serve.max_pixels): send "
+                   "fewer or smaller frames")
 
 
 def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -115,7 +115,8 @@ def decode_multipart(files: list[Upload], fields: dict[str, str],
                                    "expected one MP4 file or JPEG frames", "unknown_format")
                 frames = decode_frames([up.data for up in video],
                                        [(src, "video") for src in sources],
-                                       limits.max_video_side)
+                                       limits.max_video_side,
+                                       limits.max_pixels)
                 if fps is not None:
                     _limit_seconds(len(video) / fps, limits, "request", "video")
                 out["video"] = VideoInput(frames, fps)
