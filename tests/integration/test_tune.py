@@ -83,7 +83,7 @@ def _checkpoints(work: Path, trial: str) -> list[str]:
 
 
 def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tmp_path,
-                                                   capsys):
+                                                   capsys, monkeypatch):
     from emoray.predict import EEGInput, Predictor, SpeechInput
 
     address = ray_cluster.get_runtime_context().gcs_address      # RAY.md trap 8
@@ -176,3 +176,44 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
     probs = np.array(list(pred.probabilities.values()))
     assert probs.sum() == pytest.approx(1.0, abs=1e-5) and pred.label in pred.probabilities
     assert pred.modalities == ["eeg", "speech"]
+
+    # MLflow (the default store beside the campaigns): the campaign is a run, each trial a
+    # run nested under it; the killed driver's unfinished trial run was marked KILLED and
+    # Tune re-ran that trial as a new run
+    from mlflow.tracking import MlflowClient
+
+    from emoray.serving.model import resolve_checkpoint
+
+    recorded = json.loads((exp / "campaign.json").read_text())["mlflow"]
+    assert recorded["uri"] == f"sqlite:///{storage.resolve() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=recorded["uri"])
+    campaign = client.get_run(recorded["run_id"])
+    assert campaign.info.run_name == f"tune {NAME}" and campaign.info.status == "FINISHED"
+    assert campaign.data.params["tune.metric"] == "train_loss"
+    assert campaign.data.metrics["best_train_loss"] == pytest.approx(info["value"])
+    assert campaign.data.metrics["trials_terminated"] == 3
+    trials = client.search_runs([campaign.info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{campaign.info.run_id}'")
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    assert len(finished) == 3, [(r.info.run_name, r.info.status) for r in trials]
+    assert {r.info.status for r in trials if r not in finished} <= {"KILLED"}
+    assert len(trials) <= 4
+    for _, trial in after.iterrows():       # one report per epoch, step training_iteration
+        run = next(r for r in finished if trial["trial_id"] in r.data.tags["trial_name"])
+        assert float(run.data.params["stages.fusion.lr"]) == pytest.approx(
+            trial["stages.fusion.lr"])
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id,
+                                                                 "train_loss"))
+        assert steps[-1] == trial["iterations"] and len(set(steps)) == len(steps)
+        if trial["trial_id"] in kept:         # finished before the kill: every epoch here
+            assert steps == list(range(1, int(trial["iterations"]) + 1))
+        assert run.data.metrics["train_loss"] == pytest.approx(trial["train_loss"])
+    files = {a.path for a in client.list_artifacts(campaign.info.run_id)}
+    assert {"bundle", "report", "campaign.yaml", "campaign.json"} <= files
+    assert "report/history.png" in {a.path for a in client.list_artifacts(
+        campaign.info.run_id, "report")}
+    # the promoted bundle serves straight from MLflow: runs:/<campaign run>/bundle
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", recorded["uri"])
+    local = resolve_checkpoint(f"runs:/{campaign.info.run_id}/bundle", tmp_path / "mlflow")
+    assert (local / "model.pt").read_bytes() == (best / "model.pt").read_bytes()
+    assert not (local / "train_state.pt").exists()
