@@ -28,18 +28,19 @@ MARK = "[emoray] "
 #: name of the driver's log file inside the log folder
 LOG_NAME = "ray.log"
 _EPOCH = re.compile(r"^\[(\w+)\] epoch (\d+)/(\d+)")
-_ERROR = re.compile(r"^(Traceback \(most recent call last\)|\w*(Error|Exception)\b.*:)")
+_ERROR = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b: ")
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 
 _state: dict[str, Any] = {"verbose": False, "log": None, "file": None, "handler": None,
-                          "driver": False, "bars": {}, "lock": threading.Lock()}
+                          "driver": False, "bars": {}, "seen": set(),
+                          "lock": threading.Lock()}
 
 
 def configure(log_dir: str | Path | None = None, verbose: bool = False) -> Path | None:
     """Make this process the driver of the console: ``verbose`` shows everything;
     ``log_dir`` (created) receives :data:`LOG_NAME`. Returns the log file's path."""
     close()
-    _state.update(verbose=bool(verbose), driver=True)
+    _state.update(verbose=bool(verbose), driver=True, seen=set())
     if log_dir is not None:
         path = Path(log_dir) / LOG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +130,8 @@ def where() -> str:
 
 def quiet_ray_loggers() -> None:
     """Ray's Python loggers in this process (Serve's is set up when ``ray.serve`` is first
-    imported) log INFO to the log file; their console handlers show warnings and errors
-    only, unless verbose."""
+    imported) log INFO to the log file; their console handlers show errors only, unless
+    verbose."""
     handler = _state.get("handler")
     for name in _RAY_LOGGERS:
         lg = logging.getLogger(name)
@@ -144,7 +145,7 @@ def quiet_ray_loggers() -> None:
         for h in lg.handlers:
             if not getattr(h, "_emoray", False) and isinstance(h, logging.StreamHandler) \
                     and not isinstance(h, logging.FileHandler):
-                h.setLevel(max(h.level, logging.WARNING))
+                h.setLevel(max(h.level, logging.ERROR))
 
 
 # -- worker lines -----------------------------------------------------------------------
@@ -170,8 +171,9 @@ def remote_echo(line: str) -> None:
 
 def show_line(line: str, source: Any = None) -> None:
     """Show a line meant for the console; ``[stage] epoch k/N`` lines of training are
-    thinned (quiet, no terminal: the first and the last of each stage run) or drawn as a
-    bar (terminal); all of them are logged."""
+    thinned (quiet, no terminal: the first and the last epoch of a stage's first run, the
+    last of its later runs, e.g. an evaluation's seeds) or drawn as a bar (terminal); all
+    of them are logged."""
     m = _EPOCH.match(line)
     if m is None or _state["verbose"]:
         echo(line)
@@ -179,8 +181,10 @@ def show_line(line: str, source: Any = None) -> None:
     stage, k, n = m.group(1), int(m.group(2)), int(m.group(3))
     if is_tty():
         _epoch_bar((source, stage), stage, k, n, line[m.end():].strip())
-    elif k in (1, n):
+    elif k == n or (k == 1 and stage not in _state["seen"]):
         echo(line)
+        if k == n:
+            _state["seen"].add(stage)
     else:
         log(line)
 
@@ -207,30 +211,37 @@ def _handle_worker_logs(data: dict, ray_printer=None) -> None:
     who = data.get("actor_name") or data.get("task_name") or ""
     prefix = f"({who} pid={data.get('pid')}{' err' if data.get('is_err') else ''}) "
     rest = []
-    for line in data.get("lines", []):
+    for line in (part for raw in data.get("lines", []) for part in raw.splitlines()):
         if line.startswith(MARK):
             show_line(line[len(MARK):], source=data.get("pid"))
             continue
         log(prefix + line)
         rest.append(line)
-        if not _state["verbose"] and data.get("is_err") and _ERROR.match(line.strip()):
+        if not _state["verbose"] and _ERROR.match(line.strip()):
             echo(f"worker {who or data.get('pid')}: {line.strip()}")
     if rest and _state["verbose"] and ray_printer is not None:
         ray_printer(dict(data, lines=rest))
 
 
 def install_ray_handler() -> None:
-    """Put :func:`_handle_worker_logs` in place of Ray's printer of worker output (call
-    after ``ray.init(log_to_driver=True)``)."""
+    """Put :func:`_handle_worker_logs` in place of Ray's printer of worker output and of
+    the cluster's error messages (the raylet's warnings, a task's unhandled error); call
+    after ``ray.init(log_to_driver=True)``."""
     import functools
 
     from ray._private import worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    ray_printer = functools.partial(ray_worker.print_to_stdstream, ignore_prefix=False)
+    original = getattr(ray_worker.print_to_stdstream, "_ray_printer", None) \
+        or ray_worker.print_to_stdstream
+
+    def printer(data: dict, ignore_prefix: bool = False) -> None:
+        _handle_worker_logs(data, functools.partial(original, ignore_prefix=ignore_prefix))
+
+    printer._ray_printer = original
+    ray_worker.print_to_stdstream = printer        # listen_error_messages looks it up
     dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", functools.partial(_handle_worker_logs,
-                                                               ray_printer=ray_printer))
+    dispatcher.add_handler("ray_print_logs", printer)
 
 
 # -- progress ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from emoray.config import RayConfig
 from emoray.errors import ClusterError
@@ -27,10 +28,15 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     cfg = cfg or RayConfig()
     if ray.is_initialized():
         return
+    from emoray import console
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     # Ray Data's per-dataset INFO lines in the driver drown the stages' own progress lines
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if console.is_driver():                 # they go to the log file, as ray.init's own
+        console.quiet_ray_loggers()
+        kwargs["logging_level"] = logging.INFO
     address = cfg.address or os.environ.get("RAY_ADDRESS")   # set inside a Ray Job
     if address:
         check_reachable(address, source="--address" if cfg.address else "RAY_ADDRESS")
@@ -67,9 +73,15 @@ def quiet_console() -> None:
         try:
             from ray._private.worker import _global_node
 
-            console.log(f"Ray session logs: {_global_node.get_logs_dir_path()}")
+            session = Path(_global_node.get_logs_dir_path())
         except Exception:                       # a client connection has no local node
-            pass
+            return
+        console.log(f"Ray session logs: {session}")
+        link = console.log_path().parent / "ray-session"   # Ray's own files, from the run
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(session, target_is_directory=True)
 
 
 #: Ray settings of the embedded cluster (a variable already set wins). One machine has no

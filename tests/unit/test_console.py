@@ -49,8 +49,7 @@ def test_a_worker_error_still_shows(driver, capsys):
         "lines": ["Traceback (most recent call last):", '  File "x.py", line 3, in f',
                   "ValueError: channel Fz missing", "some warning"]})
     out = capsys.readouterr().out.splitlines()
-    assert out == ["worker process_group: Traceback (most recent call last):",
-                   "worker process_group: ValueError: channel Fz missing"]
+    assert out == ["worker process_group: ValueError: channel Fz missing"]
     assert 'File "x.py", line 3' in driver.read_text()
 
 
@@ -74,6 +73,21 @@ def test_epoch_lines_are_thinned_off_a_terminal_and_all_logged(driver, capsys):
     shown = capsys.readouterr().out.splitlines()
     assert [s.split()[2] for s in shown] == ["1/20", "20/20"]
     assert driver.read_text().count("[fusion] epoch ") == 20
+    for k in range(1, 21):                     # the stage again (another seed): its end
+        console._handle_worker_logs({"pid": 6, "is_err": False, "lines": [
+            console.MARK + f"[fusion] epoch {k}/20 steps={k * 4} loss=0.9"]})
+    assert capsys.readouterr().out == "[fusion] epoch 20/20 steps=80 loss=0.9\n"
+    assert driver.read_text().count("[fusion] epoch ") == 40
+
+
+def test_the_clusters_error_messages_go_through_the_same_printer(driver, capsys):
+    # the raylet's warnings and a task's unhandled error arrive as one multi-line message
+    console._handle_worker_logs({"pid": "raylet", "is_err": False, "lines": [
+        "WARNING: 8 PYTHON worker processes have been started on node: 68af",
+        "Unhandled error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1'): Traceback (most "
+        "recent call last):\n  File \"t.py\", line 1\nZeroDivisionError: division by zero"]})
+    assert capsys.readouterr().out == "worker raylet: ZeroDivisionError: division by zero\n"
+    assert "8 PYTHON worker processes" in driver.read_text()
 
 
 def test_remote_echo_in_the_driver_prints_once(driver, capsys):
@@ -94,7 +108,7 @@ def test_progress_off_a_terminal_prints_a_few_plain_lines(driver, capsys):
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["40/40"]
 
 
-def test_rays_python_loggers_log_info_to_the_file_and_only_warnings_to_the_console(
+def test_rays_python_loggers_log_info_to_the_file_and_only_errors_to_the_console(
         driver, capsys):
     import logging
 
@@ -104,12 +118,14 @@ def test_rays_python_loggers_log_info_to_the_file_and_only_warnings_to_the_conso
     try:
         console.quiet_ray_loggers()
         lg.info("Starting execution of Dataset x")
-        lg.warning("object store is full")
+        lg.warning("Progress bars disabled")
+        lg.error("object store is full")
     finally:
         lg.removeHandler(console_handler)
         console.close()
     err = capsys.readouterr().err
     assert "object store is full" in err and "Starting execution" not in err
+    assert "Progress bars" not in err
     logged = driver.read_text()
-    assert logged.count("Starting execution of Dataset x") == 1
-    assert logged.count("object store is full") == 1
+    for text in ("Starting execution of Dataset x", "Progress bars", "object store is full"):
+        assert logged.count(text) == 1

@@ -44,9 +44,11 @@ def _tracker(cfg, root: str | Path):
 def _start_ray(args: argparse.Namespace, ray_cfg, folder: str | Path) -> None:
     """Start or join Ray with emoray's console: quiet unless ``-v``; Ray's and the
     workers' output to ``FOLDER/logs/ray.log``."""
-    from emoray import console
+    from emoray import console, storage
     from emoray.runtime import init_ray
 
+    if storage.is_uri(str(folder)):            # a bucket: the log stays on this machine
+        folder = Path("runs") / str(folder).rstrip("/").rsplit("/", 1)[-1]
     path = console.configure(Path(folder) / "logs", verbose=getattr(args, "verbose", False))
     print(f"logs: {path}", flush=True)
     init_ray(ray_cfg)

@@ -9,6 +9,7 @@ table and the JMML ablation).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -100,8 +101,8 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
         summary = summarize(folder)
         summaries[name] = summary
         echo("")
-        echo(format_summary(summary))
-        echo(f"  overview: {overview_png(folder)}")
+        echo(short_summary(format_summary(summary)))
+        echo(f"  overview: {overview_png(folder)}; `emoray inspect {folder}` prints it all")
     reports = train_and_evaluate(cfg, features, out / "train", timings, echo)
     t = time.perf_counter()
     answers = serve_and_ask(cfg, out / "train" / cfg.train.name, corpus, echo,
@@ -116,6 +117,31 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
             "reports": reports, "answers": answers, "timings": timings}
 
 
+def _headline(m: re.Match) -> str:
+    key = m.group(0).split("=")[0].strip()
+    return m.group(0) if key in ("val_acc", "val_f1", "train_loss") else ""
+
+
+def short_summary(text: str, drop: tuple[str, ...] | None = None) -> str:
+    """A shard summary (:func:`emoray.data.inspect.format_summary`) in a few lines: the
+    header, modalities, classes and subjects, and the shapes on one line; or, with
+    ``drop``, ``text`` without the lines holding one of those strings. The whole goes to
+    the log file."""
+    from emoray import console
+
+    console.log(text)
+    lines = text.splitlines()
+    if drop is not None:                     # a run's summary: its headline metrics only
+        return "\n".join(re.sub(r" (val|train)_\w+=[-\d.]+", _headline, ln)
+                         for ln in lines if not any(d in ln for d in drop))
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.lstrip().startswith(
+        ("per modality", "per class", "per subject"))]
+    shapes = [ln.strip()[len("shape "):] for ln in lines if ln.lstrip().startswith("shape ")]
+    if shapes:
+        keep.append("  shapes: " + "; ".join(shapes))
+    return "\n".join(keep)
+
+
 def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
                        timings: dict[str, float], echo=print) -> dict:
     """Train the quickstart plan on ``features`` into ``output`` and evaluate it under
@@ -128,7 +154,8 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
     plan_cfg = cfg.model_copy(update={"train": train})
     echo("")
     echo(f"[5/7] train: {', '.join(train.stages)} (Ray Train) -> {run_dir(plan_cfg)}")
-    echo(format_summary(run_plan(plan_cfg, echo=echo)))
+    echo(short_summary(format_summary(run_plan(plan_cfg, echo=echo)), drop=(" bundle: ",
+                                                                           " plot: ")))
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     echo("")
@@ -141,7 +168,7 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
     timings["evaluate"] = time.perf_counter() - t
     for protocol, report in reports.items():
         echo("")
-        echo(format_report(report))
+        echo("\n".join(ln for ln in format_report(report).splitlines() if ln.strip()))
         echo(f"  files: {', '.join(report['files'])}")
     return reports
 
