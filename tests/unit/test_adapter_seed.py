@@ -87,3 +87,20 @@ def test_wrong_layout(tmp_path):
     with pytest.raises(DataError) as err:
         get_adapter("seed", str(tmp_path)).list_trials()
     assert err.value.kind == "layout" and "Preprocessed_EEG/label.mat" in str(err.value)
+
+
+def test_the_extracted_features_folder_is_refused_per_file_naming_it(tmp_path):
+    """SEED's ExtractedFeatures/ holds de_LDS1, psd_movingAve1 ... instead of <initials>_eegN:
+    every session file is one rejection naming the file and the variables found, and the
+    listing goes on (no crash)."""
+    folder = tmp_path / "ExtractedFeatures"
+    folder.mkdir()
+    scipy.io.savemat(folder / "label.mat", {"label": np.array([[1, 0, -1]])})
+    for name in ("1_20131027.mat", "2_20140404.mat"):
+        scipy.io.savemat(folder / name, {"de_LDS1": np.zeros((62, 5, 5)),
+                                         "psd_movingAve1": np.zeros((62, 5, 5))})
+    specs, rejected = get_adapter("seed", str(folder)).list_trials()
+    assert specs == [] and len(rejected) == 2
+    for r in rejected:
+        assert r.kind == "unreadable" and r.files[0].endswith(".mat")
+        assert "no <initials>_eegN variables" in r.reason and "de_LDS1" in r.reason
