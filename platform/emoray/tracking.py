@@ -17,12 +17,13 @@ artifacts beside it (``OUTPUT/mlartifacts``): MLflow 3.17 refuses its old file s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 from emoray.errors import ConfigError
@@ -260,12 +261,33 @@ def open_tracker(uri: str | None, experiment: str, root: str | Path) -> Tracker:
     check_uri(uri)
     tracker = Tracker(uri, experiment, "")
     try:
-        tracker.experiment_id = _experiment_id(tracker.client, uri, experiment)
+        with _creation_lock(uri):
+            tracker.experiment_id = _experiment_id(tracker.client, uri, experiment)
     except Exception as err:
         raise ConfigError(f"tracking.uri {uri}: MLflow cannot use this tracking store "
                           f"({_one_line(err, 200)}); expected sqlite:///PATH/mlflow.db or an "
                           "MLflow server http://HOST:PORT (or tracking.enabled=false)") from None
     return tracker
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Hold ``DB.lock`` while a SQLite store is opened: MLflow creates a new database's
+    tables without a lock, and two drivers opening a new store at once fail ("table ...
+    already exists")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _experiment_id(client, uri: str, name: str) -> str:

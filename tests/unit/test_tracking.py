@@ -142,3 +142,20 @@ def test_serve_resolves_an_mlflow_runs_bundle_uri(tmp_path, monkeypatch):
     assert (local / "model.pt").read_bytes() == (FUSION_BUNDLE / "model.pt").read_bytes()
     with pytest.raises(ConfigError, match=r"checkpoint runs:/0123/bundle: MLflow could not"):
         resolve_checkpoint("runs:/0123/bundle", tmp_path / "cache2")
+
+
+def _open_in_process(root: str) -> str:
+    return open_tracker(None, "emoray", root).experiment_id
+
+
+def test_drivers_opening_a_new_store_at_once_all_get_it(tmp_path):
+    """Two jobs started together create the same new SQLite store (MLflow creates its
+    tables without a lock: without ours one of them failed, "table ... already exists")."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ids = list(pool.map(_open_in_process, [str(tmp_path)] * 3))
+    assert len(set(ids)) == 1
+    assert MlflowClient(tracking_uri=default_uri(tmp_path)).get_experiment(ids[0]).name == \
+        "emoray"
