@@ -595,3 +595,42 @@ def test_subject_calibration_round_trips_the_training_statistics(served, record,
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "subject"
     empty = _post(url, {"eeg": None}, path="/v1/subjects/calib-2/calibration")
     assert empty.status_code in (400, 422)
+
+
+def test_removing_a_replica_under_load_fails_no_request(served, record):
+    """A downscale while requests run (the EEG encoder 2 -> 1 replica, by redeploying the
+    application): the replica removed first finishes what it holds (graceful shutdown
+    waits as long as a request may run), so every request answers 200."""
+    from ray import serve
+
+    from emoray.serving.app import build_app
+
+    url = served["url"]
+    body = json_request(eeg=record["eeg"], speech=record["speech"])
+    assert _replicas("fusion", "EEGEncoder") == 2
+    stop, codes = threading.Event(), []
+
+    def client():
+        while not stop.is_set():
+            try:
+                codes.append(_post(url, body).status_code)
+            except requests.RequestException as err:       # a dropped connection fails too
+                codes.append(type(err).__name__)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(codes) >= 6, 60, "load to start")
+        plain = served["fusion"].model_dump()
+        plain["deployments"]["eeg"]["num_replicas"] = 1
+        serve.run(build_app(ServeConfig.model_validate(plain)), name="fusion",
+                  route_prefix="/")
+        wait_for(lambda: _replicas("fusion", "EEGEncoder") == 1, 120, "the downscale")
+        seen = len(codes)
+        wait_for(lambda: len(codes) >= seen + 6, 60, "requests after the downscale")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert len(codes) >= 12 and set(codes) == {200}, [c for c in codes if c != 200][:10]

@@ -82,3 +82,18 @@ def test_incongruence_averages_voice_and_face_as_what_is_expressed():
     # a face agreeing with EEG pulls the expressed distribution towards it: lower score
     calm = incongruence(names, speech, eeg, threshold=0.1, face=eeg)
     assert calm.score < alone.score
+
+
+def test_a_removed_replica_waits_as_long_as_a_request_may_run():
+    """Every deployment's graceful shutdown outlasts the request time limit, so a replica
+    removed by a downscale or redeploy finishes its longest request (Serve's own default
+    of 20 s cut 40 s requests off with a 500)."""
+    from emoray.config import ServeConfig
+    from emoray.serving.app import _options
+
+    for limit in (60.0, 300.0):
+        cfg = ServeConfig(request_timeout_s=limit)
+        for role in ("router", "eeg", "speech", "video"):
+            opts = _options(cfg, role)
+            assert opts["graceful_shutdown_timeout_s"] > limit
+            assert opts["graceful_shutdown_wait_loop_s"] <= 2

@@ -254,7 +254,11 @@ def _options(cfg: ServeConfig, role: str) -> dict[str, Any]:
     dep = cfg.deployments[role]
     opts: dict[str, Any] = {
         "max_ongoing_requests": dep.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus}}
+        "ray_actor_options": {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
+        # a replica being removed (downscale, redeploy) first finishes what it holds: as
+        # long as the longest request may run, so none is cut off
+        "graceful_shutdown_timeout_s": cfg.request_timeout_s + 5.0,
+        "graceful_shutdown_wait_loop_s": 1.0}
     if dep.autoscaling is None:
         opts["num_replicas"] = dep.num_replicas
     else:
