@@ -128,6 +128,13 @@ def where() -> str:
             + ("" if _state["verbose"] else "; `emoray -v ...` shows it here") + ")")
 
 
+def tell_logs(command: str) -> None:
+    """After a failure: where Ray's and the workers' output went, if it was hidden."""
+    path = _state["log"]
+    if path is not None and path.exists():
+        print(f"emoray {command}: Ray's and the workers' output: {path}", file=sys.stderr)
+
+
 def quiet_ray_loggers() -> None:
     """Ray's Python loggers in this process (Serve's is set up when ``ray.serve`` is first
     imported) log INFO to the log file; their console handlers show errors only, unless

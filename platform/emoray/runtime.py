@@ -53,6 +53,19 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     quiet_console()
 
 
+def init_ray_logged(cfg: RayConfig, folder: str | Path, verbose: bool = False) -> None:
+    """:func:`init_ray` with emoray's console (:mod:`emoray.console`): quiet unless
+    ``verbose``; Ray's and the workers' output to ``FOLDER/logs/ray.log``, a path the
+    console prints first (a bucket's run folder logs under ``runs/NAME`` here)."""
+    from emoray import console, storage
+
+    if storage.is_uri(str(folder)):
+        folder = Path("runs") / str(folder).rstrip("/").rsplit("/", 1)[-1]
+    path = console.configure(Path(folder) / "logs", verbose=verbose)
+    print(f"logs: {path}", flush=True)
+    init_ray(cfg)
+
+
 def quiet_console() -> None:
     """Where the driver's console is emoray's (:func:`emoray.console.configure`): worker
     output goes through :mod:`emoray.console` (each execution's plan, which Ray Data logs

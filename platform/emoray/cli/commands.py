@@ -42,16 +42,9 @@ def _tracker(cfg, root: str | Path):
 
 
 def _start_ray(args: argparse.Namespace, ray_cfg, folder: str | Path) -> None:
-    """Start or join Ray with emoray's console: quiet unless ``-v``; Ray's and the
-    workers' output to ``FOLDER/logs/ray.log``."""
-    from emoray import console, storage
-    from emoray.runtime import init_ray
+    from emoray.runtime import init_ray_logged
 
-    if storage.is_uri(str(folder)):            # a bucket: the log stays on this machine
-        folder = Path("runs") / str(folder).rstrip("/").rsplit("/", 1)[-1]
-    path = console.configure(Path(folder) / "logs", verbose=getattr(args, "verbose", False))
-    print(f"logs: {path}", flush=True)
-    init_ray(ray_cfg)
+    init_ray_logged(ray_cfg, folder, verbose=getattr(args, "verbose", False))
 
 
 def _command(name: str):
@@ -405,24 +398,15 @@ def run(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except EmorayError as exc:
         print(f"emoray {args.command}: error: {exc}", file=sys.stderr)
-        _tell_logs(args.command)
+        console.tell_logs(args.command)
         return 2
     except KeyboardInterrupt:
         print(f"emoray {args.command}: interrupted", file=sys.stderr)
-        _tell_logs(args.command)
+        console.tell_logs(args.command)
         return 130
     except BaseException:
-        _tell_logs(args.command)
+        console.tell_logs(args.command)
         raise
     finally:
         console.close()
-
-
-def _tell_logs(command: str) -> None:
-    """After a failure: where Ray's and the workers' output went, if it was hidden."""
-    from emoray import console
-
-    path = console.log_path()
-    if path is not None and path.exists():
-        print(f"emoray {command}: Ray's and the workers' output: {path}", file=sys.stderr)
 
