@@ -3,15 +3,13 @@ arithmetic without a server, then one small real run against uvicorn."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from benchmarks._serve_stream import (STREAM_TARGET, measure_streams, stream_line,
                                       stream_rows, stream_target)
-from conftest import wait_for
+from conftest import plain_server
 
 BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "bundles_v0" / "fusion"
 
@@ -39,25 +37,11 @@ def test_the_target_is_the_largest_count_kept_up_with_every_smaller_one():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_real_streams_against_a_plain_server_answer_every_window():
-    import uvicorn
-
-    from emoray.serving.api import make_app
     from emoray.serving.app import LocalBackend
 
     backend = LocalBackend({"checkpoint": str(BUNDLE), "device": "cpu"})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(backend), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "uvicorn to start")
-    try:
-        runs = measure_streams(f"http://127.0.0.1:{port}", backend.info(), (2,), 6.5)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with plain_server(backend) as url:
+        runs = measure_streams(url, backend.info(), (2,), 6.5)
     real, fast = runs
     assert real["errors"] == [] and real["windows"] == 2 * 2       # windows at 0 and 1 s
     assert real["p50_ms"] > 0 and real["window_s"] == 5.0

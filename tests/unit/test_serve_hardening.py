@@ -6,11 +6,8 @@ endpoints reveal, and the docs behind the key."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import socket
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import wait_for
+from conftest import plain_server
 from emoray.predict import EEGInput, SpeechInput, VideoInput
 from emoray.serving.api import Refused, check_answer
 from emoray.serving.client import binary_request, json_request
@@ -29,25 +26,11 @@ KEY_ENV, KEY = "EMORAY_HARDENING_KEY", "k3y-for-hardening"
 
 @contextmanager
 def _server(**settings):
-    import uvicorn
-
-    from emoray.serving.api import make_app
     from emoray.serving.app import LocalBackend
 
     backend = LocalBackend({"checkpoint": str(BUNDLE), "device": "cpu", **settings})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(make_app(backend), host="127.0.0.1", port=port,
-                                        log_level="critical"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_for(lambda: srv.started, 30, "uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}", backend
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with plain_server(backend, log_level="critical") as url:
+        yield url, backend
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import wait_for
+from conftest import plain_server, wait_for
 from emoray.config import StreamConfig
 from emoray.predict import EEGInput, SpeechInput
 from emoray.serving.stream import StreamError, StreamState
@@ -142,24 +140,12 @@ def test_the_client_cuts_chunks_in_step_and_names_the_endpoint():
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
-
-    from emoray.serving.api import make_app
     from emoray.serving.app import LocalBackend
 
     backend = LocalBackend({"checkpoint": str(BUNDLE), "device": "cpu", "stream": {
         "first_message_timeout_s": 1.0, "idle_timeout_s": 5.0, "max_streams": 12}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(make_app(backend), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_for(lambda: srv.started, 30, "uvicorn to start")
-    yield {"url": f"http://127.0.0.1:{port}", "backend": backend}
-    srv.should_exit = True
-    thread.join(10)
+    with plain_server(backend) as url:
+        yield {"url": url, "backend": backend}
 
 
 @pytest.fixture(scope="module")
