@@ -127,7 +127,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     from emoray import console
 
     console.configure(Path(args.out) / "logs", verbose=getattr(args, "verbose", False))
-    run_quickstart(cfg, args.out, echo=console.echo)
+    run_quickstart(cfg, args.out, echo=console.echo, seeds=args.seeds)
     return 0
 
 

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="synth -> ingest -> preprocess on an embedded "
                        "local Ray, then print the shard summary")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default %(default)s)")
+    p.add_argument("--seeds", type=int, choices=[1, 2, 3], default=3, help="evaluation seeds "
+                   "(default %(default)s; 1 is about a third of the evaluation step's time)")
     _common(p)
 
     p = sub.add_parser("synth", help="write a synthetic multimodal corpus with known ground "

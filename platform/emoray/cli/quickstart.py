@@ -52,8 +52,9 @@ def quickstart_config(config_file: str | None = None, overrides: list[str] | Non
     return resolve(config_file, flags, overrides, base=QUICKSTART_DEFAULTS)
 
 
-def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
-    """Run every stage into ``out`` (corpus/, records/, features/); return the summaries."""
+def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print, seeds: int = 3) -> dict:
+    """Run every stage into ``out`` (corpus/, records/, features/), evaluating over the
+    first ``seeds`` seeds of :data:`QUICKSTART_EVAL`; return the summaries."""
     from emoray.data.ingest import format_report as ingest_text, run_ingest
     from emoray.data.inspect import format_summary, overview_png, summarize
     from emoray.data.preprocess import format_report as prep_text, run_preprocess
@@ -103,7 +104,7 @@ def run_quickstart(cfg: EmorayConfig, out: str | Path, echo=print) -> dict:
         echo("")
         echo(short_summary(format_summary(summary)))
         echo(f"  overview: {overview_png(folder)}; `emoray inspect {folder}` prints it all")
-    reports = train_and_evaluate(cfg, features, out / "train", timings, echo)
+    reports = train_and_evaluate(cfg, features, out / "train", timings, echo, seeds)
     t = time.perf_counter()
     answers = serve_and_ask(cfg, out / "train" / cfg.train.name, corpus, echo,
                             features=features)
@@ -143,9 +144,9 @@ def short_summary(text: str, drop: tuple[str, ...] | None = None) -> str:
 
 
 def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
-                       timings: dict[str, float], echo=print) -> dict:
+                       timings: dict[str, float], echo=print, seeds: int = 3) -> dict:
     """Train the quickstart plan on ``features`` into ``output`` and evaluate it under
-    :data:`QUICKSTART_EVAL`; print and return the reports."""
+    :data:`QUICKSTART_EVAL` (its first ``seeds`` seeds); print and return the reports."""
     from emoray.train.evaluate import evaluate_protocols, format_report
     from emoray.train.plan import format_summary, run_dir, run_plan
 
@@ -158,12 +159,13 @@ def train_and_evaluate(cfg: EmorayConfig, features: Path, output: Path,
                                                                            " plot: ")))
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
+    protocols = {p: (s[:seeds], f) for p, (s, f) in QUICKSTART_EVAL.items()}
     echo("")
     echo("[6/7] evaluate: " + "; ".join(
         f"{p} over seeds {s}" + (f" and {f} subject folds" if f else "")
-        for p, (s, f) in QUICKSTART_EVAL.items())
+        for p, (s, f) in protocols.items())
         + f" ({QUICKSTART_PARALLEL} plans at a time)")
-    reports = evaluate_protocols(run_dir(plan_cfg), QUICKSTART_EVAL, cfg=plan_cfg, echo=echo,
+    reports = evaluate_protocols(run_dir(plan_cfg), protocols, cfg=plan_cfg, echo=echo,
                                  parallel=QUICKSTART_PARALLEL)
     timings["evaluate"] = time.perf_counter() - t
     for protocol, report in reports.items():
