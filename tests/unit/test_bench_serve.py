@@ -221,7 +221,7 @@ def test_process_meter_reads_this_process_and_gives_nan_for_an_ended_one():
     while time.process_time() - t0 < 0.05:                 # burn 50 ms of CPU
         sum(i * i for i in range(1000))
     spent = stop()
-    assert spent >= 0.04                                   # ticks of 10 ms
+    assert spent >= 0.035                                  # 50 ms in ticks of 10 ms
     assert list(by_title.values()) == [pytest.approx(spent)]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
     stop = process_meter(lambda: [psutil.Process(child.pid)])()
