@@ -2,9 +2,7 @@
 
 The session's tiny fusion bundle, API key on, a 4 MiB body cap, the speech encoder
 autoscaled with short delays, the EEG encoder on two fixed replicas (the replica-kill
-target). The JMML classifier bundle (speech-only path) is served from a ``file://`` URI by
-the same API code on a plain uvicorn server (:class:`emoray.serving.app.LocalBackend`):
-replicas cost seconds each to start on 2 cores, and the Serve transport is covered here.
+target). The same API on a plain uvicorn server is tested in test_serve_plain.py.
 """
 
 from __future__ import annotations
@@ -25,11 +23,11 @@ import pytest
 import requests
 
 from conftest import wait_for
+from serve_checks import close, one_record, server_steps
 from emoray.config import ServeConfig
 from emoray.data.shards import read_metadata, shard_files, unflatten
 from emoray.predict import EEGInput, Predictor, SpeechInput, VideoInput
-from emoray.io.video import decode_jpeg
-from emoray.serving.client import ClientError, json_request, post_json, predict_files
+from emoray.serving.client import ClientError, json_request, predict_files
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +55,7 @@ def _replicas(app: str, deployment: str) -> int:
 
 @pytest.fixture(scope="module")
 def record(eav_features):
-    """One raw trial segment with all three modalities, as model inputs."""
-    rec = pq.read_table(shard_files(eav_features / "rec"))
-    rows = rec.to_pylist()
-    row = next(r for r in rows if r["audio"] is not None and r["eeg"] is not None
-               and r["video"] is not None)
-    names = list(read_metadata(eav_features / "rec")["dataset"]["eeg_channels"])
-    return {"eeg": EEGInput(unflatten(row["eeg"], row["eeg_shape"]), row["eeg_sfreq"], names),
-            "speech": SpeechInput(np.asarray(row["audio"], np.float32), row["audio_rate"]),
-            "video": VideoInput(decode_jpeg(row["video"]), row["video_fps"])}
+    return one_record(eav_features)
 
 
 @pytest.fixture(scope="module")
@@ -94,27 +84,6 @@ def served(ray_cluster, fusion_run):
     os.environ.pop(KEY_ENV, None)
 
 
-@pytest.fixture(scope="module")
-def jmml_http(jmml_run):
-    """The JMML classifier bundle behind the same HTTP API on uvicorn, from a file:// URI."""
-    import uvicorn
-
-    from emoray.serving.api import make_app
-    from emoray.serving.app import LocalBackend
-
-    bundle = Path(jmml_run[0]["stages"]["classifier"]["bundle"]).resolve()
-    backend = LocalBackend({"checkpoint": bundle.as_uri(), "device": "cpu"})
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(backend), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "uvicorn to start")
-    yield {"url": f"http://127.0.0.1:{port}", "bundle": bundle, "backend": backend}
-    server.should_exit = True
-    thread.join(10)
-
-
 def _router_actors() -> set[str]:
     """Ids of the live router replicas' actors (the health answer shows no pid): a router
     that crashed and was replaced changes the set."""
@@ -130,23 +99,6 @@ def _router_actors() -> set[str]:
 def _post(url: str, body: dict, key: str | None = KEY, path: str = "/v1/predict"):
     headers = {"X-API-Key": key} if key else {}
     return requests.post(url + path, json=body, headers=headers, timeout=60)
-
-
-def _steps(answer: requests.Response) -> dict[str, float]:
-    """The answer's Server-Timing steps (ms), checked for sense."""
-    from benchmarks.serve import parse_server_timing
-
-    steps = parse_server_timing(answer.headers["server-timing"])
-    assert all(v >= 0 for v in steps.values()), steps
-    assert steps["total"] >= steps["decode"] + steps["prepare"] + steps["combine"], steps
-    assert steps["total"] <= answer.elapsed.total_seconds() * 1000 + 1, steps
-    return steps
-
-
-def _close(a: dict, b: dict, tol: float = 2e-4) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert abs(a[k] - b[k]) < tol, (k, a[k], b[k])
 
 
 def test_health_model_docs_and_auth(served, record):
@@ -193,7 +145,7 @@ def test_every_modality_subset_over_json_matches_in_process(served, record):
         assert answer.status_code == 200, (subset, answer.text)
         got = answer.json()
         assert got["modalities"] == list(subset) and set(got["per_modality"]) == set(subset)
-        assert set(_steps(answer)) == {"read", "decode", "prepare", "combine", "total",
+        assert set(server_steps(answer)) == {"read", "decode", "prepare", "combine", "total",
                                        *subset}       # one encoder call per modality
         frames = body.get("video", {}).get("frames_base64")
         if frames:                               # the same JPEG bytes the server decoded
@@ -203,10 +155,10 @@ def test_every_modality_subset_over_json_matches_in_process(served, record):
                                         record["video"].fps)
         expected = local.predict(**given)
         assert got["label"] == expected.label
-        _close(got["probabilities"], expected.probabilities)
-        _close(got["attention_mass"], expected.attention_mass)
+        close(got["probabilities"], expected.probabilities)
+        close(got["attention_mass"], expected.attention_mass)
         for m in subset:
-            _close(got["per_modality"][m]["probabilities"],
+            close(got["per_modality"][m]["probabilities"],
                    expected.per_modality[m].probabilities)
         assert (got["incongruence"] is not None) == ({"eeg", "speech"} <= set(subset))
         if got["incongruence"] is not None:      # the face counts as expressed when given
@@ -241,9 +193,9 @@ def test_binary_requests_answer_as_json_does(served, record, tmp_path):
         as_json = predict_signals(url, **given, encoding="json", api_key=KEY)
         as_npy = predict_signals(url, **given, api_key=KEY)
         assert as_npy["modalities"] == list(given)
-        _close(as_npy["probabilities"], as_json["probabilities"], tol=1e-5)
+        close(as_npy["probabilities"], as_json["probabilities"], tol=1e-5)
         for m in given:
-            _close(as_npy["per_modality"][m]["probabilities"],
+            close(as_npy["per_modality"][m]["probabilities"],
                    as_json["per_modality"][m]["probabilities"], tol=1e-5)
 
     npz = io.BytesIO()
@@ -256,13 +208,13 @@ def test_binary_requests_answer_as_json_does(served, record, tmp_path):
                                  "speech_sample_rate": str(pcm.sample_rate)})
     assert answer.status_code == 200, answer.text
     as_json = predict_signals(url, eeg=eeg, speech=pcm, encoding="json", api_key=KEY)
-    _close(answer.json()["probabilities"], as_json["probabilities"], tol=1e-5)
-    steps = _steps(answer)
+    close(answer.json()["probabilities"], as_json["probabilities"], tol=1e-5)
+    steps = server_steps(answer)
     print(f"npz + raw int16: decode {steps['decode']:.1f} ms of {steps['total']:.1f} ms")
 
     raw_frames = predict_signals(url, video=record["video"], api_key=KEY)   # uint8 .npy
     local = Predictor.from_bundle(served["bundle"], device="cpu")
-    _close(raw_frames["probabilities"], local.predict(video=record["video"]).probabilities)
+    close(raw_frames["probabilities"], local.predict(video=record["video"]).probabilities)
 
     write_eeg(tmp_path / "rec.fif", EEG(data=eeg.data, sfreq=eeg.sfreq,
                                         ch_names=list(eeg.ch_names), source="test"))
@@ -272,7 +224,7 @@ def test_binary_requests_answer_as_json_does(served, record, tmp_path):
     answers = {enc: predict_files(url, files, api_key=KEY, encoding=enc)
                for enc in ("binary", "arrays", "json")}
     for enc in ("arrays", "json"):
-        _close(answers[enc]["probabilities"], answers["binary"]["probabilities"], tol=1e-5)
+        close(answers[enc]["probabilities"], answers["binary"]["probabilities"], tol=1e-5)
 
 
 def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
@@ -306,7 +258,7 @@ def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
     # the same EEG through EDF (16-bit) and FIF (float) predicts nearly the same
     fif_only = predict_files(url, [tmp_path / "rec.fif"], api_key=KEY)
     edf_only = predict_files(url, [tmp_path / "rec.edf"], api_key=KEY)
-    _close(fif_only["probabilities"], edf_only["probabilities"], tol=0.05)
+    close(fif_only["probabilities"], edf_only["probabilities"], tol=0.05)
 
     env = dict(os.environ, EMORAY_KEY=KEY)
     cli = [sys.executable, "-m", "emoray", "predict", "--url", url, "--api-key-env",
@@ -320,56 +272,13 @@ def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
                              capture_output=True, text=True, env=env, timeout=120)
     assert as_json.returncode == 0, as_json.stderr
     both = predict_files(url, [tmp_path / "rec.wav", tmp_path / "rec.fif"], api_key=KEY)
-    _close(json.loads(as_json.stdout)["probabilities"], both["probabilities"], tol=1e-5)
+    close(json.loads(as_json.stdout)["probabilities"], both["probabilities"], tol=1e-5)
     refused = subprocess.run(cli[:-2] + [str(tmp_path / "rec.wav")], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "X-API-Key" in refused.stderr
     gone = subprocess.run(cli[:4] + ["--url", "http://127.0.0.1:9", str(tmp_path / "rec.wav")],
                           capture_output=True, text=True, timeout=120)
     assert gone.returncode == 2 and "emoray serve" in gone.stderr
-
-
-def test_jmml_speech_only_path_from_a_uri(jmml_http, record):
-    url = jmml_http["url"]
-    info = requests.get(url + "/v1/model", timeout=30).json()
-    assert info["stage"] == "classifier" and info["modalities"] == ["speech", "eeg"]
-    speech = post_json(url, json_request(speech=record["speech"]))
-    assert speech["path"] == "speech_only" and speech["modalities"] == ["speech"]
-    assert speech["incongruence"] is None and -1 <= speech["valence"] <= 1
-    both = post_json(url, json_request(eeg=record["eeg"], speech=record["speech"],
-                                       video=record["video"]))
-    assert both["path"] == "combined" and both["ignored"] == ["video"]
-    conflict = both["incongruence"]
-    assert 0 <= conflict["score"] <= 1 and conflict["flag"] == (
-        conflict["speech"] != conflict["eeg"] and conflict["score"] >= conflict["threshold"])
-    # JMML has no video encoder: what is expressed is speech alone
-    assert conflict["expressed_by"] == ["speech"] and conflict["expressed"] == conflict["speech"]
-    local = Predictor.from_bundle(jmml_http["bundle"], device="cpu")
-    _close(speech["probabilities"], local.predict(speech=record["speech"]).probabilities)
-    only_video = requests.post(url + "/v1/predict", json=json_request(video=record["video"]),
-                               timeout=30)
-    assert only_video.status_code == 422 and "video" in only_video.json()["error"]["message"]
-
-
-def test_plain_server_batches_concurrent_requests_without_changing_answers(jmml_http,
-                                                                           record):
-    """LocalBackend (the benchmark's FastAPI baseline) batches encoder calls per modality
-    (MicroBatcher): concurrent answers equal the lone answer, every call went through it."""
-    url, batchers = jmml_http["url"], jmml_http["backend"].batchers
-    body = json_request(eeg=record["eeg"], speech=record["speech"])
-    alone = requests.post(url + "/v1/predict", json=body, timeout=60)
-    assert alone.status_code == 200
-    assert set(_steps(alone)) == {"read", "decode", "prepare", "speech", "eeg", "combine",
-                                  "total"}
-    before = {m: sum(b.sizes) for m, b in batchers.items()}
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: requests.post(url + "/v1/predict", json=body,
-                                                        timeout=60), range(16)))
-    assert [a.status_code for a in answers] == [200] * 16
-    for a in answers:
-        _close(a.json()["probabilities"], alone.json()["probabilities"], tol=1e-5)
-    assert {m: sum(b.sizes) - before[m] for m, b in batchers.items()} == {"speech": 16,
-                                                                          "eeg": 16}
 
 
 def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, record,
@@ -435,7 +344,7 @@ def test_live_stream_through_serve_answers_as_predict_and_refuses_what_is_malfor
                              hop_seconds=window, speed=0))
     assert [a["index"] for a in got.answers] == [0] and got.latencies_ms[0] > 0
     want = _post(url, json_request(eeg=eeg, speech=speech)).json()
-    _close(got.answers[0]["probabilities"], want["probabilities"], tol=1e-4)
+    close(got.answers[0]["probabilities"], want["probabilities"], tol=1e-4)
     with pytest.raises(ClientError, match="API key"):
         asyncio.run(replay(url, eeg, speech, speed=0))
     cases = malformed_streams(first_message(eeg, speech), b"e" + eeg.data[:, :10].T.astype(
@@ -445,7 +354,7 @@ def test_live_stream_through_serve_answers_as_predict_and_refuses_what_is_malfor
     assert _router_actors() == routers
     again = asyncio.run(replay(url, eeg, speech, api_key=KEY, window_seconds=window,
                                speed=0))
-    _close(again.answers[0]["probabilities"], want["probabilities"], tol=1e-4)
+    close(again.answers[0]["probabilities"], want["probabilities"], tol=1e-4)
 
 
 def test_autoscaling_adds_a_speech_replica_under_a_burst_then_removes_it(served, record):
@@ -588,7 +497,7 @@ def test_subject_calibration_round_trips_the_training_statistics(served, record,
     assert torch.isfinite(own).all()
 
     local = Predictor.from_bundle(served["bundle"], device="cpu")
-    _close(local.predict(eeg=record["eeg"], speech=record["speech"],
+    close(local.predict(eeg=record["eeg"], speech=record["speech"],
                          subject=subject).probabilities, training["probabilities"])
 
     bad = _post(url, body, path="/v1/predict?subject=" + "x" * 200)

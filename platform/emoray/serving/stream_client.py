@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emoray.serving.client import API_KEY_HEADER, ClientError, read_inputs
+from emoray.serving.client import API_KEY_HEADER, ClientError, _float_pcm, read_inputs
 
 if TYPE_CHECKING:
     from emoray.predict import EEGInput, SpeechInput
@@ -79,13 +79,6 @@ def first_message(eeg: EEGInput | None, speech: SpeechInput | None, *,
     return msg
 
 
-def _speech_float(speech: SpeechInput) -> np.ndarray:
-    x = np.asarray(speech.samples)
-    if x.dtype.kind == "i":
-        return x.astype(np.float32) / np.float32(32768)
-    return x.astype(np.float32, copy=False)
-
-
 def chunks(eeg: EEGInput | None, speech: SpeechInput | None,
            chunk_seconds: float) -> Iterator[tuple[float, list[bytes]]]:
     """``(stream time reached, [binary messages])`` per step: each modality's next
@@ -96,7 +89,7 @@ def chunks(eeg: EEGInput | None, speech: SpeechInput | None,
         data = np.asarray(eeg.data, dtype=np.float32).T                      # (T, C)
         parts.append((b"e", data, float(eeg.sfreq)))
     if speech is not None:
-        parts.append((b"s", _speech_float(speech), float(speech.sample_rate)))
+        parts.append((b"s", _float_pcm(speech.samples), float(speech.sample_rate)))
     if not parts:
         raise ClientError("nothing to stream: give an EEG and/or a speech recording")
     total = min(len(d) / rate for _, d, rate in parts)
