@@ -54,3 +54,15 @@ def runner_parser(doc: str | None):
     parser.add_argument("--features", help="reuse this preprocess output folder instead of "
                         "generating one")
     return parser
+
+
+def start_ray(ray_cfg, out_dir: str | Path, name: str) -> None:
+    """Start the benchmark's embedded Ray with emoray's quiet console: Ray's own output to
+    ``OUT/logs/NAME/logs/ray.log`` (printed first), the table on the console. A Ray already
+    running (a test session, a joined cluster) is used as it is."""
+    import ray
+
+    from emoray.runtime import init_ray_logged
+
+    if not ray.is_initialized():
+        init_ray_logged(ray_cfg, Path(out_dir) / "logs" / name)

@@ -43,7 +43,7 @@ import numpy as np
 
 from benchmarks._encoders import ENCODERS, compare_encoders
 from benchmarks._probe import MODALITIES, load_table, run_probe
-from benchmarks._runner import runner_parser, table, write_result
+from benchmarks._runner import runner_parser, start_ray, table, write_result
 
 TARGET = 1.05
 PARTS = ("deep", "encoders")
@@ -74,13 +74,13 @@ def interval(values: list[float], n_records: int) -> tuple[float, float, float, 
 
 
 def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=None,
-                  overrides: list[str] | None = None):
+                  overrides: list[str] | None = None, out_dir: str | Path = "benchmarks/results"):
     """The corpus, records and features under ``work``; returns ``(cfg, corpus, features)``.
-    ``overrides`` are ``--set`` overrides of the config (e.g. a contract or stage field)."""
+    ``overrides`` are ``--set`` overrides of the config (e.g. a contract or stage field);
+    Ray's log goes under ``out_dir`` (:func:`benchmarks._runner.start_ray`)."""
     from emoray.cli.quickstart import quickstart_config
     from emoray.data.ingest import run_ingest
     from emoray.data.preprocess import run_preprocess
-    from emoray.runtime import init_ray
     from emoray.synth.corpus import write_corpus
 
     sets = [f"synth.subjects={sizes['subjects']}",
@@ -91,7 +91,7 @@ def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=N
         cfg.ray = ray_cfg
     corpus, records, features = work / "corpus", work / "records", work / "features"
     write_corpus(cfg.synth, corpus)
-    init_ray(cfg.ray)
+    start_ray(cfg.ray, out_dir, "accuracy")
     quiet = lambda *_: None                                            # noqa: E731
     run_ingest(cfg.ingest.model_copy(update={"source": str(corpus), "output": str(records)}),
                echo=quiet)
@@ -296,7 +296,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     try:
         t = time.perf_counter()
         cfg, corpus, features = make_features(work, sizes, plan, ray_cfg,
-                                              [*ENCODER_CONTRACT, *(overrides or [])])
+                                              [*ENCODER_CONTRACT, *(overrides or [])], out_dir)
         times["data"] = time.perf_counter() - t
         data = load_table(features)
         if "deep" in parts:

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 
-from benchmarks._runner import table, write_result
+from benchmarks._runner import start_ray, table, write_result
 from emoray.config import IngestConfig, PreprocessConfig, RayConfig
 
 TARGET = 1.8
@@ -87,7 +87,6 @@ def _one(corpus: Path, out: Path, ingest_runner, prep_runner, video_size: int) -
 def run_benchmark(quick: bool = False, out_dir: str = "benchmarks/results",
                   ray_cfg: RayConfig | None = None, repeats: int | None = None) -> dict:
     from emoray.data import ingest, preprocess
-    from emoray.runtime import init_ray
     from emoray.synth.config import SynthConfig
     from emoray.synth.corpus import write_corpus
 
@@ -100,7 +99,7 @@ def run_benchmark(quick: bool = False, out_dir: str = "benchmarks/results",
               f"{synth.trials_per_class * 5} trials x {synth.seconds:g} s) in {work}")
         write_corpus(synth, work / "corpus", progress=False)
         t = time.perf_counter()
-        init_ray(ray_cfg or RayConfig(num_cpus=2))
+        start_ray(ray_cfg or RayConfig(num_cpus=2), out_dir, "ingest")
         ray_start = time.perf_counter() - t
         import ray
 

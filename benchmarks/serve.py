@@ -69,7 +69,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from benchmarks._runner import runner_parser
+from benchmarks._runner import runner_parser, start_ray
 from benchmarks._serve_cpu import ray_processes, system_meters, titles
 from benchmarks._serve_http import _free_port, _stop_loop, _wait_up, noop_latency  # noqa: F401
 from benchmarks._serve_stream import measure_streams
@@ -272,7 +272,6 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     import torch
     from ray import serve
 
-    from emoray.runtime import init_ray
     from emoray.serving.app import LocalBackend, build_app
     from emoray.serving.model import resolve_checkpoint
 
@@ -287,7 +286,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     warm = 3 if quick else 10
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-serve-"))
     load = {"before": os.getloadavg()}
-    init_ray(ray_cfg or RayConfig(num_cpus=2))
+    start_ray(ray_cfg or RayConfig(num_cpus=2), out_dir, "serve")
     cells: dict[str, dict[int, dict[str, Any]]] = {}
     noop: dict[str, float] = {}
     counted: dict[str, dict[str, int]] = {}

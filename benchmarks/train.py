@@ -50,7 +50,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks._runner import runner_parser, table, write_result
+from benchmarks._runner import runner_parser, start_ray, table, write_result
 from emoray.config import RayConfig
 
 TARGET = 0.9
@@ -246,7 +246,6 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     from emoray.data.features import feature_metadata
     from emoray.data.shards import shard_files
     from emoray.errors import ConfigError, DataError
-    from emoray.runtime import init_ray
     from emoray.train.split import within_subject_split
 
     epochs = epochs if epochs is not None else (2 if quick else 4)
@@ -256,7 +255,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         feature_metadata(features)             # a bad folder fails before Ray starts
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-train-"))
     load = {"before": os.getloadavg()}         # other work on the machine skews every figure
-    init_ray(ray_cfg or RayConfig(num_cpus=2))
+    start_ray(ray_cfg or RayConfig(num_cpus=2), out_dir, "train")
     try:
         feat = Path(features).resolve() if features is not None else make_features(work, quick)
         train_ids, _ = within_subject_split(shard_files(feat))

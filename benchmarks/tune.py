@@ -48,7 +48,7 @@ import tempfile
 import time
 from typing import Any, Iterable
 
-from benchmarks._runner import runner_parser, table, write_result
+from benchmarks._runner import runner_parser, start_ray, table, write_result
 from emoray.config import RayConfig
 from emoray.errors import ConfigError
 
@@ -305,7 +305,6 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     """
     from benchmarks.train import make_features
     from emoray.data.features import feature_metadata
-    from emoray.runtime import init_ray
 
     seeds = seeds if seeds is not None else (1 if quick else 3)
     trials = trials if trials is not None else (4 if quick else 8)
@@ -321,7 +320,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     ray_cfg = (ray_cfg or RayConfig(num_cpus=2)).model_copy(update={"include_dashboard": True})
     work = Path(tempfile.mkdtemp(prefix="emoray-bench-tune-"))
     load = {"before": os.getloadavg()}
-    init_ray(ray_cfg)
+    start_ray(ray_cfg, out_dir, "tune")
     records = []
     try:
         feat = (Path(features).resolve() if features is not None

@@ -38,14 +38,18 @@ embedded_defaults()
 def ray_cluster():
     """A real local Ray with 2 CPUs, shared by every integration test (RAY.md: share one).
 
-    The dashboard is on (127.0.0.1): without it each ASHA-stopped Tune trial leaks its Train
-    placement group and the next trial hangs (RAY.md trap 3).
+    It listens on 127.0.0.1 only, as emoray's embedded Ray. The dashboard is on: without
+    it each ASHA-stopped Tune trial leaks its Train placement group and the next trial
+    hangs (RAY.md trap 3).
     """
     import ray
 
+    from emoray.runtime import bound_to
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 logging_level="ERROR", log_to_driver=False)
+        with bound_to("127.0.0.1") as binding:      # as emoray's embedded Ray
+            ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR",
+                     log_to_driver=False, **binding)
     yield ray
     ray.shutdown()
 

@@ -372,3 +372,40 @@ def file_bytes(record: dict, tmp) -> dict[str, bytes]:
 
 
 __all__ = ["file_bytes", "malformed_requests"]
+
+
+#: bytes that are not HTTP/1.1 a server can act on: Serve's HTTP server (uvicorn) refuses
+#: them before any application code runs, with its own plain-text 400 (documented)
+NOT_HTTP = {
+    "garbage line": b"GARBAGE\r\n\r\n",
+    "HTTP/9.9": b"GET /v1/health HTTP/9.9\r\nHost: x\r\n\r\n",
+    "header without colon": b"GET /v1/health HTTP/1.1\r\nHost x\r\n\r\n",
+    "NUL in a header": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "byte 0xff in the path": b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    "negative length": b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "two lengths": b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                   b"Content-Length: 7\r\n\r\n{}",
+    "bad chunk size": b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                      b"\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "TLS hello": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(64)),
+}
+
+
+def not_http(host: str, port: int, timeout: float = 10.0) -> dict[str, str | None]:
+    """Send each of :data:`NOT_HTTP` on its own connection: the answer's status line, or
+    None where the server closed the connection without one."""
+    import socket
+
+    answers = {}
+    for label, data in NOT_HTTP.items():
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(data)
+            got = b""
+            while b"\r\n" not in got:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        answers[label] = got.split(b"\r\n", 1)[0].decode("latin-1") or None
+    return answers

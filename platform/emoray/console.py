@@ -29,7 +29,7 @@ MARK = "[emoray] "
 LOG_NAME = "ray.log"
 _EPOCH = re.compile(r"^\[(\w+)\] epoch (\d+)/(\d+)")
 _ERROR = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b: ")
-_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "optuna")
 
 _state: dict[str, Any] = {"verbose": False, "log": None, "file": None, "handler": None,
                           "driver": False, "bars": {}, "seen": set(),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from emoray.config import RayConfig
@@ -20,8 +23,9 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     """Connect to ``cfg.address`` (or ``RAY_ADDRESS``, as inside a Ray Job) or start an
     embedded local Ray (idempotent).
 
-    The embedded Ray binds to 127.0.0.1 only. Worker processes get ``platform/`` on their
-    path through the installed package, never through the repo root (see DESIGN.md).
+    The embedded Ray listens on ``cfg.host`` only, 127.0.0.1 by default (:func:`bound_to`).
+    Worker processes get ``platform/`` on their path through the installed package, never
+    through the repo root (see DESIGN.md).
     """
     import ray
 
@@ -40,17 +44,74 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")   # set inside a Ray Job
     if address:
         check_reachable(address, source="--address" if cfg.address else "RAY_ADDRESS")
-        ray.init(address=address, **kwargs)
+        with joining(address):
+            ray.init(address=address, **kwargs)
         quiet_console()
         return
     embedded_defaults()
     if cfg.include_dashboard is not None:
         kwargs["include_dashboard"] = cfg.include_dashboard
-        kwargs["dashboard_host"] = "127.0.0.1"
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 1024 * 1024
-    ray.init(num_cpus=cfg.num_cpus, **kwargs)
+    with bound_to(cfg.host) as binding:
+        ray.init(num_cpus=cfg.num_cpus, **kwargs, **binding)
     quiet_console()
+
+
+#: Ray's own switch for a node that stays on 127.0.0.1 (its default on macOS and Windows,
+#: against firewall prompts); Ray reads it when imported, into ``ENABLE_RAY_CLUSTER``
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def bound_to(host: str = "127.0.0.1") -> Iterator[dict]:
+    """While starting an embedded Ray: its ``ray.init`` keyword arguments for listening on
+    ``host`` only (README "Security").
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` does not do it: Ray swaps a loopback node
+    address for the machine's, and then binds the GCS, raylet, object manager, agents and
+    every worker's gRPC server to all interfaces. On a loopback node (Ray's own switch,
+    :data:`LOOPBACK_SWITCH`, off) each of them binds to 127.0.0.1; the processes started
+    inside this block inherit it. The one exception is Ray's, not ours: each Serve
+    replica's inter-deployment gRPC server binds ``[::]:0`` whatever the node address
+    (Ray 2.60, ``serve/_private/replica.py``); Ray's token authentication guards it.
+    Another ``host`` is the node's address (``0.0.0.0``: Ray's default, the machine's).
+    """
+    from ray._private import ray_constants
+
+    if not ipaddress.ip_address(host).is_loopback:
+        binding = {"dashboard_host": host}
+        yield binding if host == "0.0.0.0" else dict(binding, _node_ip_address=host)
+        return
+    before = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield {"dashboard_host": host}
+    finally:
+        if before[0] is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+
+@contextmanager
+def joining(address: str) -> Iterator[None]:
+    """While connecting to ``address``: a loopback head (``127.0.0.1:PORT``, as an embedded
+    or ``ray start --head --node-ip-address 127.0.0.1`` one) is reached as a loopback node,
+    since Ray would swap 127.0.0.1 for the machine's address and miss it."""
+    hostport = address.split("://", 1)[-1]
+    host = hostport.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:                      # a host name, auto, local
+        loopback = False
+    if not loopback:
+        yield
+        return
+    with bound_to("127.0.0.1"):
+        yield
 
 
 def init_ray_logged(cfg: RayConfig, folder: str | Path, verbose: bool = False) -> None:

@@ -1,5 +1,6 @@
 """`emoray quickstart`'s whole console output, as a user sees it in a file (no terminal):
-every step once, a stage's first and last epoch, none of Ray's own lines, at most 150 lines.
+every step once, a stage's first and last epoch, none of Ray's own lines, at most 150 lines;
+and every process of its embedded Ray listening on loopback only.
 
 The run is the quickstart itself (its own embedded Ray, all seven steps, Serve) on a
 smaller corpus with 3 epochs per stage and one evaluation seed (``--seeds 1``; the two
@@ -17,6 +18,8 @@ import sys
 
 import pytest
 
+import sockets
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SHORT = ["synth.trials_per_class=3", "synth.seconds=5", "train.stages.intra.epochs=3",
@@ -33,11 +36,20 @@ def _free_port() -> int:
 def test_quickstart_prints_a_short_console_and_logs_the_rest(tmp_path):
     out = tmp_path / "qs"
     sets = [a for kv in SHORT + [f"serve.port={_free_port()}"] for a in ("--set", kv)]
-    res = subprocess.run([sys.executable, "-m", "emoray", "quickstart", "--out", str(out),
-                          "--num-cpus", "2", "--seeds", "1", *sets], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, timeout=1200)
+    with subprocess.Popen([sys.executable, "-m", "emoray", "quickstart", "--out", str(out),
+                           "--num-cpus", "2", "--seeds", "1", *sets], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        watcher = sockets.Watcher(proc.pid)
+        try:
+            stdout, _ = proc.communicate(timeout=1200)
+        finally:
+            seen = watcher.stop()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
     lines = res.stdout.splitlines()
     assert res.returncode == 0, res.stdout[-4000:]
+    # its embedded Ray, Serve included, listened on loopback only (README "Security")
+    assert len(seen) >= 8, sorted(map(str, seen))     # GCS, raylet, agents, workers, proxy
+    assert sockets.exposed(seen) == [], sorted(map(str, sockets.exposed(seen)))
     assert len(lines) <= MAX_LINES, f"{len(lines)} lines:\n" + res.stdout
     for step in range(1, 8):
         assert sum(line.startswith(f"[{step}/7]") for line in lines) == 1, res.stdout

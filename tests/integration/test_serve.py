@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from conftest import wait_for
+import sockets
 from serve_checks import close, one_record, server_steps
 from emoray.config import ServeConfig
 from emoray.data.shards import read_metadata, shard_files, unflatten
@@ -283,7 +284,7 @@ def test_multipart_real_files_and_the_cli_client(served, record, tmp_path):
 
 def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, record,
                                                                      tmp_path):
-    from serve_fuzz import file_bytes, malformed_requests
+    from serve_fuzz import file_bytes, malformed_requests, not_http
 
     url = served["url"]
     routers = _router_actors()
@@ -320,6 +321,10 @@ def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, rec
         if status != 401 and text.startswith('{"error"'):
             err = json.loads(text)["error"] if len(text) < 300 else None
             assert err is None or err["message"], label
+    # bytes that are not HTTP: the server's own 400 (plain text) or a closed connection
+    host, port = url.rsplit("/", 1)[1].split(":")
+    for label, line in not_http(host, int(port)).items():
+        assert line is None or line.startswith("HTTP/1.1 4"), (label, line)
     # still answering, with the same router process (no replica crashed)
     assert _router_actors() == routers
     assert _post(url, json_request(speech=record["speech"])).status_code == 200
@@ -544,3 +549,25 @@ def test_removing_a_replica_under_load_fails_no_request(served, record):
         for t in threads:
             t.join(120)
     assert len(codes) >= 12 and set(codes) == {200}, [c for c in codes if c != 200][:10]
+
+
+def test_the_cluster_listens_on_loopback_and_ray_guards_its_one_exception(served):
+    """Every listening socket of this session's Ray (GCS, raylet, agents, the proxy, the
+    controller, every replica and worker, this driver) is on loopback, but for each Serve
+    replica's inter-deployment gRPC server, which Ray 2.60 binds to ``[::]``: a call
+    without Ray's token is refused (README "Security")."""
+    import grpc
+
+    found = sockets.listening(os.getpid())
+    assert sockets.exposed(found) == [], sorted(map(str, found))
+    assert any(s.port == int(served["url"].rsplit(":", 1)[1]) and s.loopback for s in found)
+    wildcard = [s for s in found if not s.loopback]
+    replicas = {s.pid for s in found if s.process.startswith(sockets.RAY_WILDCARD_PROCESS)}
+    assert len(replicas) >= 4, sorted(map(str, found))     # router, EEG, speech, video
+    assert {s.pid for s in wildcard} == replicas            # one each
+    for listener in wildcard:
+        with grpc.insecure_channel(f"127.0.0.1:{listener.port}") as channel:
+            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, listener

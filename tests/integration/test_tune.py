@@ -108,6 +108,14 @@ def test_campaign_killed_resumed_reported_promoted(ray_cluster, eav_features, tm
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
+    # the console: a line per trial start and end, Tune's tables and Optuna's lines in the log
+    console = log1.read_text().splitlines()
+    assert console[0] == f"logs: {exp / 'logs' / 'ray.log'}", console[:3]
+    assert sum(" done after " in line for line in console) >= 2, console
+    assert sum(line.startswith("tune: trial ") and " started: " in line and " lr=" in line
+               for line in console) >= 3, console
+    assert not any("│" in line or "Trial status" in line or "A new study" in line
+                   for line in console), console
     before = _table(exp)
     done = before[before["status"] == "TERMINATED"]
     assert len(done) == 2 and before["status"].ne("TERMINATED").sum() >= 1, before

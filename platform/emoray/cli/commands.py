@@ -186,7 +186,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @_command("tune")
 def _tune(args: argparse.Namespace) -> int:
-    from emoray.runtime import init_ray
     from emoray.tune.campaign import resolve_campaign, run_campaign, summary_line
 
     flags = {"tune.name": args.name, "tune.storage": args.storage, "tune.search": args.search,
@@ -245,7 +244,10 @@ def _tune(args: argparse.Namespace) -> int:
         ray_cfg = cfg.ray
     if ray_cfg.include_dashboard is None:
         ray_cfg.include_dashboard = True      # ASHA-stopped trials leak PGs without it
-    init_ray(ray_cfg)
+    from emoray import storage
+
+    root = args.storage or ("runs/tune" if args.resume else cfg.tune.storage)
+    _start_ray(args, ray_cfg, storage.join(root, args.resume or cfg.tune.name))
     out = run_campaign(None if args.resume else cfg, resume=args.resume,
                        storage_root=args.storage)
     print(summary_line(out))
@@ -257,7 +259,6 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = _resolve(args, {"serve.checkpoint": args.checkpoint, "serve.host": args.host,
                           "serve.port": args.port, "serve.api_key_env": args.api_key_env,
                           "serve.batching": False if args.no_batching else None})
-    from emoray.runtime import init_ray
     from emoray.serving.app import run
     from emoray.serving.model import ServedModel
 
@@ -268,7 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.uri
     ServedModel(cfg.serve.checkpoint, role="router", device="cpu")   # fails before Ray starts
-    init_ray(cfg.ray)
+    _start_ray(args, cfg.ray, Path("runs") / f"serve-{cfg.serve.port}")
     run(cfg.serve, blocking=True)
     return 0
 

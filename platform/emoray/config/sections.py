@@ -23,6 +23,23 @@ class RayConfig(_Strict):
                                            "for the embedded Ray; None lets Ray decide.")
     object_store_mb: int | None = Field(None, ge=64, description="Object store size (MB) of "
                                         "the embedded Ray.")
+    host: str = Field("127.0.0.1", description="Address every process of the embedded Ray "
+                      "listens on: 127.0.0.1 (loopback only) or one of this machine's "
+                      "addresses, or 0.0.0.0 for Ray's default (all interfaces), to let "
+                      "other machines reach it. Serve's HTTP port is serve.host.")
+
+    @field_validator("host")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        import ipaddress
+
+        if value == "localhost":
+            return "127.0.0.1"
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"expected an IP address (127.0.0.1, 0.0.0.0 or one of this "
+                             f"machine's), got {value!r}") from None
 
 
 class IngestConfig(_Strict):

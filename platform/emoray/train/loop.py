@@ -62,9 +62,11 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
                            RunConfig, ScalingConfig)
     from ray.train.torch import TorchTrainer
 
+    from emoray.train.process_group import NodeStoreConfig
+
     use_gpu = gpu_auto() if cfg.use_gpu is None else cfg.use_gpu
     trainer = TorchTrainer(
-        loop, train_loop_config=loop_config,
+        loop, train_loop_config=loop_config, torch_config=NodeStoreConfig(),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.worker_resources},

@@ -274,13 +274,6 @@ def _scheduler(cfg: EmorayConfig, max_t: int):
                          reduction_factor=s.reduction_factor)
 
 
-def _run_config(campaign: Campaign, storage_root: str, callbacks: list):
-    from ray import tune
-
-    return tune.RunConfig(name=campaign.name, storage_path=storage_root, verbose=1,
-                          failure_config=tune.FailureConfig(max_failures=0), callbacks=callbacks)
-
-
 def prepare(cfg: EmorayConfig, echo: Callable[[str], None] = print) -> Campaign:
     """Check the campaign against the plan and the running cluster, run the prefix stages
     once, and write ``campaign.yaml`` / ``campaign.json``. Every check happens before any
@@ -356,6 +349,7 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
     from ray import tune
 
     from emoray.tune.mlflow_trials import end_campaign, resume_campaign, trial_callbacks
+    from emoray.tune.progress import run_config
 
     t0 = time.perf_counter()
     if resume:
@@ -378,7 +372,7 @@ def run_campaign(cfg: EmorayConfig | None = None, *, resume: str | None = None,
                 search_alg=_search(cfg, campaign.points, campaign.concurrency),
                 scheduler=_scheduler(cfg, campaign.max_t), num_samples=cfg.tune.num_samples,
                 max_concurrent_trials=campaign.concurrency),
-            run_config=_run_config(campaign, str(Path(root).resolve())
+            run_config=run_config(campaign, str(Path(root).resolve())
                                    if not storage.is_uri(root) else root,
                                    trial_callbacks(campaign)))
     results = tuner.fit()
