@@ -132,17 +132,23 @@ FUSION_FAST = dict(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_worker
 
 @pytest.fixture(scope="session")
 def fusion_run(eav_features, tmp_path_factory) -> dict:
-    """One fusion run on ``eav_features`` (``train_fusion``'s result); tests only read it."""
+    """One fusion run on ``eav_features`` (``train_fusion``'s result); tests only read it.
+    ``result["listening"]``: the sockets this process tree listened on meanwhile (its two
+    Train workers' process group included; :mod:`sockets`)."""
+    import sockets
     from emoray.config import FusionStageConfig
     from emoray.train.stages.fusion import train_fusion
 
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
+    watcher = sockets.Watcher(os.getpid(), every=0.25)
     try:
-        return train_fusion(eav_features / "feat", tmp_path_factory.mktemp("fusion_run"),
-                            FusionStageConfig(**FUSION_FAST))
+        result = train_fusion(eav_features / "feat", tmp_path_factory.mktemp("fusion_run"),
+                              FusionStageConfig(**FUSION_FAST))
     finally:
         mp.undo()
+        seen = watcher.stop()
+    return dict(result, listening=seen)
 
 
 @pytest.fixture(scope="session")

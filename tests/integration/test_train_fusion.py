@@ -53,6 +53,18 @@ def test_run_reports_metrics_and_writes_a_bundle(fusion_run, eav_features):
     assert meta["contract"].video.size == 32 and meta["contract"].video.n_frames == 4
 
 
+def test_the_stage_process_group_listens_on_the_node_address_only(fusion_run):
+    """Its two ranks' torch rendezvous store and gloo sockets were on 127.0.0.1 (the
+    session's Ray is a loopback node): torch's own setup listens on every interface
+    (emoray.train.process_group)."""
+    import sockets
+
+    seen = fusion_run["listening"]
+    ranks = {s.pid for s in seen if s.process.startswith("ray::RayTrainWorker")}
+    assert len(ranks) >= 2, sorted(map(str, seen))
+    assert sockets.exposed(seen) == [], sorted(map(str, sockets.exposed(seen)))
+
+
 def test_bundle_rebuilds_the_trained_model(fusion_run, eav_features):
     feat = eav_features / "feat"
     ckpt = fusion_run["checkpoint"]
