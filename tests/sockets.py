@@ -35,21 +35,31 @@ class Listener:
 
 
 def listening(root: int) -> set[Listener]:
-    """Every TCP socket listening in process ``root`` or any of its descendants now."""
+    """Every TCP socket listening in process ``root`` or any of its descendants now (one
+    pass over the machine's sockets where allowed, else one per process)."""
     try:
         top = psutil.Process(root)
-        procs = [top, *top.children(recursive=True)]
+        procs = {p.pid: p for p in [top, *top.children(recursive=True)]}
     except psutil.Error:
         return set()
+    try:
+        conns = [(c, c.pid) for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in procs]
+    except psutil.AccessDenied:                 # macOS without root
+        conns = []
+        for pid, proc in procs.items():
+            try:
+                conns += [(c, pid) for c in proc.net_connections(kind="tcp")
+                          if c.status == psutil.CONN_LISTEN]
+            except psutil.Error:                # ended meanwhile
+                continue
     found = set()
-    for proc in procs:
+    for conn, pid in conns:
         try:
-            name = " ".join(proc.cmdline())[:80]
-            conns = proc.net_connections(kind="tcp")
-        except psutil.Error:                    # ended meanwhile
+            name = " ".join(procs[pid].cmdline())[:80]
+        except psutil.Error:
             continue
-        found.update(Listener(c.laddr.ip, c.laddr.port, proc.pid, name)
-                     for c in conns if c.status == psutil.CONN_LISTEN)
+        found.add(Listener(conn.laddr.ip, conn.laddr.port, pid, name))
     return found
 
 

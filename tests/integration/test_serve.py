@@ -323,8 +323,12 @@ def test_fuzz_of_malformed_requests_gets_4xx_and_the_server_stays_up(served, rec
             assert err is None or err["message"], label
     # bytes that are not HTTP: the server's own 400 (plain text) or a closed connection
     host, port = url.rsplit("/", 1)[1].split(":")
-    for label, line in not_http(host, int(port)).items():
+    raw = not_http(host, int(port))
+    for label, line in raw.items():
         assert line is None or line.startswith("HTTP/1.1 4"), (label, line)
+    statuses = sorted({status for _, status, _ in results if status is not None})
+    print(f"fuzz: {len(cases)} malformed requests, statuses {statuses}; {len(raw)} not-HTTP "
+          f"byte sequences, answers {sorted(set(map(str, raw.values())))}")
     # still answering, with the same router process (no replica crashed)
     assert _router_actors() == routers
     assert _post(url, json_request(speech=record["speech"])).status_code == 200
@@ -548,6 +552,7 @@ def test_removing_a_replica_under_load_fails_no_request(served, record):
         stop.set()
         for t in threads:
             t.join(120)
+    print(f"downscale under load: {len(codes)} requests, {codes.count(200)} answered 200")
     assert len(codes) >= 12 and set(codes) == {200}, [c for c in codes if c != 200][:10]
 
 
@@ -571,3 +576,6 @@ def test_the_cluster_listens_on_loopback_and_ray_guards_its_one_exception(served
             with pytest.raises(grpc.RpcError) as refused:
                 call(b"", timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, listener
+    print(f"listening: {len(found)} sockets in {len({s.pid for s in found})} processes, "
+          f"{len(found) - len(wildcard)} on loopback, {len(wildcard)} replica gRPC servers "
+          f"on {sorted({s.ip for s in wildcard})} refusing calls without the token")

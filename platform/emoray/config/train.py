@@ -185,6 +185,8 @@ class FusionStageConfig(StageCommon):
         "fusion", description="where a modality's own score comes from: the fused head given "
         "that modality alone, or its auxiliary head (needs aux_weight > 0)")
     warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warmup")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradients' global norm "
+                                    "to this before each step (None: no clipping)")
     schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="learning rate after warmup: cosine decay to 5 % of lr, or "
         "constant")

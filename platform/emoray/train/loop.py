@@ -86,6 +86,17 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
             "path": result.path}
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params,
+                   grad_clip: float | None = None) -> None:
+    """Backpropagate ``loss`` and step ``opt``, first clipping the gradients of ``params`` to a
+    global norm of ``grad_clip`` (None: as they are)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+
+
 def scheduled_lr(lr: float, epoch: int, epochs: int, warmup: int, schedule: str) -> float:
     """The learning rate of ``epoch``: linear warmup over ``warmup`` epochs, then constant
     or a cosine decay to 5 % of ``lr`` at the last epoch (a function of the epoch alone, so

@@ -28,8 +28,8 @@ from emoray.errors import DataError
 from emoray.data.subject_norm import STATS_FILE, SubjectStats, normalize, stats_of_features
 from emoray.models import FusionModel
 from emoray.models.fusion_model import input_column
-from emoray.train.loop import (all_reduce, count_steps, fit_stage, mine, report, restore,
-                               scheduled_lr)
+from emoray.train.loop import (all_reduce, count_steps, fit_stage, mine, optimizer_step,
+                               report, restore, scheduled_lr)
 from emoray.train.metrics import confusion, macro_f1
 from emoray.train.split import (check_columns, inner_split, split_datasets, split_records,
                                 unseen_subject_records)
@@ -182,9 +182,7 @@ def train_loop(config: dict[str, Any]) -> None:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 out = ddp(t)
             loss, _ = raw.fusion.loss(out, t["label"], aux_weight=cfg.aux_weight, mix=mix)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(loss, opt, ddp.parameters(), cfg.grad_clip)
             n_steps += 1
             loss_sum += torch.tensor([float(loss.detach()) * len(t["label"]), len(t["label"])],
                                      dtype=torch.float64, device=device)

@@ -1,0 +1,45 @@
+"""The training loop's small pieces (:mod:`emoray.train.loop`): one optimiser step with
+gradient clipping, and the learning-rate schedule every stage uses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from emoray.config import FusionStageConfig
+from emoray.train.loop import optimizer_step, scheduled_lr
+
+
+def _step(grad_clip):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([w], lr=0.5)
+    loss = (w * torch.tensor([30.0, -40.0, 0.0, 0.0])).sum()     # gradient norm 50
+    optimizer_step(loss, opt, [w], grad_clip)
+    return w.detach()
+
+
+def test_a_step_clips_the_gradients_global_norm():
+    assert torch.allclose(_step(None), torch.tensor([-15.0, 20.0, 0.0, 0.0]))
+    # clipped to norm 2: the same direction, a step of lr x 2
+    assert torch.allclose(_step(2.0), torch.tensor([-0.6, 0.8, 0.0, 0.0]), atol=1e-5)
+    assert torch.allclose(_step(100.0), _step(None))          # under the bound: unchanged
+
+
+def test_grad_clip_is_off_by_default_and_positive():
+    assert FusionStageConfig().grad_clip is None
+    assert FusionStageConfig(grad_clip=1.0).grad_clip == 1.0
+    with pytest.raises(ValidationError):
+        FusionStageConfig(grad_clip=0)
+
+
+def test_the_schedule_warms_up_then_decays_to_five_percent():
+    lrs = [scheduled_lr(1.0, e, 10, 2, "cosine") for e in range(10)]
+    assert lrs[:2] == [pytest.approx(1 / 3), pytest.approx(2 / 3)]
+    assert lrs[2] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert scheduled_lr(1.0, 7, 10, 2, "constant") == 1.0
+    assert not math.isnan(scheduled_lr(1.0, 0, 1, 0, "cosine"))
