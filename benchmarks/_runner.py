@@ -9,10 +9,13 @@ and ends with the line ``<name>: ratio <r> (target <t>)``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform as _stdlib_platform
 from pathlib import Path
 from typing import Any
+
+from emoray.errors import ConfigError
 
 
 def machine() -> dict[str, Any]:
@@ -41,6 +44,20 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line, sep] + ["  ".join(v.ljust(w) for v, w in zip(row, widths))
                                     for row in cells])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks
+    (NumPy's default); NaN for no values."""
+    if not 0 <= q <= 100:
+        raise ConfigError(f"percentile q: expected 0..100, got {q}")
+    xs = sorted(values)
+    if not xs:
+        return math.nan
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def runner_parser(doc: str | None):

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from benchmarks._serve_report import percentile
+from benchmarks._runner import percentile
 
 
 def noop_latency(url: str, n: int) -> dict[str, float]:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks._runner import table, write_result
+from benchmarks._runner import percentile, table, write_result
 from benchmarks._serve_cpu import Meter, per_request_ms
 from emoray.errors import ConfigError
 
@@ -23,20 +23,6 @@ APP_NAME = "bench"
 
 
 # -- pure arithmetic (no Ray) ---------------------------------------------------------------
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks
-    (NumPy's default); NaN for no values."""
-    if not 0 <= q <= 100:
-        raise ConfigError(f"percentile q: expected 0..100, got {q}")
-    xs = sorted(values)
-    if not xs:
-        return math.nan
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
 
 def cell_stats(latencies_s: list[float], wall_s: float, errors: int = 0,
                cpu_s: dict[str, float] | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks._serve_report import percentile
+from benchmarks._runner import percentile
 
 EEG_RATE, AUDIO_RATE, CHUNK_S = 500.0, 16000, 0.1
 STREAM_TARGET = 8            # concurrent real-time streams with p99 under the hop
