@@ -101,8 +101,7 @@ def joining(address: str) -> Iterator[None]:
     """While connecting to ``address``: a loopback head (``127.0.0.1:PORT``, as an embedded
     or ``ray start --head --node-ip-address 127.0.0.1`` one) is reached as a loopback node,
     since Ray would swap 127.0.0.1 for the machine's address and miss it."""
-    hostport = address.split("://", 1)[-1]
-    host = hostport.rsplit(":", 1)[0].strip("[]")
+    host = split_address(address)[0].strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:                      # a host name, auto, local
@@ -186,6 +185,14 @@ def connect_fails(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> s
         return "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
 
 
+def split_address(address: str) -> tuple[str, str]:
+    """``(HOST, PORT)`` of ``HOST:PORT`` or ``SCHEME://HOST:PORT`` (``""`` where missing;
+    an IPv6 host keeps its brackets)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    return host, port
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S,
                     source: str = "--address") -> None:
     """Fail within ``timeout`` seconds, with a clear :class:`ClusterError`, when the head at
@@ -194,8 +201,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S,
     names where the address came from (``--address``, ``RAY_ADDRESS``) in the error."""
     if address in ("auto", "local"):
         return
-    hostport = address.split("://", 1)[1] if "://" in address else address
-    host, _, port = hostport.rstrip("/").rpartition(":")
+    host, port = split_address(address)
     if not host or not port.isdigit():
         raise ClusterError(f"{source} {address}: expected HOST:PORT of the head's GCS (port "
                            "6379 by default, as `ray start --head` prints it), ray://HOST:PORT, "

@@ -86,7 +86,7 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
             "path": result.path}
 
 
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params,
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params=None,
                    grad_clip: float | None = None) -> None:
     """Backpropagate ``loss`` and step ``opt``, first clipping the gradients of ``params`` to a
     global norm of ``grad_clip`` (None: as they are)."""

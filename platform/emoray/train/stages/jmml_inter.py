@@ -25,7 +25,7 @@ from emoray.data.shards import shard_files
 from emoray.errors import ConfigError
 from emoray.models.jmml import pair_by_label
 from emoray.models.jmml_model import JMMLModel, joint_label
-from emoray.train.loop import count_steps, fit_stage, report, restore
+from emoray.train.loop import count_steps, fit_stage, optimizer_step, report, restore
 from emoray.train.split import check_columns, split_datasets, split_records
 from emoray.train.stages.base import Stage, register_stage
 from emoray.train.stages.jmml_common import (bundle_extra, codes, columns, context,
@@ -152,9 +152,7 @@ def inter_loop(config: dict[str, Any]) -> None:
             out = cae(e_s, e_e)
             loss, parts = model.cae.loss(out, e_s, e_e, y, alpha=cfg.alpha, beta=cfg.beta,
                                          gamma=cfg.gamma, r=cfg.cca_reg, top_o=cfg.top_o)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(loss, opt)
             sums += [parts["total"], parts["corr"], parts["self"], parts["cross"], 1.0]
         model.cae.eval()
         metrics, _ = probe(codes(model, train, device), train, codes(model, val, device),

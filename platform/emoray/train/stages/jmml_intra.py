@@ -25,7 +25,8 @@ from emoray.errors import ConfigError
 from emoray.models import encoder_class
 from emoray.models.jmml_model import JMMLModel, Standardizer
 from emoray.models.losses import feature_mask, gaussian_noise, supcon_loss
-from emoray.train.loop import all_reduce, count_steps, fit_stage, mine, report, restore
+from emoray.train.loop import (all_reduce, count_steps, fit_stage, mine, optimizer_step,
+                               report, restore)
 from emoray.train.metrics import confusion, macro_f1
 from emoray.train.split import check_columns, split_datasets, split_records
 from emoray.train.stages.base import Stage, register_stage
@@ -141,9 +142,7 @@ def intra_loop(config: dict[str, Any]) -> None:
             t = tensors(batch, meta, device, model.targets)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 loss, parts = ddp(t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(loss, opt)
             n_steps += 1
             sums += torch.cat([parts.double(), torch.ones(1, dtype=torch.float64,
                                                           device=device)])
