@@ -43,3 +43,31 @@ def test_the_schedule_warms_up_then_decays_to_five_percent():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     assert scheduled_lr(1.0, 7, 10, 2, "constant") == 1.0
     assert not math.isnan(scheduled_lr(1.0, 0, 1, 0, "cosine"))
+
+
+def test_feature_noise_needs_standardised_columns_and_a_bounded_std():
+    ok = FusionStageConfig(subject_norm=["eeg_bp", "audio_stats"],
+                           feature_noise={"eeg_bp": 1.0})
+    assert ok.feature_noise == {"eeg_bp": 1.0} and FusionStageConfig().feature_noise == {}
+    with pytest.raises(ValidationError, match="'video' is not standardised per subject"):
+        FusionStageConfig(subject_norm=["eeg_bp"], feature_noise={"video": 0.5})
+    with pytest.raises(ValidationError, match=r"std must be in \[0, 10\]"):
+        FusionStageConfig(subject_norm=["eeg_bp"], feature_noise={"eeg_bp": -1.0})
+
+
+def test_feature_noise_perturbs_only_the_named_columns_with_the_asked_std():
+    import numpy as np
+
+    from emoray.train.stages.fusion import _add_noise
+
+    def noisy(seed):
+        t = {"eeg_bp": torch.zeros(4000, 30, 5), "audio_stats": torch.ones(4000, 8),
+             "label": torch.zeros(4000, dtype=torch.long)}
+        _add_noise(t, {"eeg_bp": 0.5, "audio_stats": 0.0}, np.random.default_rng(seed))
+        return t
+
+    t = noisy(3)
+    assert abs(float(t["eeg_bp"].std()) - 0.5) < 0.01 and abs(float(t["eeg_bp"].mean())) < 0.01
+    assert torch.equal(t["audio_stats"], torch.ones(4000, 8))       # std 0: untouched
+    assert torch.equal(t["eeg_bp"], noisy(3)["eeg_bp"])              # a seed replays it
+    assert not torch.equal(t["eeg_bp"], noisy(4)["eeg_bp"])

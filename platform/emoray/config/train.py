@@ -203,6 +203,11 @@ class FusionStageConfig(StageCommon):
                            "the attention head)")
     mixup: float = Field(0.0, ge=0, description="mixup's Beta(a, a) parameter (0: off): "
                          "pairs of rows mixed in every feature column and in the loss")
+    feature_noise: dict[str, float] = Field(
+        default_factory=dict, description="column -> std of Gaussian noise added to that "
+        "column in training, in the standard units of subject_norm (the column must be "
+        "standardised): a ridge-like regulariser for encoders of hand features, e.g. "
+        "{eeg_bp: 1.0}; empty: none")
     select_epoch: Literal["last", "inner"] = Field(
         "last", description="which epoch's weights the stage ships: 'last', or 'inner': the "
         "epoch with the best accuracy on an inner split of the TRAIN records (the last "
@@ -234,6 +239,14 @@ class FusionStageConfig(StageCommon):
     def _heads_divide_dim(self):
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+        loose = [c for c in self.feature_noise if c not in self.subject_norm]
+        if loose:
+            raise ValueError(f"feature_noise: column {loose[0]!r} is not standardised per "
+                             f"subject; add it to subject_norm ({self.subject_norm}) so the "
+                             f"noise has standard units")
+        bad = {c: s for c, s in self.feature_noise.items() if not 0 <= s <= 10}
+        if bad:
+            raise ValueError(f"feature_noise: std must be in [0, 10], got {bad}")
         if self.fuse_weights == "inner" and not self.fuse_aux:
             raise ValueError("fuse_weights 'inner' fits the weights of fuse_aux's experts on "
                              "the inner split: set fuse_aux: true")

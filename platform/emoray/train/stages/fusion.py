@@ -178,6 +178,8 @@ def train_loop(config: dict[str, Any]) -> None:
             t = _labelled(_tensors(batch, meta, device, raw))
             if t is None:
                 continue
+            if cfg.feature_noise:
+                _add_noise(t, cfg.feature_noise, mixer)
             mix = _mixup(t, raw, cfg.mixup, mixer) if cfg.mixup > 0 else None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 out = ddp(t)
@@ -287,6 +289,18 @@ def _tensors(batch: dict[str, np.ndarray], meta: dict[str, Any], device,
              model: FusionModel) -> dict[str, torch.Tensor]:
     """The batch's tensors, standardised with each row's subject's statistics."""
     return normalize(batch_to_tensors(batch, meta, device), model, batch.get("subject"))
+
+
+def _add_noise(t: dict[str, torch.Tensor], stds: dict[str, float],
+               rng: np.random.Generator) -> None:
+    """Add Gaussian noise of ``stds[column]`` to each named column of ``t`` in place (drawn
+    from ``rng``, so a seed replays it)."""
+    for column, std in stds.items():
+        x = t.get(column)
+        if x is None or std <= 0:
+            continue
+        noise = torch.from_numpy(rng.standard_normal(tuple(x.shape), dtype=np.float32))
+        t[column] = x + std * noise.to(device=x.device, dtype=x.dtype)
 
 
 def _mixup(t: dict[str, torch.Tensor], model: FusionModel, alpha: float,
