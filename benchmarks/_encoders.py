@@ -35,7 +35,9 @@ def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, prese
                      encoders: dict[str, list[tuple[str, str]]] | None = None,
                      echo=print) -> list[dict[str, Any]]:
     """Train every ``(modality, architecture)`` of ``encoders`` (default :data:`ENCODERS`)
-    once per seed with the plan's fusion-stage recipe on that modality alone; returns one
+    once per seed with the plan's fusion-stage recipe on that modality alone (its own
+    column standardised per subject, no ``feature_noise``: the raw-EEG encoders' input
+    has no standard units, so none of the compared encoders gets it); returns one
     row per architecture: ``{"modality", "encoder", "preset", "acc": [per seed],
     "n_val", "seconds", "steps"}`` (an architecture that cannot be built on the contract
     gets ``"error"`` instead of accuracies)."""
@@ -50,10 +52,12 @@ def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, prese
         for arch, column in archs:
             update = {"modalities": [modality], "architectures": {modality: arch},
                       "encoders": {modality: preset}, "subject_norm": [column],
-                      "calibrate_unseen": False, "fuse_aux": False}
+                      "calibrate_unseen": False, "fuse_aux": False, "feature_noise": {}}
             if epochs is not None:
                 update["epochs"] = epochs
-            stage = base.model_copy(update=update)
+            # validated here (model_copy does not validate: a bad mix would only fail in
+            # the training workers)
+            stage = type(base).model_validate({**base.model_dump(), **update})
             row: dict[str, Any] = {"modality": modality, "encoder": arch, "preset": preset,
                                    "acc": [], "steps": None}
             t = time.perf_counter()
