@@ -30,6 +30,20 @@ ENCODERS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+def encoder_stage(base, modality: str, arch: str, column: str, preset: str,
+                  epochs: int | None = None):
+    """The fusion-stage config that trains ``arch`` alone on ``modality`` (reading
+    ``column``, standardised per subject) with ``base``'s recipe otherwise; validated here
+    (``model_copy`` does not validate: a bad mix would only fail in the training
+    workers)."""
+    update = {"modalities": [modality], "architectures": {modality: arch},
+              "encoders": {modality: preset}, "subject_norm": [column],
+              "calibrate_unseen": False, "fuse_aux": False, "feature_noise": {}}
+    if epochs is not None:
+        update["epochs"] = epochs
+    return type(base).model_validate({**base.model_dump(), **update})
+
+
 def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, preset: str,
                      epochs: int | None = None,
                      encoders: dict[str, list[tuple[str, str]]] | None = None,
@@ -50,14 +64,7 @@ def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, prese
     rows = []
     for modality, archs in (encoders or ENCODERS).items():
         for arch, column in archs:
-            update = {"modalities": [modality], "architectures": {modality: arch},
-                      "encoders": {modality: preset}, "subject_norm": [column],
-                      "calibrate_unseen": False, "fuse_aux": False, "feature_noise": {}}
-            if epochs is not None:
-                update["epochs"] = epochs
-            # validated here (model_copy does not validate: a bad mix would only fail in
-            # the training workers)
-            stage = type(base).model_validate({**base.model_dump(), **update})
+            stage = encoder_stage(base, modality, arch, column, preset, epochs)
             row: dict[str, Any] = {"modality": modality, "encoder": arch, "preset": preset,
                                    "acc": [], "steps": None}
             t = time.perf_counter()

@@ -73,3 +73,18 @@ def test_encoder_headline_is_eegformer_over_the_best_braindecode_else_ast_over_t
     assert _encoder_ratio(eeg[:1] + speech[:1]) is None
     failed = [{**eeg[0], "acc": []}, eeg[1]]                  # EEGformer refused: no headline
     assert _encoder_ratio(failed) is None
+
+
+def test_every_compared_encoder_gets_a_valid_stage_from_the_shipped_recipe():
+    from emoray.cli.quickstart import quickstart_config
+
+    from benchmarks._encoders import ENCODERS, encoder_stage
+
+    base = quickstart_config().train.stages["fusion"]
+    assert base.feature_noise                   # the recipe's noise names columns ...
+    for modality, archs in ENCODERS.items():
+        for arch, column in archs:
+            stage = encoder_stage(base, modality, arch, column, "tiny", epochs=2)
+            # ... the comparison does not standardise: it trains each encoder without it
+            assert stage.subject_norm == [column] and stage.feature_noise == {}
+            assert (stage.modalities, stage.epochs, stage.mixup) == ([modality], 2, base.mixup)
