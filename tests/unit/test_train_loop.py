@@ -56,14 +56,12 @@ def test_feature_noise_needs_standardised_columns_and_a_bounded_std():
 
 
 def test_feature_noise_perturbs_only_the_named_columns_with_the_asked_std():
-    import numpy as np
-
     from emoray.train.stages.fusion import _add_noise
 
     def noisy(seed):
         t = {"eeg_bp": torch.zeros(4000, 30, 5), "audio_stats": torch.ones(4000, 8),
              "label": torch.zeros(4000, dtype=torch.long)}
-        _add_noise(t, {"eeg_bp": 0.5, "audio_stats": 0.0}, np.random.default_rng(seed))
+        _add_noise(t, {"eeg_bp": 0.5, "audio_stats": 0.0}, torch.Generator().manual_seed(seed))
         return t
 
     t = noisy(3)
@@ -71,3 +69,10 @@ def test_feature_noise_perturbs_only_the_named_columns_with_the_asked_std():
     assert torch.equal(t["audio_stats"], torch.ones(4000, 8))       # std 0: untouched
     assert torch.equal(t["eeg_bp"], noisy(3)["eeg_bp"])              # a seed replays it
     assert not torch.equal(t["eeg_bp"], noisy(4)["eeg_bp"])
+
+
+def test_a_step_without_named_parameters_clips_what_the_optimiser_steps():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([w], lr=0.5)
+    optimizer_step((w * torch.tensor([30.0, -40.0, 0.0, 0.0])).sum(), opt, grad_clip=2.0)
+    assert torch.allclose(w.detach(), torch.tensor([-0.6, 0.8, 0.0, 0.0]), atol=1e-5)

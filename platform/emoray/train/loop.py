@@ -88,11 +88,14 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params=None,
                    grad_clip: float | None = None) -> None:
-    """Backpropagate ``loss`` and step ``opt``, first clipping the gradients of ``params`` to a
-    global norm of ``grad_clip`` (None: as they are)."""
+    """Backpropagate ``loss`` and step ``opt``, first clipping the gradients of ``params``
+    (default: every parameter ``opt`` steps) to a global norm of ``grad_clip`` (None: as
+    they are)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
+        if params is None:
+            params = [p for group in opt.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
 

@@ -28,6 +28,7 @@ from emoray.errors import DataError
 from emoray.data.subject_norm import STATS_FILE, SubjectStats, normalize, stats_of_features
 from emoray.models import FusionModel
 from emoray.models.fusion_model import input_column
+from emoray.models.losses import gaussian_noise
 from emoray.train.loop import (all_reduce, count_steps, fit_stage, mine, optimizer_step,
                                report, restore, scheduled_lr)
 from emoray.train.metrics import confusion, macro_f1
@@ -148,6 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:
         model.subject_stats = SubjectStats.from_bytes(stats_bytes)
     files = {STATS_FILE: stats_bytes} if stats_bytes else None
     mixer = np.random.default_rng(cfg.seed * 7919 + rank)
+    noiser = torch.Generator().manual_seed(cfg.seed * 7919 + rank)   # feature_noise
     kept: dict[str, Any] = {}
     restored = restore(model, device, extra=kept)  # own restart or a re-run of the same name
     optimizer_state, start_epoch, history = restored or (None, 0, [])
@@ -179,7 +181,7 @@ def train_loop(config: dict[str, Any]) -> None:
             if t is None:
                 continue
             if cfg.feature_noise:
-                _add_noise(t, cfg.feature_noise, mixer)
+                _add_noise(t, cfg.feature_noise, noiser)
             mix = _mixup(t, raw, cfg.mixup, mixer) if cfg.mixup > 0 else None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 out = ddp(t)
@@ -292,15 +294,13 @@ def _tensors(batch: dict[str, np.ndarray], meta: dict[str, Any], device,
 
 
 def _add_noise(t: dict[str, torch.Tensor], stds: dict[str, float],
-               rng: np.random.Generator) -> None:
-    """Add Gaussian noise of ``stds[column]`` to each named column of ``t`` in place (drawn
-    from ``rng``, so a seed replays it)."""
+               generator: torch.Generator) -> None:
+    """Add Gaussian noise of ``stds[column]`` to each named column of ``t`` in place
+    (:func:`~emoray.models.losses.gaussian_noise`, drawn from ``generator``, so a seed
+    replays it)."""
     for column, std in stds.items():
-        x = t.get(column)
-        if x is None or std <= 0:
-            continue
-        noise = torch.from_numpy(rng.standard_normal(tuple(x.shape), dtype=np.float32))
-        t[column] = x + std * noise.to(device=x.device, dtype=x.dtype)
+        if column in t and std > 0:
+            t[column] = gaussian_noise(t[column], std, generator)
 
 
 def _mixup(t: dict[str, torch.Tensor], model: FusionModel, alpha: float,
