@@ -77,12 +77,12 @@ def parts_of(files) -> tuple[list, dict]:
     return asyncio.run(api._parse_multipart(request, body))
 
 
-def _npz(**arrays) -> bytes:
+def npz_bytes(**arrays) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
 
 
-def _field(name: str, value) -> tuple:
+def form_field(name: str, value) -> tuple:
     return (name, (None, value if isinstance(value, str) else json.dumps(value)))
 

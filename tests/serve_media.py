@@ -19,7 +19,7 @@ CHANNELS = ["Fp1", "Fp2", "Cz", "Pz"]
 SFREQ, RATE, FPS = 128.0, 8000, 5.0
 
 
-def _frames(n: int = 6, h: int = 48, w: int = 64, shift: int = 0) -> np.ndarray:
+def make_frames(n: int = 6, h: int = 48, w: int = 64, shift: int = 0) -> np.ndarray:
     """Smooth colour gradients (JPEG/H.264 keep them well): ``(n, h, w, 3)`` uint8."""
     y, x = np.mgrid[0:h, 0:w]
     out = np.empty((n, h, w, 3), dtype=np.uint8)
@@ -39,7 +39,7 @@ def media(tmp_path_factory):
     t = np.arange(RATE) / RATE
     speech = (0.4 * np.sin(2 * np.pi * 220 * t)
               + 0.05 * rng.standard_normal(RATE)).astype(np.float32)      # (T,)
-    frames = _frames()                                                     # (N, H, W, 3)
+    frames = make_frames()                                                     # (N, H, W, 3)
     files = {}
     for ext in (".edf", ".bdf", ".fif"):
         files[ext] = root / f"rec{ext}"

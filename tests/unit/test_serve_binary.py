@@ -20,7 +20,7 @@ from emoray.predict import EEGInput, SpeechInput, VideoInput
 from emoray.serving.client import (ClientError, binary_request, json_request, npy_bytes,
                                    predict_signals, read_inputs)
 from emoray.serving.decode import DecodeLimits, decode_json, decode_multipart
-from serve_binary_io import CHANNELS, FPS, RATE, SFREQ, _field, _npz, parts_of, post
+from serve_binary_io import CHANNELS, FPS, RATE, SFREQ, form_field, npz_bytes, parts_of, post
 
 
 def decoded(files=None, json_body=None) -> dict:
@@ -50,13 +50,13 @@ def npz_request(eeg=None, speech=None, video=None) -> list[tuple]:
     """Each modality one ``.npz`` holding its signal and metadata (named as in JSON)."""
     files = []
     if eeg is not None:
-        files.append(("eeg", ("eeg.npz", _npz(data=eeg.data, sfreq=np.float64(eeg.sfreq),
+        files.append(("eeg", ("eeg.npz", npz_bytes(data=eeg.data, sfreq=np.float64(eeg.sfreq),
                                               ch_names=np.array(eeg.ch_names)))))
     if speech is not None:
-        files.append(("speech", ("speech.npz", _npz(samples=speech.samples,
+        files.append(("speech", ("speech.npz", npz_bytes(samples=speech.samples,
                                                     sample_rate=np.int64(speech.sample_rate)))))
     if video is not None:
-        files.append(("video", ("video.npz", _npz(frames=video.frames,
+        files.append(("video", ("video.npz", npz_bytes(frames=video.frames,
                                                   fps=np.float32(video.fps)))))
     return files
 
@@ -67,20 +67,20 @@ def raw_request(eeg=None, speech=None, video=None) -> list[tuple]:
     if eeg is not None:
         files += [("eeg", ("eeg.bin", eeg.data.astype("<f4").tobytes(),
                            "application/octet-stream")),
-                  _field("eeg_dtype", "float32"),
-                  _field("eeg_shape", ",".join(map(str, eeg.data.shape))),
-                  _field("eeg_sfreq", repr(eeg.sfreq)),
-                  _field("eeg_ch_names", ",".join(eeg.ch_names))]
+                  form_field("eeg_dtype", "float32"),
+                  form_field("eeg_shape", ",".join(map(str, eeg.data.shape))),
+                  form_field("eeg_sfreq", repr(eeg.sfreq)),
+                  form_field("eeg_ch_names", ",".join(eeg.ch_names))]
     if speech is not None:
         files += [("speech", ("speech.bin", speech.samples.tobytes(),
                               "application/octet-stream")),
-                  _field("speech_dtype", speech.samples.dtype.str),
-                  _field("speech_sample_rate", str(speech.sample_rate))]
+                  form_field("speech_dtype", speech.samples.dtype.str),
+                  form_field("speech_sample_rate", str(speech.sample_rate))]
     if video is not None:
         files += [("video", ("video.bin", video.frames.tobytes(), "application/octet-stream")),
-                  _field("video_dtype", "uint8"),
-                  _field("video_shape", "[" + ", ".join(map(str, video.frames.shape)) + "]"),
-                  _field("video_fps", repr(video.fps))]
+                  form_field("video_dtype", "uint8"),
+                  form_field("video_shape", "[" + ", ".join(map(str, video.frames.shape)) + "]"),
+                  form_field("video_fps", repr(video.fps))]
     return files
 
 
@@ -129,21 +129,21 @@ def test_jpeg_frames_in_binary_requests_decode_as_json_frames(signals):
 
 def test_metadata_may_come_from_the_form_for_an_npz_and_names_as_a_list(signals):
     eeg = signals["eeg"]
-    files = [("eeg", ("rec.npz", _npz(data=eeg.data))), _field("eeg_sfreq", "128"),
-             _field("eeg_ch_names", json.dumps(CHANNELS))]
+    files = [("eeg", ("rec.npz", npz_bytes(data=eeg.data))), form_field("eeg_sfreq", "128"),
+             form_field("eeg_ch_names", json.dumps(CHANNELS))]
     got = decoded(files)["eeg"]
     np.testing.assert_array_equal(got.data, eeg.data)
     assert got.sfreq == SFREQ and list(got.ch_names) == CHANNELS
     # extension-less parts are recognised by their magic bytes; speech shape is optional
-    files = [("eeg", ("blob", npy_bytes(eeg.data))), _field("eeg_sfreq", "128"),
-             _field("eeg_ch_names", "Fp1, Fp2, Cz, Pz"),
-             ("speech", ("blob2", _npz(samples=signals["pcm"].samples, sample_rate=RATE)))]
+    files = [("eeg", ("blob", npy_bytes(eeg.data))), form_field("eeg_sfreq", "128"),
+             form_field("eeg_ch_names", "Fp1, Fp2, Cz, Pz"),
+             ("speech", ("blob2", npz_bytes(samples=signals["pcm"].samples, sample_rate=RATE)))]
     got = decoded(files)
     np.testing.assert_array_equal(got["eeg"].data, eeg.data)
     assert got["speech"].samples.shape == (2 * RATE,)
     fortran = np.asfortranarray(eeg.data)
     files = [("eeg", ("f.npy", _fortran_npy(fortran))),
-             _field("eeg_sfreq", "128"), _field("eeg_ch_names", ",".join(CHANNELS))]
+             form_field("eeg_sfreq", "128"), form_field("eeg_ch_names", ",".join(CHANNELS))]
     np.testing.assert_array_equal(decoded(files)["eeg"].data, eeg.data)
 
 

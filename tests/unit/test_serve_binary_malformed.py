@@ -20,7 +20,7 @@ import pytest
 from emoray.errors import DataError
 from emoray.io.video import encode_jpeg
 from emoray.serving.decode import DecodeLimits, decode_multipart
-from serve_binary_io import CHANNELS, _field, _npz, parts_of, post
+from serve_binary_io import CHANNELS, form_field, npz_bytes, parts_of, post
 
 
 # -- malformed binary input -----------------------------------------------------------------
@@ -40,13 +40,13 @@ def _npy_header(shape: tuple, descr: str = "<f4") -> bytes:
 
 def _eeg_npy(data, names=CHANNELS, sfreq="128") -> list[tuple]:
     blob = data if isinstance(data, bytes) else _npy_of(np.asarray(data))
-    return [("eeg", ("eeg.npy", blob)), _field("eeg_sfreq", sfreq),
-            _field("eeg_ch_names", ",".join(names))]
+    return [("eeg", ("eeg.npy", blob)), form_field("eeg_sfreq", sfreq),
+            form_field("eeg_ch_names", ",".join(names))]
 
 
 def _speech_npy(samples, rate="8000") -> list[tuple]:
     blob = samples if isinstance(samples, bytes) else _npy_of(np.asarray(samples))
-    return [("speech", ("speech.npy", blob)), _field("speech_sample_rate", rate)]
+    return [("speech", ("speech.npy", blob)), form_field("speech_sample_rate", rate)]
 
 
 def _video_npy(frames) -> list[tuple]:
@@ -57,7 +57,7 @@ def _raw_eeg(data: bytes, dtype="float32", shape="4,256", **extra) -> list[tuple
     fields = {"eeg_dtype": dtype, "eeg_shape": shape, "eeg_sfreq": "128",
               "eeg_ch_names": ",".join(CHANNELS), **extra}
     return [("eeg", ("eeg.bin", data, "application/octet-stream"))] + [
-        _field(k, v) for k, v in fields.items() if v is not None]
+        form_field(k, v) for k, v in fields.items() if v is not None]
 
 
 def _zip_with(**members: bytes) -> bytes:
@@ -89,7 +89,7 @@ def _cases() -> dict:
     nan[1, 7] = np.nan
     inf = good.copy()
     inf[0, 0] = -np.inf
-    bomb = _npz(data=np.zeros((256, 65536), np.float32))          # 64 MB inflated, 64 KB sent
+    bomb = npz_bytes(data=np.zeros((256, 65536), np.float32))          # 64 MB inflated, 64 KB sent
     return {
         # dtypes
         "npy_float64": (_eeg_npy(good.astype(np.float64)), 422, "eeg", ["float64", "float32"]),
@@ -122,7 +122,7 @@ def _cases() -> dict:
                         ["3 names for 4 rows"]),
         "names_duplicate": (_eeg_npy(good, ["Fp1", "FP1", "Cz", "Pz"]), 422, "eeg_ch_names",
                             ["duplicate"]),
-        "names_bad_json": (_eeg_npy(good)[:2] + [_field("eeg_ch_names", "[Fp1, Fp2")], 422,
+        "names_bad_json": (_eeg_npy(good)[:2] + [form_field("eeg_ch_names", "[Fp1, Fp2")], 422,
                            "eeg_ch_names", ["JSON array of strings"]),
         # values
         "npy_nan": (_eeg_npy(nan), 422, "eeg", ["NaN/inf"]),
@@ -152,11 +152,11 @@ def _cases() -> dict:
         "rate_missing": (_speech_npy(speech)[:1], 422, "speech_sample_rate", ["missing"]),
         "rate_fraction": (_speech_npy(speech, "8000.5"), 422, "speech_sample_rate",
                           ["whole number"]),
-        "eeg_as_form_field": ([_field("eeg", "1,2,3")], 422, "eeg", ["filename"]),
+        "eeg_as_form_field": ([form_field("eeg", "1,2,3")], 422, "eeg", ["filename"]),
         "sfreq_with_edf": ([("eeg", ("r.edf", b"0       " + bytes(248))),
-                            _field("eeg_sfreq", "128")], 422, "eeg_sfreq",
+                            form_field("eeg_sfreq", "128")], 422, "eeg_sfreq",
                            ["without an EEG array part", "a file carries its own"]),
-        "sfreq_without_eeg": (_speech_npy(speech) + [_field("eeg_sfreq", "128")], 422,
+        "sfreq_without_eeg": (_speech_npy(speech) + [form_field("eeg_sfreq", "128")], 422,
                               "eeg_sfreq", ["without an EEG array"]),
         "npy_among_jpegs": ([("video", ("a.npy", _npy_of(frames))),
                              ("video", ("b.jpg", encode_jpeg(frames[:1])[0]))], 422, "video",
@@ -185,53 +185,53 @@ def _cases() -> dict:
         "raw_nan": (_raw_eeg(nan.tobytes()), 422, "eeg", ["NaN/inf"]),
         "raw_dtype_on_npy": ([("eeg", ("eeg.npy", good_npy))] + _raw_eeg(b"")[1:], 422,
                              "eeg_dtype", ["raw bytes", ".npy"]),
-        "shape_without_dtype": (_eeg_npy(good) + [_field("eeg_shape", "4,256")], 422,
+        "shape_without_dtype": (_eeg_npy(good) + [form_field("eeg_shape", "4,256")], 422,
                                 "eeg_shape", ["without eeg_dtype"]),
-        "raw_speech_odd": ([("speech", ("s.bin", b"\0" * 801)), _field("speech_dtype", "int16"),
-                            _field("speech_sample_rate", "8000")], 422, "speech",
+        "raw_speech_odd": ([("speech", ("s.bin", b"\0" * 801)), form_field("speech_dtype", "int16"),
+                            form_field("speech_sample_rate", "8000")], 422, "speech",
                            ["not a whole number", "int16"]),
         "raw_video_shape": ([("video", ("v.bin", frames.tobytes())),
-                             _field("video_dtype", "uint8"), _field("video_shape", "3,8,8,4")],
+                             form_field("video_dtype", "uint8"), form_field("video_shape", "3,8,8,4")],
                             422, "video_shape", ["holds 768 items"]),
         "raw_unknown_octets": ([("eeg", ("eeg", raw, "application/octet-stream"))], 422,
                                "eeg", ["eeg_dtype"]),
         # .npz
         "npz_random": ([("eeg", ("e.npz", rng.bytes(500)))], 422, "eeg", [".npz"]),
-        "npz_truncated": ([("eeg", ("e.npz", _npz(data=good)[:300]))], 422, "eeg",
+        "npz_truncated": ([("eeg", ("e.npz", npz_bytes(data=good)[:300]))], 422, "eeg",
                           ["corrupt or truncated"]),
-        "npz_unknown_key": ([("eeg", ("e.npz", _npz(data=good, srate=128)))], 422, "eeg",
+        "npz_unknown_key": ([("eeg", ("e.npz", npz_bytes(data=good, srate=128)))], 422, "eeg",
                             ["unknown array 'srate'", "sfreq"]),
-        "npz_no_data": ([("eeg", ("e.npz", _npz(sfreq=128)))], 422, "eeg", ["data"]),
-        "npz_sfreq_twice": ([("eeg", ("e.npz", _npz(data=good, sfreq=128.0,
+        "npz_no_data": ([("eeg", ("e.npz", npz_bytes(sfreq=128)))], 422, "eeg", ["data"]),
+        "npz_sfreq_twice": ([("eeg", ("e.npz", npz_bytes(data=good, sfreq=128.0,
                                                      ch_names=np.array(CHANNELS)))),
-                             _field("eeg_sfreq", "128")], 422, "eeg_sfreq", ["twice"]),
-        "npz_names_ints": ([("eeg", ("e.npz", _npz(data=good, sfreq=128.0,
+                             form_field("eeg_sfreq", "128")], 422, "eeg_sfreq", ["twice"]),
+        "npz_names_ints": ([("eeg", ("e.npz", npz_bytes(data=good, sfreq=128.0,
                                                     ch_names=np.arange(4))))], 422,
                            "eeg.ch_names", ["strings"]),
-        "npz_sfreq_pair": ([("eeg", ("e.npz", _npz(data=good, sfreq=[128, 256],
+        "npz_sfreq_pair": ([("eeg", ("e.npz", npz_bytes(data=good, sfreq=[128, 256],
                                                     ch_names=np.array(CHANNELS))))], 422,
                            "eeg.sfreq", ["one number"]),
-        "npz_sfreq_zero": ([("eeg", ("e.npz", _npz(data=good, sfreq=0,
+        "npz_sfreq_zero": ([("eeg", ("e.npz", npz_bytes(data=good, sfreq=0,
                                                     ch_names=np.array(CHANNELS))))], 422,
                            "eeg.sfreq", ["number > 0"]),
-        "npz_data_float64": ([("eeg", ("e.npz", _npz(data=good.astype(float), sfreq=128,
+        "npz_data_float64": ([("eeg", ("e.npz", npz_bytes(data=good.astype(float), sfreq=128,
                                                       ch_names=np.array(CHANNELS))))], 422,
                              "eeg.data", ["float64"]),
         "npz_pickled": ([("speech", ("s.npz", _zip_with(**{
             "samples.npy": _npy_of(np.array([1.0, None], dtype=object))}))),
-                         _field("speech_sample_rate", "8000")], 422, "speech.samples",
+                         form_field("speech_sample_rate", "8000")], 422, "speech.samples",
                         ["object array"]),
         "npz_corrupt_member": ([("speech", ("s.npz", _zip_with(**{
             "samples.npy": b"\x93NUMPY\x01\x00garbage"}))),
-                                _field("speech_sample_rate", "8000")], 422, "speech.samples",
+                                form_field("speech_sample_rate", "8000")], 422, "speech.samples",
                                [".npy"]),
         "npz_lying_size": ([("eeg", ("e.npz", _lying_zip(
-            _npy_header((256, 65536)) + bytes(256 * 65536 * 4), 4096))), _field("eeg_sfreq",
+            _npy_header((256, 65536)) + bytes(256 * 65536 * 4), 4096))), form_field("eeg_sfreq",
                                                                                  "1e9"),
-                            _field("eeg_ch_names", ",".join(f"c{i}" for i in range(256)))],
+                            form_field("eeg_ch_names", ",".join(f"c{i}" for i in range(256)))],
                            422, "eeg.data", ["corrupt"]),
-        "npz_bomb": ([("eeg", ("e.npz", bomb)), _field("eeg_sfreq", "1e9"),
-                      _field("eeg_ch_names", ",".join(f"c{i}" for i in range(256)))], 422,
+        "npz_bomb": ([("eeg", ("e.npz", bomb)), form_field("eeg_sfreq", "1e9"),
+                      form_field("eeg_ch_names", ",".join(f"c{i}" for i in range(256)))], 422,
                      "eeg.data", ["limit", "bytes per request"]),
         # the limits
         "too_many_channels": (_eeg_npy(np.zeros((300, 4), np.float32),
@@ -241,7 +241,7 @@ def _cases() -> dict:
         "speech_too_long": (_speech_npy(speech, rate="10"), 422, "speech", ["limit"]),
         "too_many_frames": (_video_npy(np.zeros((3001, 1, 1, 3), np.uint8)), 422, "video",
                             ["3001 frames", "limit is 3000"]),
-        "video_too_long": (_video_npy(frames) + [_field("video_fps", "0.01")], 422, "video",
+        "video_too_long": (_video_npy(frames) + [form_field("video_fps", "0.01")], 422, "video",
                            ["300.0 s", "limit"]),
         "over_the_body_cap": (_eeg_npy(np.zeros((4, 300_000), np.float32)), 413, "body",
                               ["byte limit"]),

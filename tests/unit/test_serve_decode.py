@@ -22,7 +22,7 @@ from emoray.serving.client import (ClientError, build_multipart, json_request, m
                                    predict_files)
 from emoray.serving.decode import (MODALITY_EXTENSIONS, DecodeLimits, Upload, decode_json,
                                    decode_multipart, sniff)
-from serve_media import CHANNELS, FPS, RATE, SFREQ, _frames
+from serve_media import CHANNELS, FPS, RATE, SFREQ, make_frames
 from serve_media import media  # noqa: F401 (a pytest fixture, requested by name)
 
 
@@ -70,7 +70,7 @@ def test_json_speech_as_file_and_integer_pcm(media):
 
 
 def test_json_video_without_fps_and_downscaled(media):
-    big = _frames(n=2, h=40, w=200)
+    big = make_frames(n=2, h=40, w=200)
     body = json_request(video=VideoInput(big, None))
     out = decode_json(json.dumps(body), DecodeLimits(max_video_side=100))
     assert out["video"].fps is None and out["video"].frames.shape == (2, 20, 100, 3)

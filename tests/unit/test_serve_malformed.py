@@ -23,7 +23,7 @@ from emoray.io.video import encode_jpeg
 from emoray.predict import EEGInput, SpeechInput, VideoInput
 from emoray.serving.client import json_request
 from emoray.serving.decode import DecodeLimits, Upload, decode_json, decode_multipart
-from serve_media import CHANNELS, FPS, RATE, SFREQ, _frames
+from serve_media import CHANNELS, FPS, RATE, SFREQ, make_frames
 from serve_media import media  # noqa: F401 (a pytest fixture, requested by name)
 
 
@@ -32,7 +32,7 @@ from serve_media import media  # noqa: F401 (a pytest fixture, requested by name
 def _valid_body(media) -> dict:
     return json_request(EEGInput(media["eeg"][:, :64], SFREQ, CHANNELS),
                         SpeechInput(media["speech"][:400], RATE),
-                        VideoInput(_frames(n=4, h=16, w=16), FPS))
+                        VideoInput(make_frames(n=4, h=16, w=16), FPS))
 
 
 def _edit(path: str, value, delete: bool = False):
@@ -57,7 +57,7 @@ def _b64(data: bytes) -> str:
 
 def _jpeg_with_size(width: int, height: int) -> bytes:
     """A real JPEG whose frame header is patched to declare ``width`` x ``height``."""
-    blob = bytearray(encode_jpeg(_frames(1, 16, 16))[0])
+    blob = bytearray(encode_jpeg(make_frames(1, 16, 16))[0])
     at = next(i for i in range(2, len(blob)) if blob[i] == 0xFF and blob[i + 1] == 0xC0)
     blob[at + 5:at + 9] = struct.pack(">HH", height, width)
     return bytes(blob)
@@ -131,7 +131,7 @@ _EDITS = {  # edits of a valid body: (id, edit, field)
     "video_garbage_jpeg": (_edit("video.frames_base64.0",
                                  _b64(b"\xff\xd8\xff" + bytes(range(256)) * 3)),
                            "video.frames_base64[0]"),
-    "video_sizes": (_edit("video.frames_base64.2", _b64(encode_jpeg(_frames(1, 8, 8))[0])),
+    "video_sizes": (_edit("video.frames_base64.2", _b64(encode_jpeg(make_frames(1, 8, 8))[0])),
                     "video.frames_base64[2]"),
     "video_bomb": (_edit("video.frames_base64",
                          lambda fr: [_b64(_jpeg_with_size(60000, 60000))] * len(fr)),
@@ -266,7 +266,7 @@ def _multipart_cases(media) -> dict:
         "fif_split": ([U("eeg", "r.fif", _fif_with(d[".fif"], _split_fif))], {}, None,
                       "eeg"),
         "frame_sizes": ([U("video", "a.jpg", jpg),
-                         U("video", "b.jpg", encode_jpeg(_frames(1, 8, 8))[0])], {}, None,
+                         U("video", "b.jpg", encode_jpeg(make_frames(1, 8, 8))[0])], {}, None,
                         "video"),
         "limit_seconds": ([U("speech", "s.wav", d[".wav"])], {}, small, "speech"),
         "limit_edf_seconds": ([U("eeg", "r.edf", d[".edf"])], {},
