@@ -1,7 +1,7 @@
 """The same HTTP API on a plain uvicorn server over the in-process backend
 (:class:`emoray.serving.app.LocalBackend`, the benchmark's FastAPI baseline): the JMML
 classifier bundle (speech-only path) served from a ``file://`` URI, and the encoder
-micro-batching of concurrent requests. Serve's transport is tested in test_serve.py."""
+micro-batching of concurrent requests. Serve's transport is tested in tests/integration/serving/."""
 
 from __future__ import annotations
 

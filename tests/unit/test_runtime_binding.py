@@ -1,6 +1,6 @@
 """Where the embedded Ray listens (``ray.host``, :func:`emoray.runtime.bound_to`): what a
 run's processes inherit while it starts, and what is restored afterwards. The sockets
-themselves are listed on a real cluster in test_serve.py and test_quickstart_console.py."""
+themselves are listed on a real cluster in tests/integration/serving/test_sockets.py and test_quickstart_console.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Live streams (/v1/stream): the protocol's state without a socket, then real WebSockets on
 a real uvicorn server over the in-process backend (the v0 fusion bundle; Serve is covered
-in tests/integration/test_serve.py): windows answer as /v1/predict answers the same
+in tests/integration/serving/): windows answer as /v1/predict answers the same
 signal, `emoray predict --stream` replays real files, the fuzz cases get close codes with
 reasons, slots are bounded and freed."""
 
