@@ -1,5 +1,6 @@
-"""The in-process batcher of the servers without Ray Serve (MicroBatcher) and the
-Server-Timing steps (Timings): real asyncio, real threads, no Ray."""
+"""The in-process batcher of the servers without Ray Serve (MicroBatcher), the router's
+coalescer of encoder calls (CallCoalescer) and the Server-Timing steps (Timings): real
+asyncio, real threads, no Ray (the Serve path is tests/integration/serving)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from emoray.errors import ConfigError
 from emoray.serving.api import Timings
-from emoray.serving.batching import MicroBatcher
+from emoray.serving.batching import CallCoalescer, MicroBatcher
 
 
 def _slow_double(delay: float = 0.02):
@@ -97,6 +98,97 @@ def test_bad_settings_are_refused():
         MicroBatcher(lambda xs: xs, max_batch_size=0, wait_s=0.0)
     with pytest.raises(ConfigError, match="wait -1"):
         MicroBatcher(lambda xs: xs, max_batch_size=1, wait_s=-1)
+
+
+def _remote_double(delay: float = 0.02):
+    """An async call that takes ``delay`` (a hop to another process), counting how many
+    run at once."""
+    state = {"running": 0, "most": 0}
+
+    async def fn(items):
+        state["running"] += 1
+        state["most"] = max(state["most"], state["running"])
+        await asyncio.sleep(delay)
+        state["running"] -= 1
+        return [2 * x for x in items]
+
+    return fn, state
+
+
+def test_coalescer_sends_one_call_per_batch_with_bounded_calls_in_flight():
+    fn, state = _remote_double()
+    co = CallCoalescer(fn, max_batch_size=4, max_inflight=2)
+
+    async def main():
+        return await asyncio.gather(*(co(i) for i in range(20)))
+
+    assert asyncio.run(main()) == [2 * i for i in range(20)]
+    assert sum(co.sizes) == 20 and max(co.sizes) <= 4
+    assert co.sizes[:2] == [1, 1]        # the first two go out at once, alone
+    assert len(co.sizes) <= 7 and state["most"] == 2      # then full batches, 2 at a time
+
+
+def test_coalescer_sends_a_lone_call_at_once():
+    fn, _ = _remote_double(0.0)
+    co = CallCoalescer(fn, max_batch_size=8, max_inflight=1)
+
+    async def main():
+        t0 = time.perf_counter()
+        assert await co(3) == 6
+        return time.perf_counter() - t0
+
+    assert asyncio.run(main()) < 0.1 and co.sizes == [1]
+
+
+def test_coalescer_failure_reaches_that_batch_only_and_it_goes_on():
+    async def fn(items):
+        await asyncio.sleep(0.01)
+        if any(x < 0 for x in items):
+            raise ValueError("negative input")
+        return [x + 1 for x in items]
+
+    co = CallCoalescer(fn, max_batch_size=8, max_inflight=1)
+
+    async def main():
+        first = asyncio.ensure_future(co(0))             # in flight alone
+        await asyncio.sleep(0)
+        bad = await asyncio.gather(co(1), co(-1), return_exceptions=True)  # one batch
+        return await first, bad, await co(5)
+
+    first, bad, good = asyncio.run(main())
+    assert first == 1 and all(isinstance(r, ValueError) for r in bad) and good == 6
+
+
+def test_coalescer_leaves_out_cancelled_callers_and_counts_results():
+    fn, _ = _remote_double(0.02)
+    co = CallCoalescer(fn, max_batch_size=8, max_inflight=1)
+
+    async def main():
+        busy = asyncio.ensure_future(co(0))
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(co(1))
+        kept = asyncio.ensure_future(co(2))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await busy, await kept
+
+    assert asyncio.run(main()) == (0, 4) and co.sizes == [1, 1]   # 1 never went out
+    short = CallCoalescer(lambda items: _first(items), max_batch_size=8, max_inflight=1)
+
+    async def three():
+        return await asyncio.wait_for(asyncio.gather(short(1), short(2), short(3),
+                                                     return_exceptions=True), 5)
+
+    out = asyncio.run(three())
+    assert out[0] == 1 and all(isinstance(r, RuntimeError) and "2 items" in str(r)
+                               for r in out[1:])
+    with pytest.raises(ConfigError, match="max_inflight 0"):
+        CallCoalescer(fn, max_batch_size=1, max_inflight=0)
+
+
+async def _first(items):
+    await asyncio.sleep(0.01)
+    return items[:1]
 
 
 def test_timings_header_sums_repeated_steps():

@@ -108,3 +108,34 @@ def test_every_modality_alone_in_one_pass_equals_one_pass_each(models):
             torch.testing.assert_close(single[m], own, atol=1e-5, rtol=1e-5)
         one = model.alone(out, tokens, {"speech": rows["speech"]})
     torch.testing.assert_close(one["speech"], single["speech"], atol=1e-5, rtol=1e-5)
+
+
+def test_requests_combined_in_one_pass_get_their_own_answers(models):
+    """The router's batches: several requests' fusion heads in one pass per set of present
+    modalities (:meth:`ServedModel.combine_many`) give each request what ``combine`` gives
+    it alone, whatever else shares the batch; each keeps its own ignored inputs."""
+    full = _sample(models)
+    no_video = {k: v for k, v in _sample(models, seconds=5.0).items() if k != "video"}
+    eeg_only = {"eeg": full["eeg"]}
+    shifted = dict(full, speech=SpeechInput(full["speech"].samples[::-1].copy(), 16000))
+    requests = [full, no_video, shifted, eeg_only, full]
+    items = []
+    for sample in requests:
+        routed = models["router"].route(sample)
+        encoded = {m: models[m].encode(m, models[m].prepare_modality(m, part))
+                   for m, part in routed.parts.items()}
+        items.append((encoded, routed))
+    items[1][1].ignored.append("face")                  # a per-request field is kept apart
+    alone = [models["all"].combine(enc, routed) for enc, routed in items]
+    together = models["all"].combine_many(items)
+    assert len(together) == len(requests)
+    for a, b in zip(alone, together):
+        assert (a.label, a.modalities, a.n_segments, a.ignored) == \
+            (b.label, b.modalities, b.n_segments, b.ignored)
+        for name, p in a.probabilities.items():
+            assert b.probabilities[name] == pytest.approx(p, abs=1e-5)
+        assert sorted(a.per_modality) == sorted(b.per_modality)
+        for m, own in a.per_modality.items():
+            assert b.per_modality[m].probabilities == pytest.approx(own.probabilities, abs=1e-5)
+    assert together[1].ignored == ["face"] and together[0].ignored == []
+    assert together[0].modalities == ["eeg", "speech", "video"] != together[3].modalities

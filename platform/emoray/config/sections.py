@@ -212,11 +212,18 @@ class DeploymentConfig(_Strict):
     max_ongoing_requests: int = Field(16, ge=1)
     num_cpus: float = Field(0.25, ge=0, description="CPUs each replica reserves.")
     num_gpus: float = Field(0.0, ge=0)
-    max_batch_size: int = Field(8, ge=1, description="@serve.batch size (encoders).")
+    max_batch_size: int = Field(8, ge=1, description="Most requests in one batch (encoders: "
+                                "per call from a router replica; router: per fusion-head "
+                                "pass).")
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="How long a batch's first request waits for others; 0: "
         "only those already queued (batches still grow under load, from the requests "
         "that queue while one batch runs, and a lone request waits for nothing).")
+    max_inflight_batches: int = Field(
+        2, ge=1, description="Encoders, with batching on: batched calls each router replica "
+        "keeps in flight to this deployment. Requests that arrive while they run go out "
+        "together in the next call (up to max_batch_size), so a Serve hop is paid per batch, "
+        "not per request.")
 
 
 SERVE_ROLES = ("router", "eeg", "speech", "video")
@@ -268,7 +275,8 @@ class ServeConfig(_Strict):
                               "replica keeps (POST /v1/subjects/{id}/calibration).")
     incongruence_threshold: float = Field(0.2, ge=0, le=1, description="JS divergence "
                                           "(bits) from which expressed (speech, face) vs EEG is flagged.")
-    batching: bool = Field(True, description="@serve.batch in the encoders.")
+    batching: bool = Field(True, description="The router sends concurrent requests to an "
+                           "encoder as one call, and the encoder runs them as one batch.")
     torch_threads: int = Field(1, ge=1, description="torch threads per replica.")
     device: str | None = Field(None, description="cpu / cuda; null: CUDA when present.")
     deployments: dict[str, DeploymentConfig] = Field(

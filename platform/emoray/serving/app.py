@@ -41,7 +41,7 @@ from ray import serve
 from emoray.config import SERVE_ROLES, ServeConfig
 from emoray.errors import ConfigError, EmorayError
 from emoray.serving import api
-from emoray.serving.batching import MicroBatcher
+from emoray.serving.batching import CallCoalescer, MicroBatcher
 from emoray.serving.model import ServedModel, raise_refusal, refusal
 from emoray.serving.stream import STREAM_PATH, StreamSlots, run_stream
 from emoray.storage import is_uri
@@ -69,12 +69,19 @@ class RouterCore:
     """
 
     def __init__(self, settings: ServeConfig, encode: Callable[..., Awaitable[np.ndarray]],
-                 api_key_digest: str | None, role: str = "router"):
+                 api_key_digest: str | None, role: str = "router",
+                 batching: bool | None = None):
         self.settings = settings
         self.api_key_digest = api_key_digest
         self.model = ServedModel(settings.checkpoint, role=role, device=settings.device,
                                  incongruence_threshold=settings.incongruence_threshold)
         self._encode = encode
+        self.batching = settings.batching if batching is None else batching
+        # batching: concurrent requests' fusion heads run as one pass, in a worker thread
+        self._combiner = MicroBatcher(self.model.combine_many,
+                                      settings.deployments["router"].max_batch_size,
+                                      settings.deployments["router"].batch_wait_timeout_s
+                                      ) if self.batching else None
         self._info = self.model.info()
         self.stream_slots = StreamSlots(settings.stream.max_streams)   # /v1/stream
 
@@ -97,7 +104,8 @@ class RouterCore:
         outs = await asyncio.gather(*(encode(m) for m in mods))
         encoded = {m: torch.from_numpy(np.array(o)) for m, o in zip(mods, outs)}   # own copy
         with timings.step("combine"):
-            pred = self.model.combine(encoded, routed)
+            pred = (await self._combiner((encoded, routed)) if self._combiner else
+                    self.model.combine(encoded, routed))
         return {**pred.to_dict(), "model_version": self.model.version}
 
     async def calibrate(self, subject: str, inputs: dict[str, Any],
@@ -136,6 +144,18 @@ def _encoder_rows(model: ServedModel, modality: str,
     return np.split(out, np.cumsum(counts)[:-1])
 
 
+def _encode_parts(model: ServedModel, modality: str,
+                  parts: list[dict[str, Any]]) -> list[np.ndarray | dict[str, Any]]:
+    """Several routed parts: the contract on each, one encoder pass over those it accepts;
+    per part its output rows or its :func:`refusal` (a bad part refuses only itself)."""
+    out: list[Any] = [_features(model, modality, p) for p in parts]
+    ok = [i for i, f in enumerate(out) if "refused" not in f]
+    if ok:
+        for i, rows in zip(ok, _encoder_rows(model, modality, [out[i] for i in ok])):
+            out[i] = rows
+    return out
+
+
 class ModalityEncoder:
     """One modality's encoder (a replica holds only that encoder's weights)."""
 
@@ -145,24 +165,16 @@ class ModalityEncoder:
         self.modality = modality
         self.model = ServedModel(cfg.checkpoint, role=modality, device=cfg.device)
         import emoray.data.transforms  # noqa: F401  (the contract runs here: load it now)
-        dep = cfg.deployments[modality]
-        self.batching = cfg.batching
-        self.encode_batch.set_max_batch_size(dep.max_batch_size)
-        self.encode_batch.set_batch_wait_timeout_s(dep.batch_wait_timeout_s)
 
     async def encode(self, part: dict[str, Any]) -> np.ndarray | dict[str, Any]:
         """The encoder output rows of one routed request part (the contract applied here,
-        in a worker thread, so concurrent requests' contracts overlap), or a refusal."""
-        features = await asyncio.to_thread(_features, self.model, self.modality, part)
-        if "refused" in features:
-            return features
-        if self.batching:
-            return await self.encode_batch(features)
-        return _encoder_rows(self.model, self.modality, [features])[0]
+        in a worker thread, so the replica keeps answering), or a refusal."""
+        return (await self.encode_many([part]))[0]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)   # set from the config
-    async def encode_batch(self, items: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        return _encoder_rows(self.model, self.modality, items)
+    async def encode_many(self, parts: list[dict[str, Any]]) -> list[np.ndarray | dict]:
+        """:meth:`encode` of several requests' parts in one call (the router's batches):
+        one contract pass per part, one encoder pass for all, in a worker thread."""
+        return await asyncio.to_thread(_encode_parts, self.model, self.modality, parts)
 
     def ping(self) -> str:
         return self.model.version
@@ -182,14 +194,23 @@ class FusionRouter:
         self.core = RouterCore(cfg, self._call_encoder, api_key_digest)
         self.settings, self.api_key_digest = cfg, api_key_digest
         self.stream_slots = self.core.stream_slots
+        self.coalescers = {m: CallCoalescer(functools.partial(self._call_encoder_many, m),
+                                            cfg.deployments[m].max_batch_size,
+                                            cfg.deployments[m].max_inflight_batches)
+                           for m in encoders} if cfg.batching else {}
 
     async def _call_encoder(self, modality: str, part: dict[str, Any]):
+        if modality in self.coalescers:      # batching: one call per batch of requests
+            return await self.coalescers[modality](part)
+        return (await self._call_encoder_many(modality, [part]))[0]
+
+    async def _call_encoder_many(self, modality: str, parts: list[dict[str, Any]]) -> list:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         handle = self.encoders[modality]
         for attempt in range(3):        # stateless encoders: a call to a dead replica is retried
             try:
-                return await handle.encode.remote(part)
+                return await handle.encode_many.remote(parts)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == 2:
                     raise
@@ -306,8 +327,7 @@ class LocalBackend(RouterCore):
     def __init__(self, settings: ServeConfig | dict[str, Any], batching: bool | None = None):
         cfg = _settings(settings)
         super().__init__(cfg, self._local_encode, api.api_key_digest(cfg.api_key_env),
-                         role="all")
-        self.batching = cfg.batching if batching is None else batching
+                         role="all", batching=batching)
         self.batchers = {m: MicroBatcher(functools.partial(_encoder_rows, self.model, m),
                                          cfg.deployments[m].max_batch_size,
                                          cfg.deployments[m].batch_wait_timeout_s)

@@ -1,4 +1,5 @@
-"""Request batching inside one process, for the servers that run without Ray Serve.
+"""Request batching inside one process: for the servers that run without Ray Serve, and
+for the Serve router's calls to its encoder deployments.
 
 ``@serve.batch`` only works inside a Serve replica. :class:`MicroBatcher` gives the plain
 FastAPI server and the in-process floor of ``emoray bench serve`` the same behaviour, so the
@@ -7,12 +8,20 @@ call, waits up to ``wait_s`` for more (0: only what is already queued), and runs
 ``max_batch_size`` of them as one call of ``fn`` in a worker thread, so the event loop keeps
 accepting requests while the model runs. Calls that queue while a batch runs form the next
 batch, so batches grow with the load even when ``wait_s`` is 0.
+
+:class:`CallCoalescer` does the same for an *async* call that crosses a process boundary:
+the router sends each encoder deployment one call per batch of requests instead of one per
+request, so the cost of a Serve hop (serialising, routing, the replica's request wrapper:
+a few ms of CPU on each side, more than the encoder's own work here) is paid once per batch.
+``@serve.batch`` cannot do this: it batches inside the replica, after every request has
+paid its own hop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from emoray.errors import ConfigError
@@ -95,3 +104,84 @@ class MicroBatcher:
             for (_, fut), result in zip(waiting, results):
                 if not fut.done():
                     fut.set_result(result)
+
+
+class CallCoalescer:
+    """Coalesce concurrent ``await coalescer(item)`` calls into ``await fn(items)``.
+
+    At most ``max_inflight`` calls of ``fn`` run at once; a call that arrives while they
+    all run waits in a queue, and the queue (up to ``max_batch_size`` items) goes out as one
+    call as soon as one of them returns. A lone call at low load goes out at once, alone:
+    nothing waits for a batch to fill.
+
+    Parameters
+    ----------
+    fn : callable
+        ``async fn(list_of_items) -> list_of_results`` (same length, same order).
+    max_batch_size : int
+        Most items per call of ``fn``.
+    max_inflight : int
+        Most calls of ``fn`` running at once.
+
+    Notes
+    -----
+    An exception raised by ``fn`` is raised to every caller of that batch. A caller that is
+    cancelled before its batch goes out is left out of it. One event loop per coalescer
+    (a Serve replica's); the queue is made again when a call comes from another loop.
+    """
+
+    def __init__(self, fn: Callable[[list[Any]], Awaitable[list[Any]]], max_batch_size: int,
+                 max_inflight: int):
+        if max_batch_size < 1 or max_inflight < 1:
+            raise ConfigError(f"batching: max_batch_size {max_batch_size} and max_inflight "
+                              f"{max_inflight} must be >= 1")
+        self.fn, self.max_batch_size, self.max_inflight = fn, max_batch_size, max_inflight
+        self.sizes: list[int] = []              # batch sizes sent so far (for reports)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[tuple[Any, asyncio.Future]] = deque()
+        self._inflight = 0
+
+    async def __call__(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._queue, self._inflight = loop, deque(), 0
+        done = loop.create_future()
+        self._queue.append((item, done))
+        self._pump()
+        return await done
+
+    def _pump(self) -> None:
+        while self._queue and self._inflight < self.max_inflight:
+            batch: list[tuple[Any, asyncio.Future]] = []
+            while self._queue and len(batch) < self.max_batch_size:
+                item, fut = self._queue.popleft()
+                if not fut.done():                       # not cancelled meanwhile
+                    batch.append((item, fut))
+            if batch:
+                self._inflight += 1
+                self._loop.create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        loop = self._loop
+        try:
+            self.sizes.append(len(batch))
+            results = await self.fn([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batched call returned {len(results)} results for "
+                                   f"{len(batch)} items")
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                fut.cancel()
+            raise
+        except Exception as err:          # every caller of this batch gets the error
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+        else:
+            for (_, fut), result in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(result)
+        finally:
+            if self._loop is loop:
+                self._inflight -= 1
+                self._pump()

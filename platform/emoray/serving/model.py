@@ -332,3 +332,22 @@ class ServedModel:
         (pred,) = self.parts.combine(encoded, prepared.present, prepared.owner, 1)
         pred.ignored = list(prepared.ignored)
         return pred
+
+    def combine_many(self, items: list[tuple[Mapping[str, torch.Tensor], Prepared | Routed]]
+                     ) -> list[Prediction]:
+        """:meth:`combine` of several requests, one head pass per set of present modalities
+        (the router's batches): each request's rows stay its own (its ``owner``), so every
+        prediction is the one :meth:`combine` gives it alone, up to float rounding."""
+        preds: list[Prediction | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (encoded, prepared) in enumerate(items):
+            groups.setdefault((tuple(encoded), tuple(prepared.present)), []).append(i)
+        for (mods, shown), idx in groups.items():
+            encoded = {m: torch.cat([items[i][0][m] for i in idx]) for m in mods}
+            present = {m: np.concatenate([items[i][1].present[m] for i in idx]) for m in shown}
+            owner = np.concatenate([np.full(len(items[i][1].owner), j, dtype=np.int64)
+                                    for j, i in enumerate(idx)])
+            for i, pred in zip(idx, self.parts.combine(encoded, present, owner, len(idx))):
+                pred.ignored = list(items[i][1].ignored)
+                preds[i] = pred
+        return preds
