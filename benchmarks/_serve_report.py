@@ -270,12 +270,13 @@ def _json_safe(value: Any) -> Any:
         else value
 
 
-NOTE = ("Every Serve deployment (router, one encoder per modality) has a fixed {replicas} "
-        "replicas of 0.1 CPU at every concurrency (autoscaling would only react after its "
-        "look-back window); replicas run torch with 1 thread, floor and fastapi with "
-        "torch's default threads. Batching: @serve.batch in the Serve encoders, "
-        "MicroBatcher in floor and fastapi, both with max_batch_size {max_batch_size} and "
-        "a {batch_wait_timeout_s} s wait. Requests: {encoding}. CPU ms: user + system "
+NOTE = ("Every Serve deployment has a fixed number of replicas of 0.1 CPU at every "
+        "concurrency ({router_replicas} router, {replicas} of each encoder; autoscaling "
+        "would only react after its look-back window); replicas run torch with 1 thread, "
+        "floor and fastapi with torch's default threads. Batching: the Serve router sends "
+        "concurrent requests to an encoder as one call and runs their fusion heads as one "
+        "pass; floor and fastapi batch the same steps in process (MicroBatcher); "
+        "max_batch_size {max_batch_size}, a {batch_wait_timeout_s} s wait. Requests: {encoding}. CPU ms: user + system "
         "CPU of the system's own processes during its own turns over its answered "
         "requests (floor: this process, clients included, which only submit; fastapi: "
         "the uvicorn process; router: every Serve replica, the proxy and the controller); "
@@ -324,6 +325,7 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], out_dir: str | Path,
               "no_batching": targets(cells, low, high, "router")}
     env = info["environment"]
     note = NOTE.format(replicas=env["replicas"],
+                       router_replicas=env.get("router_replicas", env["replicas"]),
                        max_batch_size=env.get("max_batch_size", "?"),
                        batch_wait_timeout_s=env.get("batch_wait_timeout_s", "?"),
                        encoding=ENCODING_TEXT.get(info.get("encoding"), "?"))

@@ -12,9 +12,13 @@ a machine whose speed drifts over the minutes of a run slows all three alike:
 ``router``
     :func:`emoray.serving.app.build_app` on Ray Serve over HTTP: the FusionRouter ingress
     and one encoder deployment per modality, every replica reserving 0.1 CPU. Every
-    deployment has a fixed number of replicas (default 2) for all concurrency levels:
-    autoscaling would add replicas only after its look-back window, so the c=32 cell would
-    mostly measure the upscale delay. Batching is ``@serve.batch`` in the encoders.
+    deployment has a fixed number of replicas for all concurrency levels (default: one
+    router, two of each encoder): autoscaling would add replicas only after its look-back
+    window, so the c=32 cell would mostly measure the upscale delay. Batching: the router
+    sends concurrent requests to an encoder as one call and runs their fusion heads as one
+    pass (:class:`~emoray.serving.batching.CallCoalescer`, ``MicroBatcher``). One router
+    replica holds every concurrent request, so its batches are the largest; a second one
+    halves them (``--router-replicas 2``).
 ``fastapi``
     :func:`emoray.serving.api.make_app` over :class:`~emoray.serving.app.LocalBackend`, one
     uvicorn process (a subprocess, so the clients do not share its GIL), torch's default
@@ -197,7 +201,7 @@ def encode_request(inputs: dict[str, Any], encoding: str = "binary") -> tuple[by
 
 
 def bare_server(checkpoint: str, port: int, batching: bool = False,
-                replicas: int = 1) -> None:
+                replicas: int = 1, router_replicas: int = 1) -> None:
     """The plain FastAPI server (run in a subprocess by :func:`run_benchmark`), with the
     batch size and wait of the Serve run."""
     import uvicorn
@@ -205,7 +209,7 @@ def bare_server(checkpoint: str, port: int, batching: bool = False,
     from emoray.serving.api import make_app
     from emoray.serving.app import LocalBackend
 
-    cfg = _serve_config(checkpoint, batching, replicas)
+    cfg = _serve_config(checkpoint, batching, replicas, router_replicas)
     uvicorn.run(make_app(LocalBackend(cfg)), host="127.0.0.1", port=port,
                 log_level="warning")
 
@@ -227,19 +231,22 @@ def tiny_checkpoint(work: Path, features: Path | None = None) -> str:
 
 # -- the run --------------------------------------------------------------------------------
 
-def _serve_config(checkpoint: str, batching: bool, replicas: int):
+def _serve_config(checkpoint: str, batching: bool, replicas: int, router_replicas: int = 1):
     from emoray.config import DeploymentConfig, ServeConfig, SERVE_ROLES
 
-    dep = DeploymentConfig(autoscaling=None, num_replicas=replicas, num_cpus=0.1,
-                           max_ongoing_requests=32)
+    def dep(n: int) -> DeploymentConfig:
+        return DeploymentConfig(autoscaling=None, num_replicas=n, num_cpus=0.1,
+                                max_ongoing_requests=64)
+
     return ServeConfig(checkpoint=checkpoint, batching=batching, device="cpu",
-                       deployments={r: dep for r in SERVE_ROLES})
+                       deployments={r: dep(router_replicas if r == "router" else replicas)
+                                    for r in SERVE_ROLES})
 
 
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
                   ray_cfg: RayConfig | None = None, checkpoint: str | Path | None = None,
                   requests_per_cell: dict[int, int] | None = None, replicas: int = 2,
-                  encoding: str = "binary", stream_counts: tuple[int, ...] | None = None,
+                  router_replicas: int = 1, encoding: str = "binary", stream_counts: tuple[int, ...] | None = None,
                   **_: Any) -> dict[str, Any]:
     """Measure every system at every concurrency, print the table, write ``serve.json``.
 
@@ -256,7 +263,9 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     requests_per_cell : dict[int, int] | None
         Concurrency -> request count, overriding the defaults.
     replicas : int
-        Replicas of every Serve deployment (each reserves 0.1 CPU).
+        Replicas of every encoder deployment (each reserves 0.1 CPU).
+    router_replicas : int
+        Replicas of the router deployment.
     encoding : str
         The request body, one of :data:`ENCODINGS` (:func:`request_body`).
     stream_counts : tuple[int, ...] | None
@@ -277,8 +286,9 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
 
     counts = requests_per_cell or ({1: 10, 8: 40, 32: 40} if quick
                                    else {1: 50, 8: 200, 32: 200})
-    if replicas < 1 or any(v < 1 for v in counts.values()):
-        raise ConfigError(f"bench serve: replicas {replicas} and request counts {counts} "
+    if min(replicas, router_replicas) < 1 or any(v < 1 for v in counts.values()):
+        raise ConfigError(f"bench serve: replicas {replicas}, router replicas "
+                          f"{router_replicas} and request counts {counts} "
                           "must be >= 1")
     if encoding not in ENCODINGS:
         raise ConfigError(f"bench serve: encoding {encoding!r}; expected one of "
@@ -311,12 +321,13 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
         for batching in (True, False):
             suffix = "+batch" if batching else ""
             t0 = time.monotonic()
-            backend = LocalBackend(_serve_config(ckpt, batching, replicas))
+            config = _serve_config(ckpt, batching, replicas, router_replicas)
+            backend = LocalBackend(config)
             port = _free_port()
             proc = subprocess.Popen(cwd=str(Path(__file__).resolve().parents[1]), args=[sys.executable, "-c", "from benchmarks.serve import "
                                      f"bare_server; bare_server({ckpt!r}, {port}, "
-                                     f"{batching}, {replicas})"])
-            serve.run(build_app(_serve_config(ckpt, batching, replicas)), name=APP_NAME,
+                                     f"{batching}, {replicas}, {router_replicas})"])
+            serve.run(build_app(config), name=APP_NAME,
                       route_prefix="/", blocking=False,
                       logging_config={"enable_access_log": False, "log_level": "WARNING"})
             fastapi_url = f"http://127.0.0.1:{port}"
@@ -360,9 +371,10 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
             proc.wait(30)
             proc = None
             serve.delete(APP_NAME)
-        dep = _serve_config(ckpt, True, replicas).deployments["eeg"]
+        dep = _serve_config(ckpt, True, replicas, router_replicas).deployments["eeg"]
         env = {"cpus": os.cpu_count(), "torch_threads_driver": torch.get_num_threads(),
-               "torch_threads_replica": 1, "replicas": replicas, "replica_num_cpus": 0.1,
+               "torch_threads_replica": 1, "replicas": replicas,
+               "router_replicas": router_replicas, "replica_num_cpus": 0.1,
                "ray_cpus": ray_cfg.num_cpus if ray_cfg else 2,
                "max_batch_size": dep.max_batch_size,
                "batch_wait_timeout_s": dep.batch_wait_timeout_s}
@@ -388,8 +400,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = runner_parser(__doc__)
     parser.add_argument("--checkpoint", help="serve this checkpoint instead of training a "
                         "tiny model")
-    parser.add_argument("--replicas", type=int, default=2, help="replicas of every Serve "
+    parser.add_argument("--replicas", type=int, default=2, help="replicas of every encoder "
                         "deployment (default 2)")
+    parser.add_argument("--router-replicas", type=int, default=1, help="replicas of the "
+                        "router deployment (default 1: one replica holds every concurrent "
+                        "request, so its batches to the encoders are the largest)")
     parser.add_argument("--encoding", choices=ENCODINGS, default=ENCODINGS[0],
                         help="request body: binary (multipart .npy parts, the Python "
                         "client's default) or json")
@@ -398,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
                         "1,8 with --quick, else 1,4,8,12; '' for none)")
     args = parser.parse_args(argv)
     run_benchmark(quick=args.quick, out_dir=args.out, checkpoint=args.checkpoint,
-                  replicas=args.replicas, encoding=args.encoding, stream_counts=args.streams)
+                  replicas=args.replicas, router_replicas=args.router_replicas,
+                  encoding=args.encoding, stream_counts=args.streams)
 
 
 if __name__ == "__main__":

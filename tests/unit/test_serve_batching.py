@@ -101,13 +101,13 @@ def test_bad_settings_are_refused():
 
 
 def _remote_double(delay: float = 0.02):
-    """An async call that takes ``delay`` (a hop to another process), counting how many
-    run at once."""
-    state = {"running": 0, "most": 0}
+    """An async call that takes ``delay`` (a hop to another process), recording each
+    call's size and how many calls ran when it started."""
+    state = {"running": 0, "calls": []}
 
     async def fn(items):
+        state["calls"].append((len(items), state["running"]))
         state["running"] += 1
-        state["most"] = max(state["most"], state["running"])
         await asyncio.sleep(delay)
         state["running"] -= 1
         return [2 * x for x in items]
@@ -115,17 +115,29 @@ def _remote_double(delay: float = 0.02):
     return fn, state
 
 
-def test_coalescer_sends_one_call_per_batch_with_bounded_calls_in_flight():
+def test_coalescer_sends_partial_batches_only_below_the_inflight_bound():
     fn, state = _remote_double()
     co = CallCoalescer(fn, max_batch_size=4, max_inflight=2)
 
-    async def main():
-        return await asyncio.gather(*(co(i) for i in range(20)))
+    async def burst(n):
+        return await asyncio.gather(*(co(i) for i in range(n)))
 
-    assert asyncio.run(main()) == [2 * i for i in range(20)]
-    assert sum(co.sizes) == 20 and max(co.sizes) <= 4
-    assert co.sizes[:2] == [1, 1]        # the first two go out at once, alone
-    assert len(co.sizes) <= 7 and state["most"] == 2      # then full batches, 2 at a time
+    assert asyncio.run(burst(20)) == [2 * i for i in range(20)]
+    assert sum(co.sizes) == 20 and max(co.sizes) <= 4 and len(co.sizes) <= 7
+    assert co.sizes[:2] == [1, 1]                     # the first two go out at once, alone
+    for size, running in state["calls"]:
+        assert running < 2 or size == 4               # past the bound: full batches only
+    assert max(r for _, r in state["calls"]) >= 2      # the burst grew past the bound
+
+    async def trickle():                               # 3 at a time: never a full batch
+        out = []
+        for k in range(0, 12, 3):
+            out += await asyncio.gather(*(co(i) for i in range(k, k + 3)))
+        return out
+
+    state["calls"].clear()
+    assert asyncio.run(trickle()) == [2 * i for i in range(12)]
+    assert max(r for _, r in state["calls"]) <= 1      # at most 2 in flight
 
 
 def test_coalescer_sends_a_lone_call_at_once():

@@ -220,13 +220,27 @@ class DeploymentConfig(_Strict):
         "only those already queued (batches still grow under load, from the requests "
         "that queue while one batch runs, and a lone request waits for nothing).")
     max_inflight_batches: int = Field(
-        2, ge=1, description="Encoders, with batching on: batched calls each router replica "
-        "keeps in flight to this deployment. Requests that arrive while they run go out "
-        "together in the next call (up to max_batch_size), so a Serve hop is paid per batch, "
-        "not per request.")
+        1, ge=1, description="Encoders, with batching on: calls each router replica keeps "
+        "in flight to this deployment before requests wait to go out together (up to "
+        "max_batch_size; a full batch goes out at once), so a Serve hop is paid per batch, "
+        "not per request. It is also how many of this deployment's replicas one router "
+        "replica keeps busy below full batches (raise it for heavy encoders, e.g. on GPUs; "
+        "1 is cheapest where Serve's hops cost more than the encoder).")
 
 
 SERVE_ROLES = ("router", "eeg", "speech", "video")
+
+
+def default_deployment(role: str) -> DeploymentConfig:
+    """A role's deployment when the config names none. The router holds many requests per
+    replica (each mostly waits on its encoders, and the more it holds, the larger its
+    batches to them): 64 at most, scaling out above 16 on average. An encoder's requests
+    are the routers' batches (``max_inflight_batches`` per router replica): it scales out
+    above one in flight per replica."""
+    if role == "router":
+        return DeploymentConfig(max_ongoing_requests=64,
+                                autoscaling=AutoscalingConfig(target_ongoing_requests=16))
+    return DeploymentConfig(autoscaling=AutoscalingConfig(target_ongoing_requests=1))
 
 
 class StreamConfig(_Strict):
@@ -280,7 +294,7 @@ class ServeConfig(_Strict):
     torch_threads: int = Field(1, ge=1, description="torch threads per replica.")
     device: str | None = Field(None, description="cpu / cuda; null: CUDA when present.")
     deployments: dict[str, DeploymentConfig] = Field(
-        default_factory=lambda: {r: DeploymentConfig() for r in SERVE_ROLES})
+        default_factory=lambda: {r: default_deployment(r) for r in SERVE_ROLES})
     stream: StreamConfig = Field(default_factory=StreamConfig)
 
     @field_validator("deployments")
@@ -289,6 +303,6 @@ class ServeConfig(_Strict):
         bad = sorted(set(v) - set(SERVE_ROLES))
         if bad:
             raise ValueError(f"unknown deployment {bad[0]!r}; expected {list(SERVE_ROLES)}")
-        return {r: v.get(r, DeploymentConfig()) for r in SERVE_ROLES}
+        return {r: v.get(r, default_deployment(r)) for r in SERVE_ROLES}
 
 

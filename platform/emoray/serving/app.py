@@ -4,7 +4,7 @@
 
     HTTP ──> FusionRouter (ingress, FastAPI) ──┬──> EEGEncoder     contract + encoder
              decode, check, route, fuse        ├──> SpeechEncoder  (own replicas,
-                                               └──> VideoEncoder    @serve.batch)
+             (batches calls and fusion)        └──> VideoEncoder    one call per batch)
 
 The router decodes and checks the request (:mod:`emoray.serving.api`;
 :meth:`ServedModel.route`: shapes, rates, channels, lengths, the segments and the subject's
@@ -14,8 +14,12 @@ frames) to its deployment **concurrently**, and fuses what comes back
 embeddings for JMML). Each modality's deployment applies the preprocessing contract to its
 input (:meth:`ServedModel.prepare_modality`: filtering and resampling EEG, the log-mel and
 statistics of speech, decoding and resizing frames) and runs its encoder, so the heaviest
-modality scales on its own replicas. Each deployment has its own ``autoscaling_config``,
-and an encoder batches concurrent requests' encoder passes with ``@serve.batch``. Encoders
+modality scales on its own replicas. Each deployment has its own ``autoscaling_config``.
+With batching on, the router sends concurrent requests' parts to an encoder as one call
+(:class:`~emoray.serving.batching.CallCoalescer`: a Serve hop costs more CPU here than the
+encoders' work, so it is paid per batch, not per request; ``@serve.batch`` would batch only
+after every request had paid its own hop), the encoder runs them as one forward pass, and
+the router runs their fusion heads as one pass (:meth:`ServedModel.combine_many`). Encoders
 are stateless, so the router retries a call when the replica it went to died; an input the
 contract refuses comes back as a refusal (:func:`~emoray.serving.model.refusal`) and is the
 same 422 as in process.

@@ -109,10 +109,12 @@ class MicroBatcher:
 class CallCoalescer:
     """Coalesce concurrent ``await coalescer(item)`` calls into ``await fn(items)``.
 
-    At most ``max_inflight`` calls of ``fn`` run at once; a call that arrives while they
-    all run waits in a queue, and the queue (up to ``max_batch_size`` items) goes out as one
-    call as soon as one of them returns. A lone call at low load goes out at once, alone:
-    nothing waits for a batch to fill.
+    While fewer than ``max_inflight`` calls of ``fn`` run, whatever is queued goes out at
+    once (a lone call at low load goes out alone: nothing waits for a batch to fill). While
+    ``max_inflight`` run, calls wait in a queue and go out together when one returns, or as
+    soon as ``max_batch_size`` of them are queued: waiting gains a full batch nothing, and
+    so under heavy load the calls in flight grow past ``max_inflight`` (which is what lets
+    the deployment behind ``fn`` see the load and scale out).
 
     Parameters
     ----------
@@ -121,7 +123,7 @@ class CallCoalescer:
     max_batch_size : int
         Most items per call of ``fn``.
     max_inflight : int
-        Most calls of ``fn`` running at once.
+        Calls of ``fn`` running at once below which a partial batch goes out.
 
     Notes
     -----
@@ -151,7 +153,8 @@ class CallCoalescer:
         return await done
 
     def _pump(self) -> None:
-        while self._queue and self._inflight < self.max_inflight:
+        while self._queue and (self._inflight < self.max_inflight
+                               or len(self._queue) >= self.max_batch_size):
             batch: list[tuple[Any, asyncio.Future]] = []
             while self._queue and len(batch) < self.max_batch_size:
                 item, fut = self._queue.popleft()

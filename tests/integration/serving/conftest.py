@@ -1,7 +1,8 @@
 """The fusion application on a real local Serve, deployed once for this package (real
 HTTP): the session's tiny fusion bundle, API key on, a 4 MiB body cap, the speech encoder
-autoscaled with short delays, the EEG encoder on two fixed replicas (the replica-kill and
-downscale target). The fixture is package-scoped, so the package's modules share one
+autoscaled with short delays (the router keeps up to two batched calls in flight to it, so
+a burst shows as more than one call per replica), the EEG encoder on two fixed replicas
+(the replica-kill and downscale target). The fixture is package-scoped, so the package's modules share one
 deployment and it is shut down after the last of them (the package has an ``__init__.py``
 for that). The same API on a plain uvicorn server is tested in test_serve_plain.py.
 """
@@ -36,7 +37,8 @@ def served(ray_cluster, fusion_run):
     port = free_port()
     deps = {"router": {"autoscaling": None, **LEAN},
             "eeg": {"autoscaling": None, "num_replicas": 2, **LEAN},
-            "speech": {"autoscaling": FAST_SCALE, "max_batch_size": 4, **LEAN},
+            "speech": {"autoscaling": FAST_SCALE, "max_batch_size": 4,
+                       "max_inflight_batches": 2, **LEAN},
             "video": {"autoscaling": None, **LEAN}}
     fusion_cfg = ServeConfig(checkpoint=str(fusion_run["checkpoint"]), port=port,
                              api_key_env=KEY_ENV, max_body_mb=4.0, deployments=deps,
