@@ -140,6 +140,31 @@ def test_coalescer_sends_partial_batches_only_below_the_inflight_bound():
     assert max(r for _, r in state["calls"]) <= 1      # at most 2 in flight
 
 
+def test_coalescer_waits_for_more_only_while_busy_and_never_past_a_full_batch():
+    fn, state = _remote_double(0.0)
+    load = {"busy": True}
+    co = CallCoalescer(fn, max_batch_size=4, max_inflight=1, busy_wait_s=0.05,
+                       busy=lambda: load["busy"])
+
+    async def staggered(n, gap):
+        async def late(i):
+            await asyncio.sleep(gap * i)
+            return await co(i)
+        return await asyncio.gather(*(late(i) for i in range(n)))
+
+    assert asyncio.run(staggered(3, 0.005)) == [0, 2, 4]
+    assert co.sizes == [3]                       # busy: the partial batch waited for all 3
+    t0 = time.perf_counter()
+    assert asyncio.run(staggered(4, 0.0)) == [0, 2, 4, 6]
+    assert co.sizes[-1] == 4 and time.perf_counter() - t0 < 0.04   # full: no wait
+    load["busy"] = False
+    co.sizes.clear()
+    assert asyncio.run(staggered(3, 0.02)) == [0, 2, 4]
+    assert co.sizes == [1, 1, 1]                 # idle: each goes out at once
+    with pytest.raises(ConfigError, match="busy wait -1"):
+        CallCoalescer(fn, max_batch_size=1, max_inflight=1, busy_wait_s=-1)
+
+
 def test_coalescer_sends_a_lone_call_at_once():
     fn, _ = _remote_double(0.0)
     co = CallCoalescer(fn, max_batch_size=8, max_inflight=1)

@@ -226,6 +226,10 @@ class DeploymentConfig(_Strict):
         "not per request. It is also how many of this deployment's replicas one router "
         "replica keeps busy below full batches (raise it for heavy encoders, e.g. on GPUs; "
         "1 is cheapest where Serve's hops cost more than the encoder).")
+    busy_wait_s: float = Field(
+        0.005, ge=0, description="Encoders, with batching on: while the router replica "
+        "holds more requests than max_batch_size, a partial batch waits this long for more "
+        "before it goes out (a lone request never waits).")
 
 
 SERVE_ROLES = ("router", "eeg", "speech", "video")

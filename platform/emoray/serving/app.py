@@ -88,6 +88,7 @@ class RouterCore:
                                       ) if self.batching else None
         self._info = self.model.info()
         self.stream_slots = StreamSlots(settings.stream.max_streams)   # /v1/stream
+        self.active = 0                       # predictions in progress (on the event loop)
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
@@ -95,6 +96,13 @@ class RouterCore:
     async def predict(self, inputs: dict[str, Any],
                       timings: api.Timings | None = None) -> dict[str, Any]:
         timings = timings or api.Timings()
+        self.active += 1
+        try:
+            return await self._predict(inputs, timings)
+        finally:
+            self.active -= 1
+
+    async def _predict(self, inputs: dict[str, Any], timings: api.Timings) -> dict[str, Any]:
         with timings.step("prepare"):
             routed = await asyncio.to_thread(self.model.route, inputs)
         mods = list(routed.parts)
@@ -200,8 +208,13 @@ class FusionRouter:
         self.stream_slots = self.core.stream_slots
         self.coalescers = {m: CallCoalescer(functools.partial(self._call_encoder_many, m),
                                             cfg.deployments[m].max_batch_size,
-                                            cfg.deployments[m].max_inflight_batches)
+                                            cfg.deployments[m].max_inflight_batches,
+                                            cfg.deployments[m].busy_wait_s, self._busy)
                            for m in encoders} if cfg.batching else {}
+
+    def _busy(self) -> bool:
+        """More requests in this replica than one batch holds."""
+        return self.core.active > self.settings.deployments["router"].max_batch_size
 
     async def _call_encoder(self, modality: str, part: dict[str, Any]):
         if modality in self.coalescers:      # batching: one call per batch of requests

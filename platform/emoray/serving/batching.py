@@ -133,28 +133,41 @@ class CallCoalescer:
     """
 
     def __init__(self, fn: Callable[[list[Any]], Awaitable[list[Any]]], max_batch_size: int,
-                 max_inflight: int):
-        if max_batch_size < 1 or max_inflight < 1:
+                 max_inflight: int, busy_wait_s: float = 0.0,
+                 busy: Callable[[], bool] | None = None):
+        if max_batch_size < 1 or max_inflight < 1 or busy_wait_s < 0:
             raise ConfigError(f"batching: max_batch_size {max_batch_size} and max_inflight "
-                              f"{max_inflight} must be >= 1")
+                              f"{max_inflight} must be >= 1, busy wait {busy_wait_s} s >= 0")
         self.fn, self.max_batch_size, self.max_inflight = fn, max_batch_size, max_inflight
+        self.busy_wait_s, self.busy = busy_wait_s, busy
         self.sizes: list[int] = []              # batch sizes sent so far (for reports)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[tuple[Any, asyncio.Future]] = deque()
         self._inflight = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __call__(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._queue, self._inflight = loop, deque(), 0
+            self._loop, self._queue, self._inflight, self._timer = loop, deque(), 0, None
         done = loop.create_future()
         self._queue.append((item, done))
         self._pump()
         return await done
 
-    def _pump(self) -> None:
+    def _flush(self) -> None:
+        self._timer = None
+        self._pump(flush=True)
+
+    def _pump(self, flush: bool = False) -> None:
         while self._queue and (self._inflight < self.max_inflight
                                or len(self._queue) >= self.max_batch_size):
+            if (not flush and len(self._queue) < self.max_batch_size and self.busy_wait_s
+                    and self.busy is not None and self.busy()):
+                if self._timer is None:        # busy: a partial batch waits a little
+                    self._timer = self._loop.call_later(self.busy_wait_s, self._flush)
+                return
+            flush = False
             batch: list[tuple[Any, asyncio.Future]] = []
             while self._queue and len(batch) < self.max_batch_size:
                 item, fut = self._queue.popleft()
