@@ -139,3 +139,35 @@ def test_requests_combined_in_one_pass_get_their_own_answers(models):
             assert b.per_modality[m].probabilities == pytest.approx(own.probabilities, abs=1e-5)
     assert together[1].ignored == ["face"] and together[0].ignored == []
     assert together[0].modalities == ["eeg", "speech", "video"] != together[3].modalities
+
+
+def test_a_fault_in_one_batched_request_fails_that_request_only(models):
+    """A batch carries several requests: an unexpected fault in one request's contract or
+    fusion head gives that request a failure (its 500), while the rest of the batch gets
+    the answers it gets alone."""
+    from emoray.serving.app import _encode_parts
+    from emoray.serving.model import failure
+
+    sample = _sample(models, seconds=5.0)
+    routed = models["router"].route(sample)
+    part = routed.parts["eeg"]
+    broken = dict(part, value=None)                       # not a refusal: a fault
+    out = _encode_parts(models["eeg"], "eeg", [part, broken, part])
+    assert out[1]["refused"] == "fault" and "AttributeError" in out[1]["reason"]
+    alone = models["eeg"].encode("eeg", models["eeg"].prepare_modality("eeg", part)).numpy()
+    np.testing.assert_allclose(out[0], alone, atol=1e-5)
+    np.testing.assert_allclose(out[2], alone, atol=1e-5)
+    with pytest.raises(RuntimeError, match="AttributeError"):
+        raise_refusal(out[1])
+
+    encoded = {m: models[m].encode(m, models[m].prepare_modality(m, p))
+               for m, p in routed.parts.items()}
+    bad = dict(encoded, eeg=encoded["eeg"][:, :, :3])     # wrong width: the pass fails
+    preds = models["all"].combine_many([(encoded, routed), (bad, routed), (encoded, routed)])
+    assert isinstance(preds[1], dict) and preds[1]["refused"] == "fault"
+    good = models["all"].combine(encoded, routed)
+    for p in (preds[0], preds[2]):
+        assert p.label == good.label
+        assert p.probabilities[good.label] == pytest.approx(good.probabilities[good.label],
+                                                            abs=1e-5)
+    assert failure(ValueError("x")) == {"refused": "fault", "reason": "ValueError: x"}

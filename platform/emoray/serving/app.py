@@ -46,7 +46,7 @@ from emoray.config import SERVE_ROLES, ServeConfig
 from emoray.errors import ConfigError, EmorayError
 from emoray.serving import api
 from emoray.serving.batching import CallCoalescer, MicroBatcher
-from emoray.serving.model import ServedModel, raise_refusal, refusal
+from emoray.serving.model import ServedModel, failure, raise_refusal, refusal
 from emoray.serving.stream import STREAM_PATH, StreamSlots, run_stream
 from emoray.storage import is_uri
 
@@ -118,6 +118,7 @@ class RouterCore:
         with timings.step("combine"):
             pred = (await self._combiner((encoded, routed)) if self._combiner else
                     self.model.combine(encoded, routed))
+        raise_refusal(pred)                          # this request's fault in a batch
         return {**pred.to_dict(), "model_version": self.model.version}
 
     async def calibrate(self, subject: str, inputs: dict[str, Any],
@@ -159,8 +160,14 @@ def _encoder_rows(model: ServedModel, modality: str,
 def _encode_parts(model: ServedModel, modality: str,
                   parts: list[dict[str, Any]]) -> list[np.ndarray | dict[str, Any]]:
     """Several routed parts: the contract on each, one encoder pass over those it accepts;
-    per part its output rows or its :func:`refusal` (a bad part refuses only itself)."""
-    out: list[Any] = [_features(model, modality, p) for p in parts]
+    per part its output rows, its :func:`refusal`, or its :func:`failure` (a bad part fails
+    only its own request)."""
+    out: list[Any] = []
+    for p in parts:
+        try:
+            out.append(_features(model, modality, p))
+        except Exception as err:       # a fault in one part's contract: that request's 500
+            out.append(failure(err))
     ok = [i for i, f in enumerate(out) if "refused" not in f]
     if ok:
         for i, rows in zip(ok, _encoder_rows(model, modality, [out[i] for i in ok])):

@@ -145,12 +145,22 @@ def refusal(err: EmorayError) -> dict[str, Any]:
     return {"refused": "config", "reason": str(err)}
 
 
+def failure(err: Exception) -> dict[str, Any]:
+    """A deployment's answer for one batched request whose work failed unexpectedly (a
+    fault, not a refusal): the others of the batch still get their answers, this request's
+    :func:`raise_refusal` raises a ``RuntimeError`` (a 500 for it alone)."""
+    return {"refused": "fault", "reason": f"{type(err).__name__}: {err}"}
+
+
 def raise_refusal(answer: Any) -> None:
-    """Raise the error of a :func:`refusal` answer; anything else passes."""
+    """Raise the error of a :func:`refusal` or :func:`failure` answer; anything else
+    passes."""
     if isinstance(answer, dict) and "refused" in answer:
         if answer["refused"] == "data":
             raise DataError(answer["path"], answer["reason"], kind=answer["kind"],
                             field=answer["field"])
+        if answer["refused"] == "fault":
+            raise RuntimeError(answer["reason"])
         raise ConfigError(answer["reason"])
 
 
@@ -334,20 +344,32 @@ class ServedModel:
         return pred
 
     def combine_many(self, items: list[tuple[Mapping[str, torch.Tensor], Prepared | Routed]]
-                     ) -> list[Prediction]:
+                     ) -> list[Prediction | dict[str, Any]]:
         """:meth:`combine` of several requests, one head pass per set of present modalities
         (the router's batches): each request's rows stay its own (its ``owner``), so every
-        prediction is the one :meth:`combine` gives it alone, up to float rounding."""
+        prediction is the one :meth:`combine` gives it alone, up to float rounding. Should a
+        pass fail, its requests are combined one by one, and one that still fails gets a
+        :func:`failure` instead of a prediction."""
         preds: list[Prediction | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, (encoded, prepared) in enumerate(items):
             groups.setdefault((tuple(encoded), tuple(prepared.present)), []).append(i)
         for (mods, shown), idx in groups.items():
-            encoded = {m: torch.cat([items[i][0][m] for i in idx]) for m in mods}
-            present = {m: np.concatenate([items[i][1].present[m] for i in idx]) for m in shown}
-            owner = np.concatenate([np.full(len(items[i][1].owner), j, dtype=np.int64)
-                                    for j, i in enumerate(idx)])
-            for i, pred in zip(idx, self.parts.combine(encoded, present, owner, len(idx))):
+            try:
+                encoded = {m: torch.cat([items[i][0][m] for i in idx]) for m in mods}
+                present = {m: np.concatenate([items[i][1].present[m] for i in idx])
+                           for m in shown}
+                owner = np.concatenate([np.full(len(items[i][1].owner), j, dtype=np.int64)
+                                        for j, i in enumerate(idx)])
+                together = self.parts.combine(encoded, present, owner, len(idx))
+            except Exception:              # one request's fault: each alone, it alone fails
+                for i in idx:
+                    try:
+                        preds[i] = self.combine(*items[i])
+                    except Exception as err:
+                        preds[i] = failure(err)
+                continue
+            for i, pred in zip(idx, together):
                 pred.ignored = list(items[i][1].ignored)
                 preds[i] = pred
         return preds
