@@ -185,14 +185,10 @@ class ModalityEncoder:
         self.model = ServedModel(cfg.checkpoint, role=modality, device=cfg.device)
         import emoray.data.transforms  # noqa: F401  (the contract runs here: load it now)
 
-    async def encode(self, part: dict[str, Any]) -> np.ndarray | dict[str, Any]:
-        """The encoder output rows of one routed request part (the contract applied here,
-        in a worker thread, so the replica keeps answering), or a refusal."""
-        return (await self.encode_many([part]))[0]
-
     async def encode_many(self, parts: list[dict[str, Any]]) -> list[np.ndarray | dict]:
-        """:meth:`encode` of several requests' parts in one call (the router's batches):
-        one contract pass per part, one encoder pass for all, in a worker thread."""
+        """Several routed request parts (the router's batches; a lone request is a batch of
+        one): one contract pass per part, one encoder pass for all, in a worker thread so
+        the replica keeps answering; per part its rows, refusal or failure."""
         return await asyncio.to_thread(_encode_parts, self.model, self.modality, parts)
 
     def ping(self) -> str:

@@ -27,6 +27,30 @@ from typing import Any
 from emoray.errors import ConfigError
 
 
+async def _deliver(batch: list[tuple[Any, asyncio.Future]], results: Awaitable[list[Any]]
+                   ) -> None:
+    """Await a batch's ``results`` and give each caller its own; a failure (or a result
+    count that does not match) goes to every caller of the batch, a cancellation cancels
+    them. Callers that went away meanwhile are skipped."""
+    try:
+        out = await results
+        if len(out) != len(batch):
+            raise RuntimeError(f"batched call returned {len(out)} results for "
+                               f"{len(batch)} items")
+    except asyncio.CancelledError:
+        for _, fut in batch:
+            fut.cancel()
+        raise
+    except Exception as err:              # every caller of this batch gets the error
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(err)
+        return
+    for (_, fut), result in zip(batch, out):
+        if not fut.done():
+            fut.set_result(result)
+
+
 class MicroBatcher:
     """Batch concurrent ``await batcher(item)`` calls into ``fn(items) -> results``.
 
@@ -91,19 +115,7 @@ class MicroBatcher:
             if not waiting:
                 continue
             self.sizes.append(len(waiting))
-            try:
-                results = await asyncio.to_thread(self.fn, [item for item, _ in waiting])
-                if len(results) != len(waiting):
-                    raise RuntimeError(f"batched call returned {len(results)} results for "
-                                       f"{len(waiting)} items")
-            except Exception as err:        # every caller of this batch gets the error
-                for _, fut in waiting:
-                    if not fut.done():
-                        fut.set_exception(err)
-                continue
-            for (_, fut), result in zip(waiting, results):
-                if not fut.done():
-                    fut.set_result(result)
+            await _deliver(waiting, asyncio.to_thread(self.fn, [item for item, _ in waiting]))
 
 
 class CallCoalescer:
@@ -145,6 +157,7 @@ class CallCoalescer:
         self._queue: deque[tuple[Any, asyncio.Future]] = deque()
         self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def __call__(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -175,28 +188,15 @@ class CallCoalescer:
                     batch.append((item, fut))
             if batch:
                 self._inflight += 1
-                self._loop.create_task(self._send(batch))
+                task = self._loop.create_task(self._send(batch))
+                self._tasks.add(task)              # the loop keeps only a weak reference
+                task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         loop = self._loop
         try:
             self.sizes.append(len(batch))
-            results = await self.fn([item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batched call returned {len(results)} results for "
-                                   f"{len(batch)} items")
-        except asyncio.CancelledError:
-            for _, fut in batch:
-                fut.cancel()
-            raise
-        except Exception as err:          # every caller of this batch gets the error
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
-        else:
-            for (_, fut), result in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(result)
+            await _deliver(batch, self.fn([item for item, _ in batch]))
         finally:
             if self._loop is loop:
                 self._inflight -= 1
