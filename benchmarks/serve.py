@@ -215,16 +215,20 @@ def bare_server(checkpoint: str, port: int, batching: bool = False,
 
 
 def tiny_checkpoint(work: Path, features: Path | None = None) -> str:
-    """A 2-epoch fusion run in ``work`` on ``features`` (default: synthetic features made
-    in ``work``); the bundle folder it wrote."""
+    """A 2-epoch run of the quickstart's fusion recipe (its encoders, per-subject
+    statistics and auxiliary heads: the model the quickstart serves) in ``work`` on
+    ``features`` (default: synthetic features made in ``work``); the bundle folder it
+    wrote."""
     from benchmarks.train import make_features
+    from emoray.cli.quickstart import QUICKSTART_DEFAULTS
     from emoray.config import FusionStageConfig
     from emoray.train.stages.fusion import train_fusion
 
     feats = features if features is not None else make_features(work, True, "serve")
-    cfg = FusionStageConfig(epochs=2, batch_size=8, dim=32, heads=2, layers=1, num_workers=1,
-                            cpus_per_worker=0.5, controller_failure_limit=0, max_failures=0,
-                            materialize=True)
+    recipe = {**QUICKSTART_DEFAULTS["train"]["stages"]["fusion"],
+              "epochs": 2, "batch_size": 8, "num_workers": 1, "cpus_per_worker": 0.5,
+              "controller_failure_limit": 0, "max_failures": 0}
+    cfg = FusionStageConfig(**recipe)
     out = train_fusion(feats, work / "run", cfg)
     return str(out["checkpoint"])          # the bundle: the run folder holds no plan state
 

@@ -1,5 +1,5 @@
 """`emoray bench serve` without `--checkpoint`: the tiny model the benchmark trains for
-itself is a servable bundle, and the benchmark's own request, binary and JSON, gets an answer
+itself (the quickstart's fusion recipe) is a servable bundle, and the benchmark's own request, binary and JSON, gets an answer
 from it through the in-process floor (the server's decoder, the real contract and model; the
 HTTP systems are the benchmark's)."""
 
@@ -24,6 +24,12 @@ def test_the_benchmarks_own_model_is_servable_and_answers_its_request(eav_featur
     bundle = tiny_checkpoint(tmp_path, eav_features / "feat")
     assert resolve_checkpoint(bundle) == resolve_checkpoint(str(bundle))
     assert (resolve_checkpoint(bundle) / "bundle.json").is_file()
+    # the quickstart's recipe: its encoders, auxiliary heads and per-subject statistics
+    config = json.loads((resolve_checkpoint(bundle) / "bundle.json").read_text())["model_config"]
+    assert {m: e["name"] for m, e in config["encoders"].items()} == {
+        "eeg": "bandpower-mlp", "speech": "speechstats", "video": "vit"}
+    assert config["per_modality"] == "aux" and config["fusion"]["fuse_aux"]
+    assert (resolve_checkpoint(bundle) / "subject_stats.npz").is_file()
     body, ctype = request_body(bundle, "json")
     assert set(json.loads(body)) >= {"eeg", "speech", "video"} and ctype == "application/json"
     binary, btype = request_body(bundle)                           # the client's default
