@@ -74,7 +74,7 @@ import time
 from typing import Any, Callable
 
 from benchmarks._runner import runner_parser, start_ray
-from benchmarks._serve_cpu import ray_processes, system_meters, titles
+from benchmarks._serve_cpu import direct_ingress_ports, ray_processes, system_meters, titles
 from benchmarks._serve_http import _free_port, _stop_loop, _wait_up, noop_latency  # noqa: F401
 from benchmarks._serve_stream import measure_streams
 from emoray.config import RayConfig
@@ -320,7 +320,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
               f"{counts}", flush=True)
 
         sport = _free_port()
-        router_url = f"http://127.0.0.1:{sport}"
+        proxy_url = f"http://127.0.0.1:{sport}"
         serve.start(http_options={"host": "127.0.0.1", "port": sport})
         for batching in (True, False):
             suffix = "+batch" if batching else ""
@@ -336,9 +336,16 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                       logging_config={"enable_access_log": False, "log_level": "WARNING"})
             fastapi_url = f"http://127.0.0.1:{port}"
             _wait_up(fastapi_url, 120, lambda p=proc: p.poll() is None)
+            _wait_up(proxy_url, 120)
+            # requests go to the router replica's own port where Serve runs with direct
+            # ingress (emoray's default: runtime.EMBEDDED_ENV), else through the proxy
+            direct = direct_ingress_ports(APP_NAME) if router_replicas == 1 else []
+            router_url = f"http://127.0.0.1:{direct[0]}" if direct else proxy_url
             _wait_up(router_url, 120)
+            ingress = "direct ingress" if direct else "proxy"
             print(f"bench serve: batching {'on' if batching else 'off'}: servers up in "
-                  f"{time.monotonic() - t0:.1f} s", flush=True)
+                  f"{time.monotonic() - t0:.1f} s; router requests through the {ingress} "
+                  f"({router_url})", flush=True)
             if batching:
                 noop = noop_latency(router_url, 10 if quick else 30)
                 print(f"  serve without model work: GET /v1/health {noop['health_ms']:.1f} "
@@ -367,7 +374,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                           f"{s['p99']:7.1f} ms  {s['rps']:6.1f} req/s  cpu {s['cpu_ms']:5.1f} "
                           f"ms/req  ({s['errors']} errors)", flush=True)
             if batching and stream_counts:
-                for name, url in (("router", router_url), ("fastapi", fastapi_url)):
+                for name, url in (("router", proxy_url), ("fastapi", fastapi_url)):
                     print(f"bench serve: {name}: live streams {stream_counts}", flush=True)
                     streams[name] = measure_streams(url, backend.info(), stream_counts,
                                                     stream_seconds)
@@ -381,7 +388,9 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                "router_replicas": router_replicas, "replica_num_cpus": 0.1,
                "ray_cpus": ray_cfg.num_cpus if ray_cfg else 2,
                "max_batch_size": dep.max_batch_size,
-               "batch_wait_timeout_s": dep.batch_wait_timeout_s}
+               "batch_wait_timeout_s": dep.batch_wait_timeout_s,
+               "router_ingress": ingress, "streams_through": "proxy",
+               "serve_throughput_optimized": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED")}
     finally:
         if proc is not None:
             proc.kill()

@@ -162,7 +162,13 @@ def quiet_console() -> None:
 #: nothing. Ray Data's V2 Parquet reader starts a pool of FooterReader actors per read;
 #: the V1 reader does not, and feature shards are a few files. Each of those processes
 #: imports Ray (~3 s of CPU on 2 cores): without them a tiny stage took 26-31 s, not 31-38 s.
-EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_DATA_USE_DATASOURCE_V2": "0"}
+#: Serve runs in Ray's documented high-throughput mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED``,
+#: Ray >= 2.55: gRPC between deployments, user code on the replica's own loop, and each
+#: ingress replica also answering HTTP on its own port, from 30000, beside the proxy's): on
+#: the serve benchmark's request it took the router's CPU per request at c=32 from 32.2 to
+#: 17.6 ms through that port (26.8 through the proxy) (docs/benchmarks.md).
+EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_DATA_USE_DATASOURCE_V2": "0",
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def embedded_defaults() -> None:
