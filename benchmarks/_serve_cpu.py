@@ -164,23 +164,3 @@ def system_meters(app: str, server_pid: int, by_title: dict[str, float] | None =
             "router": {"ray_core": process_meter(ray("ray_core"), by_title),
                        "cpu": process_meter(ray("serve"), by_title)}}
 
-
-def direct_ingress_ports(app: str, deployment: str = "FusionRouter") -> list[int]:
-    """The TCP ports the replicas of ``deployment`` of ``app`` listen on themselves: Ray
-    Serve's direct ingress (``RAY_SERVE_THROUGHPUT_OPTIMIZED``), where each ingress replica
-    answers HTTP beside the proxy. Empty when Serve runs without it."""
-    import psutil
-    from ray.serve._private.constants import (RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT as hi,
-                                              RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as lo)
-
-    ports: set[int] = set()
-    for proc in ray_processes(app)["serve"]:
-        if not _title(proc).endswith(f":{deployment}"):
-            continue
-        try:
-            conns = proc.net_connections("tcp")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        ports.update(c.laddr.port for c in conns
-                     if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi)
-    return sorted(ports)

@@ -74,7 +74,7 @@ import time
 from typing import Any, Callable
 
 from benchmarks._runner import runner_parser, start_ray
-from benchmarks._serve_cpu import direct_ingress_ports, ray_processes, system_meters, titles
+from benchmarks._serve_cpu import ray_processes, system_meters, titles
 from benchmarks._serve_http import _free_port, _stop_loop, _wait_up, noop_latency  # noqa: F401
 from benchmarks._serve_stream import measure_streams
 from emoray.config import RayConfig
@@ -285,7 +285,7 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     import torch
     from ray import serve
 
-    from emoray.serving.app import LocalBackend, build_app
+    from emoray.serving.app import LocalBackend, build_app, direct_ingress_urls
     from emoray.serving.model import resolve_checkpoint
 
     counts = requests_per_cell or ({1: 10, 8: 40, 32: 40} if quick
@@ -339,8 +339,8 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
             _wait_up(proxy_url, 120)
             # requests go to the router replica's own port where Serve runs with direct
             # ingress (emoray's default: runtime.EMBEDDED_ENV), else through the proxy
-            direct = direct_ingress_ports(APP_NAME) if router_replicas == 1 else []
-            router_url = f"http://127.0.0.1:{direct[0]}" if direct else proxy_url
+            direct = direct_ingress_urls(APP_NAME) if router_replicas == 1 else []
+            router_url = direct[0] if direct else proxy_url
             _wait_up(router_url, 120)
             ingress = "direct ingress" if direct else "proxy"
             print(f"bench serve: batching {'on' if batching else 'off'}: servers up in "

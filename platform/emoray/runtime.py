@@ -166,9 +166,13 @@ def quiet_console() -> None:
 #: Ray >= 2.55: gRPC between deployments, user code on the replica's own loop, and each
 #: ingress replica also answering HTTP on its own port, from 30000, beside the proxy's): on
 #: the serve benchmark's request it took the router's CPU per request at c=32 from 32.2 to
-#: 17.6 ms through that port (26.8 through the proxy) (docs/benchmarks.md).
+#: 17.6 ms through that port (26.8 through the proxy) (docs/benchmarks.md). A stopping
+#: direct-ingress replica keeps answering for a drain period so that external load balancers
+#: notice it going (30 s by default); one machine has none, and 30 s held every
+#: ``serve.shutdown`` and downscale that long, so the embedded Ray drains for 2 s.
 EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_DATA_USE_DATASOURCE_V2": "0",
-                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
 def embedded_defaults() -> None:

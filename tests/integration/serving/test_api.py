@@ -56,6 +56,30 @@ def test_health_model_docs_and_auth(served, record):
     assert missing.status_code == 404 and missing.json()["error"]["status"] == 404
 
 
+def test_the_router_answers_on_its_direct_ingress_port_as_through_the_proxy(served, record):
+    """Ray's high-throughput mode (the embedded Ray's default, ``runtime.EMBEDDED_ENV``):
+    the one router replica also answers HTTP on its own port, on loopback like the proxy,
+    with the same key, the same refusals and the same answers."""
+    from ray.serve._private.constants import (RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT,
+                                              RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT)
+
+    from emoray.serving.app import direct_ingress_urls
+
+    (direct,) = direct_ingress_urls("fusion")                 # one router replica
+    host, port = direct.removeprefix("http://").rsplit(":", 1)
+    assert direct != served["url"] and host == "127.0.0.1"
+    assert RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT <= int(port) <= RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
+    assert requests.get(direct + "/v1/model", timeout=30).status_code == 401
+    body = json_request(eeg=record["eeg"], speech=record["speech"], video=record["video"])
+    via_proxy, via_port = post(served["url"], body), post(direct, body)
+    assert via_proxy.status_code == via_port.status_code == 200, via_port.text
+    close(via_port.json()["probabilities"], via_proxy.json()["probabilities"], tol=1e-6)
+    bad = dict(body, speech={**body["speech"], "sample_rate": -1})
+    refused = post(direct, bad)
+    assert refused.status_code == 422 and refused.json()["error"]["field"].startswith("speech")
+    assert requests.get(direct + "/v1/health", timeout=30).json()["status"] == "ok"
+
+
 def test_every_modality_subset_over_json_matches_in_process(served, record):
     """Each subset answers 200 with the in-process prediction (JPEG frames on both sides),
     EEG channels shuffled in the request."""
