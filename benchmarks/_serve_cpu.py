@@ -163,4 +163,3 @@ def system_meters(app: str, server_pid: int, by_title: dict[str, float] | None =
                         "cpu": process_meter(lambda: _process(server_pid))},
             "router": {"ray_core": process_meter(ray("ray_core"), by_title),
                        "cpu": process_meter(ray("serve"), by_title)}}
-

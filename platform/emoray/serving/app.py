@@ -367,10 +367,20 @@ def direct_ingress_urls(app_name: str, timeout_s: float = 15.0) -> list[str]:
     (Ray Serve's direct ingress, on in Ray's high-throughput mode,
     ``RAY_SERVE_THROUGHPUT_OPTIMIZED``), beside the proxy; empty without it. Asks the Serve
     controller for the application's target groups (Ray's own view, any node), waiting up
-    to ``timeout_s`` for the replicas' ports."""
+    to ``timeout_s`` for the replicas' ports. The mode is read from this process's
+    environment (which an embedded Ray inherits; a cluster's own may differ)."""
+    import os
+
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
+    def on(name: str) -> bool | None:
+        value = os.environ.get(name)
+        return None if value is None else value.strip().lower() in ("1", "true")
+
+    direct = on("RAY_SERVE_ENABLE_DIRECT_INGRESS")
+    if not (direct or (direct is None and on("RAY_SERVE_THROUGHPUT_OPTIMIZED"))):
+        return []
     deadline = time.monotonic() + timeout_s
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     while True:
