@@ -7,6 +7,7 @@ Unix sockets are not network sockets and are not listed.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -15,6 +16,13 @@ import psutil
 #: the one listener Ray 2.60 opens on every interface whatever the node address: each Serve
 #: replica's inter-deployment gRPC server (``[::]:0``), behind Ray's token authentication
 RAY_WILDCARD_PROCESS = "ray::ServeReplica"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,12 @@ import pytest
 import requests
 
 from serve_checks import one_record
+from sockets import free_port
 from emoray.serving.client import json_request
 
 pytestmark = pytest.mark.integration
 
 DIRECT_LINE = "[serve] the router also answers directly"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _lines(proc: subprocess.Popen) -> queue.Queue:
@@ -44,7 +38,7 @@ def _lines(proc: subprocess.Popen) -> queue.Queue:
 
 def test_emoray_serve_prints_the_proxy_and_the_direct_address_and_both_answer(
         fusion_run, eav_features, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-m", "emoray", "serve",
                              str(fusion_run["checkpoint"]), "--port", str(port)],

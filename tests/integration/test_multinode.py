@@ -45,7 +45,6 @@ import queue
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ import psutil
 import pytest
 
 from conftest import wait_for  # tests/ is on sys.path under pytest
+from sockets import free_port
 from emoray.train.plan import read_state
 from test_train_faults import (REPO, TINY, WORKERS, _committed, _gone, _history,
                                _ray_processes)
@@ -130,7 +130,7 @@ class _Owner:
     """The cluster-owner process seen from the test: commands, replies, the nodes."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        head = dict(HEAD, dashboard_port=_free_port())     # 8265 is the session Ray's
+        head = dict(HEAD, dashboard_port=free_port())     # 8265 is the session Ray's
         spec = {"head": head, "worker": WORKER_NODE, "prefix": PREFIX}
         code = inspect.getsource(_own_cluster) + "\n_own_cluster()\n"
         self.log = log
@@ -201,12 +201,6 @@ class _Owner:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_of(p: psutil.Process, raylets: dict[int, str]) -> str | None:

@@ -12,7 +12,6 @@ whatever their number); the default run's count is in docs/quickstart.md.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 
@@ -27,15 +26,9 @@ SHORT = ["synth.trials_per_class=3", "synth.seconds=5", "train.stages.intra.epoc
 MAX_LINES = 150
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_quickstart_prints_a_short_console_and_logs_the_rest(tmp_path):
     out = tmp_path / "qs"
-    sets = [a for kv in SHORT + [f"serve.port={_free_port()}"] for a in ("--set", kv)]
+    sets = [a for kv in SHORT + [f"serve.port={sockets.free_port()}"] for a in ("--set", kv)]
     with subprocess.Popen([sys.executable, "-m", "emoray", "quickstart", "--out", str(out),
                            "--num-cpus", "2", "--seeds", "1", *sets], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:

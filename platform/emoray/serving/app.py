@@ -368,7 +368,9 @@ def direct_ingress_urls(app_name: str, timeout_s: float = 15.0) -> list[str]:
     ``RAY_SERVE_THROUGHPUT_OPTIMIZED``), beside the proxy; empty without it. Asks the Serve
     controller for the application's target groups (Ray's own view, any node), waiting up
     to ``timeout_s`` for the replicas' ports. The mode is read from this process's
-    environment (which an embedded Ray inherits; a cluster's own may differ)."""
+    environment (which an embedded Ray inherits; a cluster's own may differ), not from
+    Ray's constants: those were fixed when ``ray.serve`` was imported, which can be before
+    :func:`emoray.runtime.embedded_defaults` set the variables."""
     import os
 
     import ray

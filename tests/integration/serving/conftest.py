@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from serve_checks import one_record
+from sockets import free_port
 from emoray.config import ServeConfig
 
-from .served import FAST_SCALE, KEY, KEY_ENV, LEAN, free_port
+from .served import FAST_SCALE, KEY, KEY_ENV, LEAN
 
 
 @pytest.fixture(scope="package")

@@ -3,8 +3,6 @@ settings, and small helpers to post, count replicas and name the live routers.""
 
 from __future__ import annotations
 
-import socket
-
 import requests
 
 KEY_ENV, KEY = "EMORAY_TEST_API_KEY", "s3cret-test-key"
@@ -12,12 +10,6 @@ FAST_SCALE = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1
               "upscale_delay_s": 0.5, "downscale_delay_s": 3, "metrics_interval_s": 0.5,
               "look_back_period_s": 2}
 LEAN = {"num_cpus": 0.05}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replicas(app: str, deployment: str) -> int:
