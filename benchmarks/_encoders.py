@@ -17,7 +17,6 @@ accuracy for the modality on the same split sits beside it in the table.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,41 +46,47 @@ def encoder_stage(base, modality: str, arch: str, column: str, preset: str,
 def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, preset: str,
                      epochs: int | None = None,
                      encoders: dict[str, list[tuple[str, str]]] | None = None,
-                     echo=print) -> list[dict[str, Any]]:
+                     parallel: int = 2, echo=print) -> list[dict[str, Any]]:
     """Train every ``(modality, architecture)`` of ``encoders`` (default :data:`ENCODERS`)
     once per seed with the plan's fusion-stage recipe on that modality alone (its own
     column standardised per subject, no ``feature_noise``: the raw-EEG encoders' input
-    has no standard units, so none of the compared encoders gets it); returns one
-    row per architecture: ``{"modality", "encoder", "preset", "acc": [per seed],
-    "n_val", "seconds", "steps"}`` (an architecture that cannot be built on the contract
-    gets ``"error"`` instead of accuracies)."""
+    has no standard units, so none of the compared encoders gets it), ``parallel`` runs at
+    a time (Ray tasks, as ``emoray evaluate --parallel``); returns one row per
+    architecture: ``{"modality", "encoder", "preset", "acc": [per seed], "n_val",
+    "seconds" (its runs' wall time, summed), "steps"}`` (an architecture that cannot be
+    built on the contract gets ``"error"`` instead of accuracies)."""
     from emoray.config import SplitConfig
     from emoray.errors import EmorayError
+    from emoray.runtime import run_concurrently
     from emoray.train.stages.fusion import train_fusion
 
     base = cfg.train.stages["fusion"]
     split = SplitConfig(fraction=cfg.train.split.fraction)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    calls, owner = [], []
     for modality, archs in (encoders or ENCODERS).items():
         for arch, column in archs:
             stage = encoder_stage(base, modality, arch, column, preset, epochs)
-            row: dict[str, Any] = {"modality": modality, "encoder": arch, "preset": preset,
-                                   "acc": [], "steps": None}
-            t = time.perf_counter()
+            rows.append({"modality": modality, "encoder": arch, "preset": preset,
+                         "acc": [], "steps": None, "seconds": 0.0})
             for seed in seeds:
                 name = f"{modality}-{arch.replace(':', '-')}-s{seed}"
-                try:
-                    out = train_fusion(features, work / "encoders", stage.model_copy(
-                        update={"seed": seed}), name=name, split=split)
-                except EmorayError as exc:           # refused before training: say why
-                    row["error"] = str(exc).splitlines()[0]
-                    break
-                metrics = out["metrics"]
-                row["acc"].append(float(metrics["val_acc"]))
-                row["n_val"] = int(metrics.get("val_n", 0))
-                row["steps"] = metrics.get("steps")
-                echo(f"  {modality} {arch} ({preset}) seed {seed}: "
-                     f"{100 * row['acc'][-1]:.1f} %")
-            row["seconds"] = time.perf_counter() - t
-            rows.append(row)
+                calls.append(((features, work / "encoders",
+                               stage.model_copy(update={"seed": seed})),
+                              {"name": name, "split": split}))
+                owner.append((rows[-1], seed))
+    outcomes = run_concurrently(train_fusion, calls, parallel, keep_errors=(EmorayError,))
+    for (row, seed), (out, seconds) in zip(owner, outcomes):
+        row["seconds"] += seconds
+        if isinstance(out, EmorayError):             # refused before training: say why
+            row["error"] = str(out).splitlines()[0]
+            continue
+        if "error" in row:
+            continue
+        metrics = out["metrics"]
+        row["acc"].append(float(metrics["val_acc"]))
+        row["n_val"] = int(metrics.get("val_n", 0))
+        row["steps"] = metrics.get("steps")
+        echo(f"  {row['modality']} {row['encoder']} ({preset}) seed {seed}: "
+             f"{100 * row['acc'][-1]:.1f} %")
     return rows

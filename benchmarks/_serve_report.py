@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 from benchmarks._runner import percentile, table, write_result
 from benchmarks._serve_cpu import Meter, per_request_ms
-from emoray.errors import ConfigError
 
 TARGET = 0.9                 # router / floor throughput at the highest concurrency
 LATENCY_SLACK_MS = 15.0      # router p50 <= floor p50 + this, at the lowest concurrency

@@ -277,3 +277,52 @@ def map_tasks(tasks: list[dict], fn, desc: str | None = None, unit: str = "task"
         return results
     finally:
         ctx.op_resource_reservation_enabled = saved
+
+
+def _timed_call(fn, args: tuple, kwargs: dict):
+    """A Ray task body: ``fn(*args, **kwargs)`` and its wall time in seconds."""
+    import time
+
+    t = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - t
+
+
+def run_concurrently(fn, calls: list[tuple[tuple, dict]], parallel: int,
+                     on_start=None, keep_errors: tuple[type, ...] = ()
+                     ) -> list[tuple[object, float]]:
+    """``fn(*args, **kwargs)`` for each ``(args, kwargs)`` of ``calls`` as Ray tasks, at
+    most ``parallel`` at a time; returns ``(result, seconds)`` per call, in call order.
+
+    ``fn`` must be importable by the workers (a module-level function of the package).
+    The tasks reserve no CPU (``num_cpus=0``): what they start (a Ray Train run) reserves
+    its own resources, so a task waiting on its trainer does not hold a CPU the trainer
+    needs. ``on_start(i, running)`` is called as call ``i`` starts. An exception of a
+    ``keep_errors`` class raised by a call stands in that call's place (the original
+    exception, not Ray's wrapper); any other one is raised.
+    """
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_timed_call)
+    refs: list = [None] * len(calls)
+    pending: dict = {}
+    for i, (args, kwargs) in enumerate(calls):
+        if len(pending) >= parallel:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            refs[pending.pop(done[0])] = done[0]
+        ref = task.remote(fn, tuple(args), dict(kwargs))
+        pending[ref] = i
+        if on_start:
+            on_start(i, len(pending))
+    for ref, i in pending.items():
+        refs[i] = ref
+    out: list[tuple[object, float]] = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if keep_errors and isinstance(cause, keep_errors):
+                out.append((cause, 0.0))
+            else:
+                raise
+    return out

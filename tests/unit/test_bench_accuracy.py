@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks._probe import run_probe, subject_zscore
-from benchmarks.accuracy import interval
+from benchmarks.accuracy import interval, run_benchmark
 
 
 def _data(rng, n_per=40, offset=5.0):
@@ -88,3 +88,14 @@ def test_every_compared_encoder_gets_a_valid_stage_from_the_shipped_recipe():
             # ... the comparison does not standardise: it trains each encoder without it
             assert stage.subject_norm == [column] and stage.feature_noise == {}
             assert (stage.modalities, stage.epochs, stage.mixup) == ([modality], 2, base.mixup)
+
+
+def test_bench_parallel_is_refused_outside_accuracy_and_below_one_run(capsys):
+    from emoray.cli.commands import run
+
+    assert run(["bench", "serve", "--parallel", "2"]) == 2
+    assert "--parallel applies to `bench accuracy`" in capsys.readouterr().err
+    assert run(["bench", "accuracy", "--parallel", "0"]) == 2
+    assert "expected a number of training runs >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="parallel: expected a number of runs >= 1"):
+        run_benchmark(quick=True, parallel=0)

@@ -354,12 +354,18 @@ def _bench(args: argparse.Namespace) -> int:
         if args.name != "serve":
             raise EmorayError("bench: --encoding applies to `bench serve`")
         kwargs["encoding"] = args.encoding
-    if args.parts and args.name != "accuracy":
-        raise EmorayError("bench: --parts applies to `bench accuracy`")
+    for flag in ("parts", "parallel"):
+        if getattr(args, flag) is not None and args.name != "accuracy":
+            raise EmorayError(f"bench: --{flag} applies to `bench accuracy`")
     if args.name == "accuracy":
         kwargs["overrides"] = list(args.overrides)     # its run's own config (quickstart's)
         if args.parts:
             kwargs["parts"] = tuple(p for p in args.parts.split(",") if p)
+        if args.parallel is not None:
+            if args.parallel < 1:
+                raise EmorayError(f"bench accuracy --parallel: expected a number of training "
+                                  f"runs >= 1, got {args.parallel}")
+            kwargs["parallel"] = args.parallel
     bench = importlib.import_module(f"benchmarks.{args.name}")
     bench.run_benchmark(quick=args.quick, out_dir=args.out, ray_cfg=cfg.ray, **kwargs)
     return 0

@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which benchmark")
     p.add_argument("--parts", help="bench accuracy: comma-separated parts to run, of "
                    "deep,encoders (default: both)")
+    p.add_argument("--parallel", type=int, help="bench accuracy: training runs at a time "
+                   "(default 2; --quick: 3)")
     p.add_argument("--checkpoint", help="bench serve: serve this checkpoint instead of "
                    "training a tiny model")
     p.add_argument("--encoding", choices=["binary", "json"], help="bench serve: the request "

@@ -60,7 +60,6 @@ from urllib.request import url2pathname
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from emoray.errors import ConfigError
@@ -177,6 +176,11 @@ class AudioSpectrogramTransformer(BaseEncoder):
         f, t = self.grid(n_frames)
         self.pos_embed = nn.Parameter(torch.zeros(1, N_PREFIX + f * t, dim))  # (1, 2+N, D)
         self.pos_drop = nn.Dropout(dropout)
+        # imported here, not with the module: timm pulls in torchvision and torch._dynamo
+        # (about 1.5 s of CPU), which a process that builds no AST (a JMML stage's
+        # worker, an EEG replica) should not pay for importing the encoder registry
+        from timm.models.vision_transformer import Block
+
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.Sequential(*(
             Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, proj_drop=dropout,

@@ -34,8 +34,6 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import torch
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from emoray.errors import ConfigError
@@ -121,6 +119,10 @@ class VideoViT(BaseEncoder):
                               f"override patch")
         self.n_frames, self.size, self.patch = n_frames, size, patch
         self.dim = dim
+        # timm is imported where it is used, as in the AST (emoray.models.ast): importing
+        # the encoder registry stays cheap for processes that build no ViT
+        from timm.models.vision_transformer import VisionTransformer
+
         self.backbone = VisionTransformer(
             img_size=size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
             mlp_ratio=mlp_ratio, class_token=True, global_pool="token", num_classes=0,
@@ -206,6 +208,8 @@ class VideoViT(BaseEncoder):
     def _from_timm(self, state: dict[str, torch.Tensor], file: Path,
                    strict: bool = True) -> dict[str, torch.Tensor]:
         """Map a timm state dict onto our backbone's keys (no prefix), resampled to fit."""
+        from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
         state = {k: v for k, v in state.items() if not k.startswith(_IGNORED)}
         own = self.backbone.state_dict()
         pos, kernel = state.get("pos_embed"), state.get("patch_embed.proj.weight")

@@ -184,21 +184,12 @@ def _plan_task(tree: dict[str, Any], label: str, tracking: tuple) -> dict[str, A
 
 def _run_concurrently(units: list[tuple[EmorayConfig, str, tuple]], parallel: int,
                       echo: Callable[[str], None]) -> list[dict[str, Any]]:
-    import ray
+    from emoray.runtime import run_concurrently
 
-    task = ray.remote(num_cpus=0, max_retries=0)(_plan_task)
-    refs: list = [None] * len(units)
-    pending: dict = {}
-    for i, (sub, label, tracking) in enumerate(units):
-        if len(pending) >= parallel:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            refs[pending.pop(done[0])] = done[0]
-        ref = task.remote(sub.model_dump(mode="json"), label, tracking)
-        pending[ref] = i
-        echo(f"{label} (started, {len(pending)} running)")
-    for ref, i in pending.items():
-        refs[i] = ref
-    return ray.get(refs)
+    calls = [((sub.model_dump(mode="json"), label, tracking), {})
+             for sub, label, tracking in units]
+    started = lambda i, running: echo(f"{units[i][1]} (started, {running} running)")  # noqa: E731
+    return [result for result, _ in run_concurrently(_plan_task, calls, parallel, started)]
 
 
 # -- aggregation ----------------------------------------------------------------------
