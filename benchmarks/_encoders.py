@@ -43,22 +43,21 @@ def encoder_stage(base, modality: str, arch: str, column: str, preset: str,
     return type(base).model_validate({**base.model_dump(), **update})
 
 
-def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, preset: str,
-                     epochs: int | None = None,
-                     encoders: dict[str, list[tuple[str, str]]] | None = None,
-                     parallel: int = 2, echo=print) -> list[dict[str, Any]]:
-    """Train every ``(modality, architecture)`` of ``encoders`` (default :data:`ENCODERS`)
-    once per seed with the plan's fusion-stage recipe on that modality alone (its own
-    column standardised per subject, no ``feature_noise``: the raw-EEG encoders' input
-    has no standard units, so none of the compared encoders gets it), ``parallel`` runs at
-    a time (Ray tasks, as ``emoray evaluate --parallel``); returns one row per
-    architecture: ``{"modality", "encoder", "preset", "acc": [per seed], "n_val",
-    "seconds" (its runs' wall time, summed), "steps"}`` (an architecture that cannot be
-    built on the contract gets ``"error"`` instead of accuracies)."""
+def encoder_runs(cfg, features: Path, work: Path, seeds: list[int], *, preset: str,
+                 epochs: int | None = None,
+                 encoders: dict[str, list[tuple[str, str]]] | None = None):
+    """The comparison: every ``(modality, architecture)`` of ``encoders`` (default
+    :data:`ENCODERS`) once per seed with the plan's fusion-stage recipe on that modality
+    alone (its own column standardised per subject, no ``feature_noise``: the raw-EEG
+    encoders' input has no standard units, so none of the compared encoders gets it).
+
+    Returns its rows, one per architecture, to be filled by :func:`collect`
+    (``{"modality", "encoder", "preset", "acc": [per seed], "n_val", "seconds" (its runs'
+    wall time, summed), "steps"}``; an architecture that cannot be built on the contract
+    gets ``"error"`` instead of accuracies), its ``train_fusion`` calls (``(args,
+    kwargs)``, for :func:`emoray.runtime.run_concurrently`: the benchmark runs them in one
+    pool with its other runs) and each call's ``(row, seed)``."""
     from emoray.config import SplitConfig
-    from emoray.errors import EmorayError
-    from emoray.runtime import run_concurrently
-    from emoray.train.stages.fusion import train_fusion
 
     base = cfg.train.stages["fusion"]
     split = SplitConfig(fraction=cfg.train.split.fraction)
@@ -75,7 +74,14 @@ def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, prese
                                stage.model_copy(update={"seed": seed})),
                               {"name": name, "split": split}))
                 owner.append((rows[-1], seed))
-    outcomes = run_concurrently(train_fusion, calls, parallel, keep_errors=(EmorayError,))
+    return rows, calls, owner
+
+
+def collect(rows: list[dict[str, Any]], owner: list, outcomes: list, echo=print
+            ) -> list[dict[str, Any]]:
+    """Fill ``rows`` from the runs' ``(result or refusal, seconds)``, in call order."""
+    from emoray.errors import EmorayError
+
     for (row, seed), (out, seconds) in zip(owner, outcomes):
         row["seconds"] += seconds
         if isinstance(out, EmorayError):             # refused before training: say why
@@ -87,6 +93,6 @@ def compare_encoders(cfg, features: Path, work: Path, seeds: list[int], *, prese
         row["acc"].append(float(metrics["val_acc"]))
         row["n_val"] = int(metrics.get("val_n", 0))
         row["steps"] = metrics.get("steps")
-        echo(f"  {row['modality']} {row['encoder']} ({preset}) seed {seed}: "
+        echo(f"  {row['modality']} {row['encoder']} ({row['preset']}) seed {seed}: "
              f"{100 * row['acc'][-1]:.1f} %")
     return rows

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._encoders import ENCODERS, compare_encoders
+from benchmarks._encoders import ENCODERS, collect, encoder_runs
 from benchmarks._probe import MODALITIES, load_table, run_probe
 from benchmarks._runner import runner_parser, start_ray, table, write_result
 
@@ -97,8 +97,8 @@ def make_features(work: Path, sizes: dict[str, Any], plan: str | None, ray_cfg=N
     if ray_cfg is not None:
         cfg.ray = ray_cfg
     corpus, records, features = work / "corpus", work / "records", work / "features"
+    start_ray(cfg.ray, out_dir, "accuracy")      # first: Ray's processes start beside synth
     write_corpus(cfg.synth, corpus)
-    start_ray(cfg.ray, out_dir, "accuracy")
     quiet = lambda *_: None                                            # noqa: E731
     run_ingest(cfg.ingest.model_copy(update={"source": str(corpus), "output": str(records)}),
                echo=quiet)
@@ -124,16 +124,30 @@ def deep(cfg, features: Path, work: Path, seeds: list[int], folds: int,
                               cfg=plan_cfg, echo=quiet, parallel=parallel)
 
 
-def repeat_fusion(cfg, features: Path, work: Path, seed: int) -> dict[str, Any]:
-    """Train the plan's fusion stage once more with ``seed`` on the within-subject split (a
-    fresh run folder): what a user re-running the same config gets."""
+def repeat_call(cfg, features: Path, work: Path, seed: int) -> tuple[tuple, dict]:
+    """The ``train_fusion`` call (``(args, kwargs)``) that trains the plan's fusion stage
+    once more with ``seed`` on the within-subject split, in a fresh run folder: what a
+    user re-running the same config gets."""
     from emoray.config import SplitConfig
-    from emoray.train.stages.fusion import train_fusion
 
     stage = cfg.train.stages["fusion"].model_copy(update={"seed": seed})
-    out = train_fusion(features, work / "repeat", stage, name=f"repeat-seed{seed}",
-                       split=SplitConfig(fraction=cfg.train.split.fraction))
-    return out["metrics"]
+    return ((features, work / "repeat", stage),
+            {"name": f"repeat-seed{seed}",
+             "split": SplitConfig(fraction=cfg.train.split.fraction)})
+
+
+def repeat_fusion(cfg, features: Path, work: Path, seed: int) -> dict[str, Any]:
+    """Run :func:`repeat_call` here; its metrics."""
+    from emoray.train.stages.fusion import train_fusion
+
+    args, kwargs = repeat_call(cfg, features, work, seed)
+    return train_fusion(*args, **kwargs)["metrics"]
+
+
+def _repeated(repeat: dict[str, Any], again: float) -> None:
+    """Fill the repeatability entry with the second run's fused accuracy."""
+    first = repeat["first"]
+    repeat.update(again=again, diff=None if first is None else abs(again - first))
 
 
 def unit_split(features: Path, unit: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -313,22 +327,15 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
                                               [*ENCODER_CONTRACT, *(overrides or [])], out_dir)
         times["data"] = time.perf_counter() - t
         data = load_table(features)
+        # with both parts, the repeat run joins the encoder comparison's pool (its
+        # last round has idle room), else it runs at the end of the deep part
+        both = "deep" in parts and "encoders" in parts
         if "deep" in parts:
-            details.update(_deep_part(cfg, corpus, features, work, sizes, data, times))
+            details.update(_deep_part(cfg, corpus, features, work, sizes, data, times,
+                                      repeat_now=not both))
         if "encoders" in parts:
-            t = time.perf_counter()
-            within = unit_split(features, {})
-            probe = run_probe(data, *within)
-            rows = compare_encoders(cfg, features, work, sizes["seeds"],
-                                    preset=sizes["encoder_preset"],
-                                    epochs=sizes.get("encoder_epochs"),
-                                    encoders={m: ENCODERS[m] for m in encoder_modalities},
-                                    parallel=sizes["parallel"])
-            label, ratio = _encoder_ratio(rows) or (None, None)
-            details["encoders"] = {"rows": rows, "probe": probe,
-                                   "table": _encoder_rows(rows, probe),
-                                   "ratio": ratio, "ratio_of": label}
-            times["encoders"] = time.perf_counter() - t
+            details["encoders"] = _encoders_part(cfg, features, work, sizes, data, times,
+                                                 encoder_modalities, details.get("repeat"))
         details["seconds"] = times
     finally:
         if not keep:
@@ -336,9 +343,44 @@ def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results
     return _report(details, out_dir)
 
 
+def _encoders_part(cfg, features: Path, work: Path, sizes: dict[str, Any],
+                   data: dict[str, Any], times: dict[str, float],
+                   modalities: tuple[str, ...], repeat: dict[str, Any] | None
+                   ) -> dict[str, Any]:
+    """The encoder comparison against the probe; ``repeat``, the deep part's repeatability
+    entry still to run, goes first into the same pool (the longest run first) and is
+    filled here (``times["repeat"]``: its own run's wall time, within the encoders')."""
+    from emoray.errors import EmorayError
+    from emoray.runtime import run_concurrently
+    from emoray.train.stages.fusion import train_fusion
+
+    t = time.perf_counter()
+    probe = run_probe(data, *unit_split(features, {}))
+    rows, calls, owner = encoder_runs(cfg, features, work, sizes["seeds"],
+                                      preset=sizes["encoder_preset"],
+                                      epochs=sizes.get("encoder_epochs"),
+                                      encoders={m: ENCODERS[m] for m in modalities})
+    if repeat:
+        calls.insert(0, repeat_call(cfg, features, work, repeat["seed"]))
+    outcomes = run_concurrently(train_fusion, calls, sizes["parallel"],
+                                keep_errors=(EmorayError,))
+    if repeat:
+        out, times["repeat"] = outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        _repeated(repeat, out["metrics"]["val_acc"])
+    rows = collect(rows, owner, outcomes)
+    label, ratio = _encoder_ratio(rows) or (None, None)
+    times["encoders"] = time.perf_counter() - t
+    return {"rows": rows, "probe": probe, "table": _encoder_rows(rows, probe),
+            "ratio": ratio, "ratio_of": label}
+
+
 def _deep_part(cfg, corpus: Path, features: Path, work: Path, sizes: dict[str, Any],
-               data: dict[str, Any], times: dict[str, float]) -> dict[str, Any]:
-    """The shipped plan against the probe (both protocols), repeatability, incongruence."""
+               data: dict[str, Any], times: dict[str, float],
+               repeat_now: bool = True) -> dict[str, Any]:
+    """The shipped plan against the probe (both protocols), repeatability, incongruence
+    (``repeat_now`` False: the repeat entry is left for the caller to run and fill)."""
     from emoray.train.plan import read_state
 
     t = time.perf_counter()
@@ -346,12 +388,13 @@ def _deep_part(cfg, corpus: Path, features: Path, work: Path, sizes: dict[str, A
     times["deep"] = time.perf_counter() - t
     repeat = None
     if "fusion" in cfg.train.stages:
-        t = time.perf_counter()
-        again = repeat_fusion(cfg, features, work, sizes["seeds"][0])["val_acc"]
-        first = _per_seed(reports["within-subject"], sizes["seeds"][0])
-        repeat = {"seed": sizes["seeds"][0], "first": first, "again": again,
-                  "diff": None if first is None else abs(again - first)}
-        times["repeat"] = time.perf_counter() - t
+        seed = sizes["seeds"][0]
+        repeat = {"seed": seed, "first": _per_seed(reports["within-subject"], seed),
+                  "again": None, "diff": None}
+        if repeat_now:
+            t = time.perf_counter()
+            _repeated(repeat, repeat_fusion(cfg, features, work, seed)["val_acc"])
+            times["repeat"] = time.perf_counter() - t
     t = time.perf_counter()
     probes: dict[str, list[dict]] = {}
     splits: dict[str, list] = {}
@@ -407,7 +450,10 @@ def _report(details: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
                                    "seconds"]))
         if enc["ratio"] is not None:
             print(f"{enc['ratio_of']}: {enc['ratio']:.2f} (target >= 1.0)")
-    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    inside = "encoders" in times and "deep" in times     # the repeat ran in their pool
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" + (" (within encoders)" if inside and
+                                                    k == "repeat" else "")
+                                  for k, v in times.items()))
     if "ratio" in details:
         name, ratio, target = "accuracy", details["ratio"], TARGET
     else:                                    # the encoder comparison alone
