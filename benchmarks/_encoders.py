@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: modality -> [(architecture, the subject-normalised column it reads)]
 ENCODERS: dict[str, list[tuple[str, str]]] = {
     "eeg": [("eegformer", "eeg"), ("braindecode:EEGNetv4", "eeg"),
@@ -96,3 +98,21 @@ def collect(rows: list[dict[str, Any]], owner: list, outcomes: list, echo=print
         echo(f"  {row['modality']} {row['encoder']} ({row['preset']}) seed {seed}: "
              f"{100 * row['acc'][-1]:.1f} %")
     return rows
+
+
+#: the encoder comparison's headline per modality: (architecture, its reference(s))
+ENCODER_HEADLINES = (("eeg", "eegformer", "braindecode:", "EEGformer / best braindecode model"),
+                     ("speech", "ast", "speechstats", "AST / speech-statistics MLP"))
+
+
+def encoder_ratio(rows: list[dict[str, Any]]) -> tuple[str, float] | None:
+    """The headline of the encoder comparison: EEGformer's mean EEG accuracy over the best
+    braindecode model's; when EEG was not compared, the AST's over the speech-statistics
+    MLP's. ``(what, ratio)``, or None when neither pair ran."""
+    for modality, arch, peer, label in ENCODER_HEADLINES:
+        mean = {r["encoder"]: float(np.mean(r["acc"])) for r in rows
+                if r["modality"] == modality and r["acc"]}
+        peers = [v for k, v in mean.items() if k.startswith(peer)]
+        if arch in mean and peers:
+            return label, mean[arch] / max(max(peers), 1e-9)
+    return None

@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._encoders import ENCODERS, collect, encoder_runs
+from benchmarks._encoders import ENCODERS, collect, encoder_ratio, encoder_runs
+from benchmarks._incongruence import incongruence_auc
 from benchmarks._probe import MODALITIES, load_table, run_probe
 from benchmarks._runner import runner_parser, start_ray, table, write_result
 
@@ -161,62 +162,6 @@ def unit_split(features: Path, unit: dict[str, Any]) -> tuple[set[str], set[str]
     return split_records(shard_files(features), split, str(features))
 
 
-def incongruence_auc(bundle: str, features: Path, val_ids: set[str],
-                     corpus: Path) -> dict[str, Any]:
-    """ROC AUC of ``bundle``'s incongruence score on the validation trials against the
-    ground truth ``acted`` flag. Each trial is one input made of its validation segments,
-    as a client sending the whole trial gets it: per-modality probabilities averaged over
-    the segments, then the expressed (speech + face) vs EEG divergence."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
-    from sklearn.metrics import roc_auc_score
-
-    from emoray.bundle import load_bundle
-    from emoray.data.features import batch_to_tensors, feature_metadata
-    from emoray.data.shards import shard_files
-    from emoray.data.subject_norm import normalize
-    from emoray.predict.heads import model_parts
-    from emoray.train.stages.fusion import model_columns
-    from emoray.synth.corpus import read_ground_truth
-
-    model, meta = load_bundle(bundle)
-    parts = model_parts(model, meta)
-    fmeta = feature_metadata(features)
-    cols = ["record_id", "subject", "label", *model_columns(fmeta, model)]
-    trial_of: list[str] = []
-    encoded: dict[str, list] = {}
-    present: dict[str, list] = {}
-    for f in shard_files(features):
-        t = pq.read_table(f, columns=cols)
-        keep = np.isin(np.array(t["record_id"].to_pylist()), list(val_ids))
-        t = t.filter(pa.array(keep))
-        if not t.num_rows:
-            continue
-        batch = {c: np.array(t[c].to_pylist() + [None], dtype=object)[:-1] for c in cols}
-        tensors = normalize(batch_to_tensors(batch, fmeta), model, batch["subject"])
-        for m in parts.modalities:
-            if f"{m}_present" in tensors:
-                present.setdefault(m, []).append(tensors[f"{m}_present"].numpy())
-                encoded.setdefault(m, []).append(parts.encode(m, tensors))
-        trial_of += [rid.rsplit("/", 1)[0] for rid in batch["record_id"]]
-    trials = sorted(set(trial_of))
-    owner = np.array([trials.index(r) for r in trial_of])
-    answers = parts.combine({m: torch.cat(v) for m, v in encoded.items()},
-                            {m: np.concatenate(v) for m, v in present.items()},
-                            owner, len(trials))
-    scores = {t: a.incongruence.score for t, a in zip(trials, answers)
-              if a.incongruence is not None}
-    gt = read_ground_truth(corpus)
-    acted = {str(r): str(a).lower() == "true" for r, a in zip(gt["record_id"], gt["acted"])}
-    scored = [t for t in scores if t in acted]
-    y = [acted[t] for t in scored]
-    out = {"n_trials": len(scored), "n_acted": int(sum(y))}
-    out["auc"] = (float(roc_auc_score(y, [scores[t] for t in scored]))
-                  if 0 < sum(y) < len(y) else None)
-    return out
-
-
 def _per_seed(report: dict[str, Any], seed: int) -> float | None:
     """The fused accuracy of one seed in an evaluation report."""
     fused = next((r for r in report.get("fusion", []) if r["model"] == "fused"), None)
@@ -273,24 +218,6 @@ def _encoder_rows(rows: list[dict[str, Any]], probe: dict[str, Any]) -> list[dic
             row["probe"] = f"{100 * probe[r['modality']]['acc']:.1f}"
         out.append(row)
     return out
-
-
-#: the encoder comparison's headline per modality: (architecture, its reference(s))
-ENCODER_HEADLINES = (("eeg", "eegformer", "braindecode:", "EEGformer / best braindecode model"),
-                     ("speech", "ast", "speechstats", "AST / speech-statistics MLP"))
-
-
-def _encoder_ratio(rows: list[dict[str, Any]]) -> tuple[str, float] | None:
-    """The headline of the encoder comparison: EEGformer's mean EEG accuracy over the best
-    braindecode model's; when EEG was not compared, the AST's over the speech-statistics
-    MLP's. ``(what, ratio)``, or None when neither pair ran."""
-    for modality, arch, peer, label in ENCODER_HEADLINES:
-        mean = {r["encoder"]: float(np.mean(r["acc"])) for r in rows
-                if r["modality"] == modality and r["acc"]}
-        peers = [v for k, v in mean.items() if k.startswith(peer)]
-        if arch in mean and peers:
-            return label, mean[arch] / max(max(peers), 1e-9)
-    return None
 
 
 def run_benchmark(quick: bool = False, out_dir: str | Path = "benchmarks/results",
@@ -370,7 +297,7 @@ def _encoders_part(cfg, features: Path, work: Path, sizes: dict[str, Any],
             raise out
         _repeated(repeat, out["metrics"]["val_acc"])
     rows = collect(rows, owner, outcomes)
-    label, ratio = _encoder_ratio(rows) or (None, None)
+    label, ratio = encoder_ratio(rows) or (None, None)
     times["encoders"] = time.perf_counter() - t
     return {"rows": rows, "probe": probe, "table": _encoder_rows(rows, probe),
             "ratio": ratio, "ratio_of": label}

@@ -58,7 +58,7 @@ def test_interval_over_seeds_and_for_one_run():
 
 
 def test_encoder_headline_is_eegformer_over_the_best_braindecode_else_ast_over_the_mlp():
-    from benchmarks.accuracy import _encoder_ratio
+    from benchmarks._encoders import encoder_ratio
 
     speech = [{"modality": "speech", "encoder": "ast", "acc": [0.30, 0.40]},
               {"modality": "speech", "encoder": "speechstats", "acc": [0.50]}]
@@ -66,13 +66,13 @@ def test_encoder_headline_is_eegformer_over_the_best_braindecode_else_ast_over_t
            {"modality": "eeg", "encoder": "braindecode:EEGNetv4", "acc": [0.2]},
            {"modality": "eeg", "encoder": "braindecode:ShallowFBCSPNet", "acc": [0.5]},
            {"modality": "eeg", "encoder": "bandpower-mlp", "acc": [0.9]}]   # not a peer
-    label, ratio = _encoder_ratio(eeg + speech)
+    label, ratio = encoder_ratio(eeg + speech)
     assert label.startswith("EEGformer") and ratio == pytest.approx(0.4 / 0.5)
-    label, ratio = _encoder_ratio(speech)
+    label, ratio = encoder_ratio(speech)
     assert label.startswith("AST") and ratio == pytest.approx(0.35 / 0.5)
-    assert _encoder_ratio(eeg[:1] + speech[:1]) is None
+    assert encoder_ratio(eeg[:1] + speech[:1]) is None
     failed = [{**eeg[0], "acc": []}, eeg[1]]                  # EEGformer refused: no headline
-    assert _encoder_ratio(failed) is None
+    assert encoder_ratio(failed) is None
 
 
 def test_every_compared_encoder_gets_a_valid_stage_from_the_shipped_recipe():
