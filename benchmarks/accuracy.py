@@ -20,8 +20,9 @@ One synthetic corpus in real formats (full: 6 subjects x 8 trials per class x 20
 
 The deep part's (seed, fold) plans, the run's own seed among them, and the encoder
 comparison's runs go ``parallel`` at a time (Ray tasks, as ``emoray evaluate --parallel``;
-full: 2, ``--quick``: 3, whose tiny runs mostly wait on Ray Train's start and checkpoints,
-not on the CPU). Runs beside each other share the CPUs, not data or seeds: on the quick
+full: 2, ``--quick``: 3). On 2 cores a tiny run is CPU-bound on Ray Train's own actors
+(about 30 s of CPU each), so the pool fills idle gaps rather than multiplying throughput
+(docs/benchmarks.md, Accuracy). Runs beside each other share the CPUs, not data or seeds: on the quick
 corpus each protocol's accuracies came out the same whether the run's own seed trained alone
 first or beside the folds.
 
