@@ -189,9 +189,8 @@ def show_line(line: str, source: Any = None) -> None:
     if is_tty():
         _epoch_bar((source, stage), stage, k, n, line[m.end():].strip())
     elif k == n or (k == 1 and stage not in _state["seen"]):
-        echo(line)
-        if k == n:
-            _state["seen"].add(stage)
+        echo(line)                  # runs side by side: the first to start shows epoch 1
+        _state["seen"].add(stage)
     else:
         log(line)
 

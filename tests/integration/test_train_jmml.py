@@ -6,6 +6,7 @@ bad input caught before any worker starts."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -58,6 +59,24 @@ def test_plan_runs_three_stages_each_feeding_the_next(jmml_run):
     assert all(state["stages"][s]["status"] == "finished" for s in stages)
     for name in ("intra_curves.png", "inter_curves.png", "classifier_confusion_valence.png"):
         assert (Path(result["run_dir"]) / name).stat().st_size > 1000
+
+
+def test_a_runs_results_read_back_from_its_folder_as_it_returned_them(jmml_run):
+    """What the quickstart prints for a run its evaluation's pool trained: the stages in
+    plan order with the bundles and metrics run_plan returned."""
+    from emoray.train.plan import format_summary, run_results
+
+    result, _ = jmml_run
+    back = run_results(result["run_dir"])
+    assert list(back["stages"]) == list(result["stages"]) == ["intra", "inter", "classifier"]
+    for stage, r in result["stages"].items():
+        assert back["stages"][stage]["bundle"] == r["bundle"]
+        assert back["stages"][stage]["metrics"] == r["metrics"]
+        assert back["stages"][stage]["seconds"] > 0
+    # the same lines, up to the order of the metrics and the seconds (kept to 0.01 s)
+    lines = lambda r: [sorted(re.sub(r", [\d.]+ s\)", "", ln).split())  # noqa: E731
+                       for ln in format_summary(r).splitlines()]
+    assert lines(back) == lines(result)
 
 
 def test_each_stage_is_an_mlflow_run_nested_under_the_plan_run(jmml_run):

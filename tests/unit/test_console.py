@@ -80,6 +80,18 @@ def test_epoch_lines_are_thinned_off_a_terminal_and_all_logged(driver, capsys):
     assert driver.read_text().count("[fusion] epoch ") == 40
 
 
+def test_runs_side_by_side_show_one_first_epoch_and_each_last(driver, capsys):
+    # three seeds' runs in one pool: their epoch lines arrive interleaved
+    for k in range(1, 4):
+        for pid in (7, 8, 9):
+            console._handle_worker_logs({"pid": pid, "is_err": False, "lines": [
+                console.MARK + f"[intra] epoch {k}/3 loss={pid}"]})
+    shown = capsys.readouterr().out.splitlines()
+    assert shown == ["[intra] epoch 1/3 loss=7", "[intra] epoch 3/3 loss=7",
+                     "[intra] epoch 3/3 loss=8", "[intra] epoch 3/3 loss=9"]
+    assert driver.read_text().count("[intra] epoch ") == 9
+
+
 def test_the_clusters_error_messages_go_through_the_same_printer(driver, capsys):
     # the raylet's warnings and a task's unhandled error arrive as one multi-line message
     console._handle_worker_logs({"pid": "raylet", "is_err": False, "lines": [

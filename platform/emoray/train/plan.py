@@ -71,6 +71,20 @@ def read_state(folder: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON ({err}); delete it to re-plan") from None
 
 
+def run_results(folder: str | Path) -> dict[str, Any]:
+    """:func:`run_plan`'s results of a run trained elsewhere (an evaluation's pool), read back
+    from its ``plan_state.json``, for :func:`format_summary`."""
+    entries = read_state(folder)["stages"]
+    order = sorted(entries, key=lambda s: (STAGE_NAMES.index(s) if s in STAGE_NAMES
+                                           else len(STAGE_NAMES), s))
+    stages = {stage: {"status": entries[stage].get("status", "?"),
+                      "bundle": entries[stage].get("bundle"),
+                      "metrics": entries[stage].get("metrics") or {},
+                      "curves": entries[stage].get("curves", []),
+                      "seconds": entries[stage].get("seconds", 0.0)} for stage in order}
+    return {"run_dir": str(folder), "stages": stages}
+
+
 def _write_state(folder: Path, state: dict[str, Any]) -> None:
     tmp = folder / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
