@@ -78,12 +78,26 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=cfg.log_level),
             callbacks=list(_CALLBACKS.get()) or None),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=datasets_to_split))
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=datasets_to_split,
+                                                     execution_options=ordered_ingest()))
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage run {name!r} finished without a checkpoint")
     return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path,
             "path": result.path}
+
+
+def ordered_ingest():
+    """Ray Train's default ingest options with ``preserve_order``: each worker's share of a
+    split dataset, and its row order, are then the same from one run to the next (Ray
+    Data otherwise hands blocks out as its tasks finish, which a busy machine reorders);
+    a seeded stage trains on the same batches twice. On several nodes this forgoes Ray
+    Data's locality hints (blocks may cross nodes), a small cost for feature rows."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params=None,

@@ -128,6 +128,10 @@ def split_datasets(features: Path, columns: list[str], train_ids: set[str],
     # the workers' per-epoch reads would print a progress bar each; the stage prints its own
     # progress line per epoch instead
     ds.context.enable_progress_bars = False
+    # rows in file order, not in the order Ray Data's read tasks happen to finish: the
+    # order decides which worker gets which rows and so the seeded run's batches (six
+    # materialisations of one split on a busy machine gave six row orders)
+    ds.context.execution_options.preserve_order = True
     datasets = {"train": keep_ids(ds, train_ids), "val": keep_ids(ds, val_ids)}
     if inner_ids:
         datasets["inner"] = keep_ids(ds, inner_ids)
