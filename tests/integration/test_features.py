@@ -62,6 +62,35 @@ def test_both_ray_data_parquet_readers_give_the_same_split(eav_features):
     assert {r[0] for r in seen[True]["val"]} == val_ids
 
 
+def test_the_split_reads_rows_in_file_order_every_time(eav_features):
+    """A seeded stage's batches follow its rows' order: materialised with either reader,
+    the split's rows come in shard-file order, the same in every read (Ray Data's V2
+    reader handed them out as its tasks finished: a different order each time)."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from emoray.data.shards import shard_files
+    from emoray.train.split import split_datasets, within_subject_split
+
+    feat = eav_features / "feat"
+    files = shard_files(feat)
+    train_ids, val_ids = within_subject_split(files)
+    in_files = [i for f in files for i in pq.read_table(f, columns=["record_id"])
+                .column("record_id").to_pylist()]
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.use_datasource_v2
+    orders = []
+    try:
+        for v2 in (True, True, True, False):
+            ctx.use_datasource_v2 = v2
+            parts = split_datasets(feat, ["record_id"], train_ids, val_ids, materialize=True)
+            orders.append([r["record_id"] for r in parts["train"].iter_rows()])
+    finally:
+        ctx.use_datasource_v2 = before
+    assert orders[0] == [i for i in in_files if i in train_ids]
+    assert all(order == orders[0] for order in orders[1:])
+
+
 def test_record_shards_are_refused(eav_features):
     with pytest.raises(DataError, match="expected feature shards"):
         feature_metadata(eav_features / "rec")
