@@ -93,9 +93,13 @@ def ordered_ingest():
     Data otherwise hands blocks out as its tasks finish, which a busy machine reorders);
     a seeded stage trains on the same batches twice. On several nodes this forgoes Ray
     Data's locality hints (blocks may cross nodes), a small cost for feature rows."""
-    from ray.train import DataConfig
+    import copy
 
-    options = DataConfig.default_ingest_options()
+    from ray.data import DataContext
+
+    # Train's default_ingest_options() copies the driver's options through the constructor,
+    # which prints a deprecation warning for exclude_resources on Ray 2.60
+    options = copy.deepcopy(DataContext.get_current().execution_options)
     options.preserve_order = True
     return options
 
