@@ -88,7 +88,8 @@ def fit_stage(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: St
 
 
 def ordered_ingest():
-    """Ray Train's default ingest options with ``preserve_order``: each worker's share of a
+    """The driver's Ray Data execution options (what Train's default ingest options copy)
+    with ``preserve_order``: each worker's share of a
     split dataset, and its row order, are then the same from one run to the next (Ray
     Data otherwise hands blocks out as its tasks finish, which a busy machine reorders);
     a seeded stage trains on the same batches twice. On several nodes this forgoes Ray
